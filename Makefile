@@ -1,0 +1,53 @@
+# Teachlab: `make up` runs the lab on this machine, `make test` sets up everything and runs all tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STATE_DIR ?= .teachlab
+PYTEST_ARGS ?=
+
+.PHONY: help setup python-env node-env system-packages docker up down test unit clean
+
+help:
+	@echo "make up      run the lab on http://127.0.0.1:8000 (demo accounts printed)"
+	@echo "make down    stop the lab, keep its data"
+	@echo "make test    install everything needed and run the whole test suite"
+	@echo "make unit    run the unit tests only (no Docker needed)"
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+deploy/node_modules/.installed: deploy/package.json deploy/package-lock.json
+	cd deploy && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+python-env: $(BIN)/.installed
+node-env: deploy/node_modules/.installed
+
+system-packages:
+	deploy/bin/install-system-packages
+
+# Tests start dockerd (when it is not running) with the fake GPU runtime on its PATH.
+docker: system-packages
+	deploy/bin/ensure-docker --fake-gpu-runtime tests/fake_gpu_runtime
+
+setup: python-env node-env docker
+
+unit: python-env
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+up: python-env node-env system-packages
+	deploy/bin/ensure-docker
+	$(BIN)/teachlab lab up --state-dir $(STATE_DIR)
+
+down: python-env
+	$(BIN)/teachlab lab down --state-dir $(STATE_DIR)
+
+clean:
+	rm -rf $(VENV) deploy/node_modules .pytest_cache test-output

@@ -1,0 +1,86 @@
+import re
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from spawner import naming
+
+DOCKER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+slugs = st.from_regex(naming.COURSE_SLUG_PATTERN, fullmatch=True)
+nasty_text = st.one_of(
+    st.text(min_size=1, max_size=300),
+    st.sampled_from(["@", ".", "..", "/", "{username}", "{}", " ", "\t", "a b", "..//..", "-", "--", "---",
+                     "ALICE", "alice", "al--ice", "a" * 400, "Ünïcødé", "用户", "a.b@c.d", "x-"]),
+    st.text(alphabet="ab-", min_size=1, max_size=60),
+)
+
+
+@given(nasty_text)
+def test_user_slug_is_docker_safe_and_bounded(username):
+    slug = naming.user_slug(username)
+    assert DOCKER_NAME.match(slug)
+    assert len(slug) <= naming.MAX_USER_SLUG_LENGTH
+    assert naming.PAIR_SEPARATOR not in slug
+    assert slug == slug.lower()
+
+
+@given(nasty_text, nasty_text)
+def test_different_usernames_get_different_slugs(first, second):
+    if first != second:
+        assert naming.user_slug(first) != naming.user_slug(second)
+
+
+@settings(max_examples=300)
+@given(nasty_text, slugs, nasty_text, slugs)
+def test_two_different_pairs_never_share_a_volume_or_container(user1, course1, user2, course2):
+    if (user1, course1) != (user2, course2):
+        assert naming.home_volume_name(user1, course1) != naming.home_volume_name(user2, course2)
+        assert naming.container_name(user1, course1) != naming.container_name(user2, course2)
+
+
+@given(nasty_text, slugs)
+def test_names_are_docker_safe_and_short(username, course):
+    for name in (naming.home_volume_name(username, course), naming.container_name(username, course)):
+        assert DOCKER_NAME.match(name) and len(name) <= naming.MAX_NAME_LENGTH
+    image = naming.course_image(course, naming.version_tag(12))
+    repository, tag = image.split(":")
+    assert repository == repository.lower() and len(tag) <= 128
+
+
+@pytest.mark.parametrize(
+    "username, expected",
+    [
+        pytest.param("alice", "alice", id="safe-kept"),
+        pytest.param("student-42", "student-42", id="safe-dash"),
+        pytest.param("Alice", "alice--3bc51062973c458d", id="uppercase-hashed"),
+        pytest.param("a.b@uni.edu", "a-b-uni-edu--e2fcf7aa31a63763", id="email"),
+        pytest.param("{username}", "username--efd66a42c2df19aa", id="template"),
+        pytest.param("../..", "u--0cfd1c96cbc0c0e0", id="dots"),
+    ],
+)
+def test_user_slugs_are_stable_across_releases(username, expected):
+    assert naming.user_slug(username) == expected
+
+
+def test_stable_volume_name():
+    assert naming.home_volume_name("alice", "intro-python") == "teachlab-home-alice---intro-python"
+    assert naming.data_volume_name("intro-python", "datasets") == "teachlab-data-intro-python---datasets"
+
+
+@pytest.mark.parametrize("bad", ["", "a", "Intro", "intro--python", "-intro", "intro-", "a" * 33, "in tro", "../x", "{x}"])
+def test_bad_course_slugs_never_reach_a_name(bad):
+    assert not naming.is_course_slug(bad)
+    with pytest.raises(ValueError):
+        naming.home_volume_name("alice", bad)
+
+
+@given(st.text(max_size=50))
+def test_suggested_slug_is_valid(text):
+    assert naming.is_course_slug(naming.suggest_course_slug(text))
+
+
+def test_version_tags_round_trip():
+    assert naming.version_number(naming.version_tag(7)) == 7
+    for bad in ["7", "v0", "v01", "latest", "v1;rm"]:
+        with pytest.raises(ValueError):
+            naming.version_number(bad)
