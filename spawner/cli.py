@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from .catalog import load_catalog
+from .catalog import is_course_folder, load_catalog, load_course
 from .problems import ProblemsError, TeachlabError
 
 def _course_validate(args: argparse.Namespace, console: Console) -> int:
@@ -38,6 +38,101 @@ def _course_list(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace):
+    from .settings import BuildSettings
+
+    overrides = {"state_dir": Path(args.state_dir)} if getattr(args, "state_dir", None) else {}
+    return BuildSettings.from_environment(**overrides)
+
+
+def _course(args: argparse.Namespace):
+    catalog_root = Path(args.catalog)
+    folder = catalog_root / args.slug
+    if not is_course_folder(folder):
+        known = sorted(p.name for p in catalog_root.iterdir() if is_course_folder(p)) if catalog_root.is_dir() else []
+        raise TeachlabError(f"no course '{args.slug}' in {catalog_root} (courses: {', '.join(known) or 'none'})")
+    return load_course(folder)
+
+
+def _progress(console: Console):
+    from .progress import Progress
+
+    return Progress(Console(stderr=True, highlight=False))
+
+
+def _image_build_base(args: argparse.Namespace, console: Console) -> int:
+    from .imagebuild import ImageBuilder
+
+    reference = ImageBuilder(_settings(args), _progress(console)).build_base(args.flavor)
+    console.print(f"base image {reference} is ready")
+    return 0
+
+
+def _image_plan(args: argparse.Namespace, console: Console) -> int:
+    from .imageplan import load_flavor
+
+    settings = _settings(args)
+    flavor = load_flavor(settings.images_dir, args.flavor)
+    template = "Dockerfile.course.j2" if args.course_layer else "Dockerfile.base.j2"
+    console.print((flavor.folder / template).read_text(), markup=False, end="")
+    return 0
+
+
+def _course_build(args: argparse.Namespace, console: Console) -> int:
+    from .imagebuild import ImageBuilder
+    from .registry import VersionRegistry
+
+    settings = _settings(args)
+    course = _course(args)
+    lock = VersionRegistry(settings.registry_dir).read_lock(course.slug, args.from_lock) if args.from_lock else None
+    candidate = ImageBuilder(settings, _progress(console)).build_course(course, lock=lock)
+    console.print(f"built {candidate.tag} (environment {candidate.environment_hash[:12]}); publish it with: teachlab course publish {course.slug}")
+    return 0
+
+
+def _course_publish(args: argparse.Namespace, console: Console) -> int:
+    from .publish import publish_course
+
+    result = publish_course(_course(args), settings=_settings(args), progress=_progress(console), from_lock=args.from_lock)
+    messages = {
+        "published": f"published {result.slug} {result.version} ({result.image}); it is current",
+        "unchanged": f"{result.slug} is unchanged: {result.version} stays current",
+        "restored": f"{result.slug} matches the earlier {result.version}, which is current again",
+    }
+    console.print(f"{messages[result.outcome]} [{result.seconds:.1f} s]", markup=False)
+    return 0
+
+
+def _course_versions(args: argparse.Namespace, console: Console) -> int:
+    from dataclasses import asdict
+    import json
+
+    from .registry import VersionRegistry
+
+    record = VersionRegistry(_settings(args).registry_dir).read(args.slug)
+    if args.json:
+        console.print_json(json.dumps({"course": record.slug, "current": record.current,
+                                       "versions": [asdict(v) for v in record.versions]}))
+        return 0
+    if not record.versions:
+        console.print(f"{args.slug} has no published versions (publish one: teachlab course publish {args.slug})")
+        return 0
+    table = Table("", "version", "created (UTC)", "environment", "size", "image", box=None, header_style="bold")
+    for version in record.versions:
+        table.add_row("*" if version.version == record.current else "", version.version, version.created.replace("T", " ")[:19],
+                      version.environment_hash[:12], f"{version.size_bytes / 1e6:.0f} MB", version.image)
+    console.print(table)
+    return 0
+
+
+def _course_rollback(args: argparse.Namespace, console: Console) -> int:
+    from .publish import rollback_course
+
+    record = rollback_course(args.slug, settings=_settings(args), to_version=args.to)
+    console.print(f"{record.slug} {record.current} is current ({record.current_version.image})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="teachlab", description="Teachlab: courses, images and GPUs of a JupyterHub teaching lab.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -50,6 +145,33 @@ def build_parser() -> argparse.ArgumentParser:
     listing = course_commands.add_parser("list", help="list the courses of a catalog")
     listing.add_argument("path", nargs="?", default="course_envs", help="catalog folder (default: course_envs)")
     listing.set_defaults(handler=_course_list)
+
+    def course_action(name: str, help_text: str, handler) -> argparse.ArgumentParser:
+        action = course_commands.add_parser(name, help=help_text)
+        action.add_argument("slug", help="course slug (its folder name)")
+        action.add_argument("--catalog", default="course_envs", help="catalog folder (default: course_envs)")
+        action.add_argument("--state-dir", help="where versions are recorded (default: $TEACHLAB_STATE_DIR or .teachlab)")
+        action.set_defaults(handler=handler)
+        return action
+
+    course_action("build", "build a course image (cached when unchanged)", _course_build).add_argument(
+        "--from-lock", metavar="VERSION", help="rebuild the exact package set of a published version")
+    course_action("publish", "build, smoke-test and make a new version current", _course_publish).add_argument(
+        "--from-lock", metavar="VERSION", help="publish the exact package set of an earlier version")
+    course_action("versions", "list published versions", _course_versions).add_argument("--json", action="store_true", help="print JSON")
+    course_action("rollback", "make an earlier version current", _course_rollback).add_argument(
+        "--to", metavar="VERSION", help="the version to make current (default: the one before the current)")
+
+    image = commands.add_parser("image", help="base images of the course image flavors")
+    image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
+    build_base = image_commands.add_parser("build-base", help="build a flavor's base image (debootstrap + docker)")
+    build_base.add_argument("--flavor", required=True, help="debian-py39 or miniconda-py39")
+    build_base.add_argument("--state-dir", help="where build logs go (default: $TEACHLAB_STATE_DIR or .teachlab)")
+    build_base.set_defaults(handler=_image_build_base)
+    plan = image_commands.add_parser("plan", help="print a flavor's Dockerfile template")
+    plan.add_argument("--flavor", required=True)
+    plan.add_argument("--course-layer", action="store_true", help="the course layer instead of the base")
+    plan.set_defaults(handler=_image_plan)
     return parser
 
 

@@ -73,14 +73,14 @@ def data_volume_name(course_slug: str, volume: str) -> str:
     return f"teachlab-data-{_require_course_slug(course_slug)}{PAIR_SEPARATOR}{volume}"
 
 
-def course_image_repository(course_slug: str) -> str:
+def course_image_repository(course_slug: str, namespace: str = "teachlab") -> str:
     """Repository of a course's images; one tag per published version."""
-    return f"teachlab/course-{_require_course_slug(course_slug)}"
+    return f"{namespace}/course-{_require_course_slug(course_slug)}"
 
 
-def course_image(course_slug: str, version: str) -> str:
+def course_image(course_slug: str, version: str, namespace: str = "teachlab") -> str:
     """Image reference of one version of a course, e.g. ``teachlab/course-intro-python:v3``."""
-    return f"{course_image_repository(course_slug)}:{version}"
+    return f"{course_image_repository(course_slug, namespace)}:{version}"
 
 
 def version_tag(number: int) -> str:
