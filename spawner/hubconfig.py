@@ -1,0 +1,89 @@
+"""Values ``jupyterhub_config.py`` computes when the hub starts: checks that must stop a broken start,
+the students' network, the login provider's endpoints, and the services with their least scopes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Mapping, NoReturn
+
+import docker
+import docker.errors
+
+from .catalog import Catalog, load_catalog
+from .docker_engine import DockerUnavailable, connect
+from .problems import ProblemsError, TeachlabError
+
+NETWORK_LABEL = "org.teachlab.network"
+IDLE_CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+
+
+def stop_hub(lines: list[str]) -> NoReturn:
+    """Refuse to start: print the reasons (one line each) and exit without a traceback."""
+    for line in lines:
+        print(line, file=sys.stderr)
+    print("teachlab: the hub did not start; fix the lines above and start it again", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def load_catalog_or_stop(path: Path) -> Catalog:
+    try:
+        return load_catalog(path)
+    except ProblemsError as problems:
+        stop_hub([str(problem) for problem in problems.problems])
+
+
+def ensure_student_network(name: str, labels: Mapping[str, str]) -> str:
+    """Create (once) the bridge network of student containers, with container-to-container traffic off.
+
+    Returns the gateway address: the hub listens there so containers can reach it, while ``icc=false``
+    keeps one student's container from reaching another's.
+    """
+    try:
+        client = connect()
+    except DockerUnavailable as exc:
+        stop_hub([f"teachlab: {exc}"])
+    try:
+        network = client.networks.get(name)
+    except docker.errors.NotFound:
+        network = client.networks.create(
+            name, driver="bridge", labels={NETWORK_LABEL: name, **labels},
+            options={"com.docker.network.bridge.enable_icc": "false"},
+        )
+        network.reload()
+    if network.attrs.get("Options", {}).get("com.docker.network.bridge.enable_icc") != "false":
+        stop_hub([f"teachlab: docker network {name} lets containers reach each other (enable_icc is not false); "
+                  f"remove it (docker network rm {name}) and start the hub again to recreate it"])
+    configs = network.attrs.get("IPAM", {}).get("Config") or []
+    gateways = [config["Gateway"] for config in configs if config.get("Gateway")]
+    if not gateways:
+        stop_hub([f"teachlab: docker network {name} has no gateway address"])
+    return gateways[0]
+
+
+def discover_oidc(issuer: str) -> dict:
+    """The provider's discovery document (authorize, token and userinfo endpoints)."""
+    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    try:
+        with urllib.request.urlopen(url, timeout=15) as response:
+            return json.load(response)
+    except (OSError, ValueError) as exc:
+        stop_hub([f"teachlab: cannot read the login provider's discovery document at {url}: {exc} "
+                  "(check TEACHLAB_OIDC_ISSUER and that the provider is up)"])
+
+
+def idle_culler_service(*, catalog_path: Path, cull_every_seconds: int, fallback_timeout_seconds: int = 3600) -> dict:
+    """jupyterhub-idle-culler as a hub-managed service; the per-course limits come from the arbiter hook."""
+    config_file = Path(__file__).with_name("idle_culler_config.py")
+    return {
+        "name": "idle-culler",
+        "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={fallback_timeout_seconds}",
+                    f"--cull-every={cull_every_seconds}", f"--config={config_file}"],
+        "environment": {"TEACHLAB_CATALOG": str(catalog_path)},
+    }
+
+
+def hub_problem(exc: TeachlabError) -> NoReturn:
+    stop_hub([f"teachlab: {line}" for line in str(exc).splitlines()])
