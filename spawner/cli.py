@@ -133,6 +133,20 @@ def _course_rollback(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _lab_up(args: argparse.Namespace, console: Console) -> int:
+    from .labrun import lab_up
+
+    lab_up(state_dir=Path(args.state_dir), catalog_path=Path(args.catalog), console=console, progress=_progress(console))
+    return 0
+
+
+def _lab_down(args: argparse.Namespace, console: Console) -> int:
+    from .labrun import lab_down
+
+    lab_down(state_dir=Path(args.state_dir), catalog_path=Path(args.catalog), console=console)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="teachlab", description="Teachlab: courses, images and GPUs of a JupyterHub teaching lab.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -172,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--flavor", required=True)
     plan.add_argument("--course-layer", action="store_true", help="the course layer instead of the base")
     plan.set_defaults(handler=_image_plan)
+
+    lab = commands.add_parser("lab", help="run the whole lab on this machine (what make up / make down call)")
+    lab_commands = lab.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
+    for name, help_text, handler in (("up", "publish the example courses and start provider, proxy and hub", _lab_up),
+                                     ("down", "stop the servers, the hub, the proxy and the provider; keep all data", _lab_down)):
+        action = lab_commands.add_parser(name, help=help_text)
+        action.add_argument("--state-dir", default=".teachlab", help="state folder (default: .teachlab)")
+        action.add_argument("--catalog", default="course_envs", help="catalog folder (default: course_envs)")
+        action.set_defaults(handler=handler)
     return parser
 
 

@@ -71,6 +71,8 @@ class CourseSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    user_options = AnyTrait(help="Options from the spawn form or the REST API: untrusted, checked in start().")
+
     course_slug = Unicode(None, allow_none=True, help="Course of this server (persisted in the state).")
     image_version = Unicode(None, allow_none=True, help="Published version the running server was started from.")
     home_volume = Unicode(None, allow_none=True, help="Name of the student's work volume (persisted, never renamed).")
@@ -79,6 +81,10 @@ class CourseSpawner(DockerSpawner):
         super().__init__(**kwargs)
         self._progress_events: list[dict] = []
         self._start_finished = True
+
+    @default("user_options")
+    def _default_user_options(self):
+        return {}
 
     @default("today")
     def _default_today(self):
@@ -289,6 +295,11 @@ class CourseSpawner(DockerSpawner):
             env["TEACHLAB_COURSE"] = self.course_slug
             env["TEACHLAB_COURSE_VERSION"] = self.image_version or ""
         return env
+
+    async def poll(self):
+        if not self.object_name:
+            return 0  # start() refused before naming a container: nothing runs
+        return await super().poll()
 
     async def stop(self, now: bool = False):
         if not self.object_name:

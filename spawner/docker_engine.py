@@ -13,7 +13,8 @@ import docker.errors
 
 from .problems import TeachlabError
 
-_PIP_CAUSE = re.compile(r"^(ERROR: .*|The conflict is caused by:|\s{4}\S.*depends on .*|\s{4}The user requested .*)$")
+_PIP_CAUSE = re.compile(r"^(ERROR: (?!Ignored the following).*|The conflict is caused by:|\s{4}\S.*depends on .*|\s{4}The user requested .*)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class DockerUnavailable(TeachlabError):
@@ -61,7 +62,7 @@ def tar_context(files: Mapping[str, bytes | str]) -> io.BytesIO:
 def summarize_build_failure(log_lines: Iterable[str], error: str) -> str:
     """The cause of a failed build in a few lines: pip's ERROR lines and conflict explanation if any."""
     pip_lines = [line.rstrip() for line in log_lines if _PIP_CAUSE.match(line.rstrip())]
-    unique = list(dict.fromkeys(line.strip() for line in pip_lines))
+    unique = list(dict.fromkeys(line.strip().removeprefix("ERROR: ") for line in pip_lines))
     if unique:
         return "; ".join(unique[:6])
     return error.strip().splitlines()[-1] if error.strip() else "docker build failed"
@@ -90,7 +91,7 @@ def build_image(
             )
             for chunk in stream:
                 if "stream" in chunk:
-                    for line in chunk["stream"].splitlines():
+                    for line in _ANSI.sub("", chunk["stream"]).splitlines():
                         log.write(line + "\n")
                         lines.append(line)
                         if line.strip():

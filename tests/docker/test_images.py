@@ -1,0 +1,204 @@
+"""Course images on the real engine: base, publish, smoke test, failures, rollback, locks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spawner.catalog import load_course
+from spawner.docker_engine import BuildFailed
+from spawner.imagebuild import ImageBuilder, label
+from spawner.problems import ProblemsError, TeachlabError
+from spawner.publish import publish_course, rollback_course
+from spawner.registry import VersionRegistry
+from spawner.smoke import SmokeTestFailed, run_smoke_test
+from support.catalogs import add_pip_requirements, copy_course
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("print_container_logs_on_failure")]
+
+
+def test_rootfs_from_debootstrap_runs_python_39(docker_client, base_image, build_settings):
+    """The offline root filesystem (debootstrap + docker import) starts and runs Debian's Python 3.9."""
+    flavor = ImageBuilder(build_settings, client=docker_client).flavor("debian-py39")
+    output = docker_client.containers.run(
+        flavor.rootfs_image(build_settings.image_namespace), ["python3", "-c", "import sys; print(sys.version.split()[0])"],
+        remove=True, labels=build_settings.labels, network_mode="none",
+    )
+    assert output.decode().strip() == "3.9.2"
+
+
+def test_base_image_contract(docker_client, base_image):
+    """uid 1000 (jovyan), tini as PID 1, home and work dir, the hub's JupyterHub in its own environment."""
+    image = docker_client.images.get(base_image)
+    config = image.attrs["Config"]
+    assert config["User"] == "1000:1000"
+    assert config["Entrypoint"] == ["/usr/bin/tini", "-g", "--"]
+    assert config["WorkingDir"] == "/home/jovyan/work"
+    assert config["Cmd"] == ["/opt/jupyter/bin/jupyterhub-singleuser"]
+    assert image.labels[label("base-flavor")] == "debian-py39"
+    script = "id -u; id -un; /opt/jupyter/bin/python -c 'import jupyterhub; print(jupyterhub.__version__)'; stat -c %u /home/jovyan/work; cat /proc/1/comm"
+    output = docker_client.containers.run(base_image, ["bash", "-c", script], remove=True, network_mode="none",
+                                          labels={"org.teachlab.test": "base"}).decode().split()
+    pinned = next(line.split("==")[1] for line in Path("constraints.txt").read_text().splitlines() if line.startswith("jupyterhub=="))
+    assert output == ["1000", "jovyan", pinned, "1000", "tini"]
+
+
+@pytest.mark.parametrize("slug, packages", [
+    pytest.param("intro-python", ("numpy", "pandas", "matplotlib"), id="intro-python"),
+    pytest.param("data-analysis", ("requests", "tabulate", "python-dateutil"), id="data-analysis"),
+])
+def test_published_example_runs_code_in_its_default_kernel(docker_client, published_examples, build_settings, repo_root, slug, packages):
+    result = published_examples[slug]
+    assert result.outcome in ("published", "unchanged")
+    current = VersionRegistry(build_settings.registry_dir).current_image(slug)
+    assert current.image == result.image
+    course = load_course(repo_root / "course_envs" / slug)
+    report = run_smoke_test(docker_client, image=current.image, course=course, distributions=packages, labels=build_settings.labels)
+    assert report.python.startswith("3.9.")
+    assert report.default_kernel_title == course.title
+    assert set(report.imports) == set(packages)
+    assert all(outcome == "ok" for modules in report.imports.values() for outcome in modules.values())
+    image = docker_client.images.get(current.image_id)
+    for key in ("course", "version", "env-hash", "base-flavor", "base-version", "build-time"):
+        assert image.labels.get(label(key)), key
+    assert image.labels[label("course")] == slug
+    assert image.labels[label("version")] == current.version
+
+
+@pytest.fixture
+def scratch_course(tmp_path, repo_root, published_examples):
+    """A copy of data-analysis in a catalog of its own; its first publish reuses the example's cached build."""
+    return copy_course(repo_root, "data-analysis", tmp_path / "catalog")
+
+
+@pytest.fixture
+def scratch_settings(build_settings, tmp_path):
+    """The session's build settings with a version registry of the test's own."""
+    from dataclasses import replace
+
+    return replace(build_settings, state_dir=tmp_path / "state")
+
+
+def _no_session_containers(docker_client, build_settings):
+    return docker_client.containers.list(all=True, filters={"label": f"{label('smoke-test')}"}) == []
+
+
+def test_nonexistent_package_fails_to_publish_and_previous_version_stays(docker_client, scratch_settings, scratch_course):
+    first = publish_course(load_course(scratch_course), settings=scratch_settings, client=docker_client)
+    add_pip_requirements(scratch_course, "teachlab-no-such-package-4d2f")
+    with pytest.raises(BuildFailed) as failure:
+        publish_course(load_course(scratch_course), settings=scratch_settings, client=docker_client)
+    assert "teachlab-no-such-package-4d2f" in str(failure.value)
+    assert len(str(failure.value).splitlines()) == 1
+    record = VersionRegistry(scratch_settings.registry_dir).read("data-analysis")
+    assert record.current == first.version
+    assert _no_session_containers(docker_client, scratch_settings)
+
+
+def test_conflicting_pins_are_explained(docker_client, scratch_settings, scratch_course):
+    add_pip_requirements(scratch_course, "urllib3==1.20")  # requests>=2.31 needs urllib3>=1.21.1
+    with pytest.raises(BuildFailed) as failure:
+        publish_course(load_course(scratch_course), settings=scratch_settings, client=docker_client)
+    assert "conflict" in str(failure.value).lower()
+    assert "urllib3" in str(failure.value)
+
+
+def test_a_course_that_fails_its_smoke_test_is_not_published(docker_client, scratch_settings, scratch_course):
+    first = publish_course(load_course(scratch_course), settings=scratch_settings, client=docker_client)
+    add_pip_requirements(scratch_course, "python-magic==0.4.27")  # installs, but its import needs libmagic, which the image lacks
+    with pytest.raises(SmokeTestFailed) as failure:
+        publish_course(load_course(scratch_course), settings=scratch_settings, client=docker_client)
+    assert "python-magic (magic: ImportError: failed to find libmagic" in str(failure.value)
+    assert VersionRegistry(scratch_settings.registry_dir).read("data-analysis").current == first.version
+    assert _no_session_containers(docker_client, scratch_settings)
+
+
+def test_python_pin_the_flavor_cannot_provide_is_refused_before_building(docker_client, scratch_settings, scratch_course):
+    env_file = scratch_course / "environment.yml"
+    env_file.write_text(env_file.read_text().replace("python=3.9", "python=3.11"))
+    with pytest.raises(ProblemsError) as failure:
+        publish_course(load_course(scratch_course), settings=scratch_settings, client=docker_client)
+    assert "debian-py39 provides Python 3.9.2" in str(failure.value)
+
+
+def test_conda_packages_the_flavor_cannot_provide_are_listed(docker_client, build_settings, tmp_path, repo_root):
+    folder = copy_course(repo_root, "deep-learning", tmp_path / "catalog", image_flavor="debian-py39")
+    with pytest.raises(ProblemsError) as failure:
+        publish_course(load_course(folder), settings=build_settings, client=docker_client)
+    (problem,) = failure.value.problems
+    assert problem.message == "debian-py39 cannot provide these conda packages: jupyter, pytorch, torchaudio, torchvision"
+
+
+def test_rollback_and_republish(docker_client, scratch_settings, scratch_course):
+    registry = VersionRegistry(scratch_settings.registry_dir)
+    first = publish_course(load_course(scratch_course), settings=scratch_settings, client=docker_client)
+    add_pip_requirements(scratch_course, "six==1.16.0")
+    second = publish_course(load_course(scratch_course), settings=scratch_settings, client=docker_client)
+    assert second.outcome == "published" and second.version != first.version
+    assert registry.read("data-analysis").current == second.version
+
+    record = rollback_course("data-analysis", settings=scratch_settings, client=docker_client)
+    assert record.current == first.version
+    record = rollback_course("data-analysis", settings=scratch_settings, to_version=second.version, client=docker_client)
+    assert record.current == second.version
+
+    again = publish_course(load_course(scratch_course), settings=scratch_settings, client=docker_client)
+    assert (again.outcome, again.version) == ("unchanged", second.version)
+    assert len(registry.read("data-analysis").versions) == len(record.versions)
+
+
+def test_version_rebuilt_from_its_lock_has_the_same_packages(docker_client, build_settings, published_examples):
+    from spawner.publish import read_lock
+
+    registry = VersionRegistry(build_settings.registry_dir)
+    current = registry.current_image("data-analysis")
+    lock = registry.read_lock("data-analysis", current.version)
+    course = load_course(Path("course_envs/data-analysis"))
+    candidate = ImageBuilder(build_settings, client=docker_client).build_course(course, lock=lock)
+    assert read_lock(docker_client, candidate) == lock
+    assert "tabulate==0.9.0" in lock.splitlines()
+
+
+def test_missing_base_image_is_one_clear_error(docker_client, build_settings, repo_root):
+    from dataclasses import replace
+
+    settings = replace(build_settings, image_namespace="teachlab-missing")
+    with pytest.raises(TeachlabError, match=r"base image teachlab-missing/debian-py39:v1.0.0 is missing \(build it: teachlab image build-base --flavor debian-py39\)"):
+        publish_course(load_course(repo_root / "course_envs" / "intro-python"), settings=settings, client=docker_client)
+
+
+def _teachlab(*args: str, env_changes: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env_changes}
+    return subprocess.run([sys.executable, "-m", "spawner.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_docker_not_running_is_one_line_and_exit_1(tmp_path):
+    result = _teachlab("course", "publish", "intro-python", "--state-dir", str(tmp_path),
+                       env_changes={"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: Docker is not running or not reachable")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_cli_publish_versions_and_rollback(docker_client, build_settings, scratch_course, tmp_path):
+    env = {"TEACHLAB_IMAGE_NAMESPACE": build_settings.image_namespace}
+    common = ["--catalog", str(scratch_course.parent), "--state-dir", str(tmp_path / "state")]
+    assert _teachlab("course", "publish", "data-analysis", *common, env_changes=env).returncode == 0
+    add_pip_requirements(scratch_course, "six==1.16.0")
+    published = _teachlab("course", "publish", "data-analysis", *common, env_changes=env)
+    assert published.returncode == 0, published.stderr
+    assert "published data-analysis v2" in published.stdout
+    listing = _teachlab("course", "versions", "data-analysis", "--json", *common[2:], env_changes=env)
+    import json
+
+    data = json.loads(listing.stdout)
+    assert data["current"] == "v2" and [v["version"] for v in data["versions"]] == ["v1", "v2"]
+    rolled = _teachlab("course", "rollback", "data-analysis", *common[2:], env_changes=env)
+    assert rolled.returncode == 0 and "v1 is current" in rolled.stdout
+    docker_client.images.remove(data["versions"][1]["image"], force=True)
+    missing = _teachlab("course", "rollback", "data-analysis", "--to", "v2", *common[2:], env_changes=env)
+    assert missing.returncode == 1 and "is gone from this engine" in missing.stderr

@@ -1,0 +1,88 @@
+"""A real lab for the hub tests: OIDC provider, configurable-http-proxy and JupyterHub as processes,
+students' containers on the real engine, a test catalog published into the session's state folder."""
+
+from __future__ import annotations
+
+import pytest
+
+from spawner.hubconfig import ensure_student_network
+from spawner.lab import Lab, LabPorts, free_port
+from support.catalogs import copy_course
+from support.hub import HubUser
+
+STUDENTS = ("alice", "bob", "carol", "dave", "erin", "fiona")
+TEST_ACCOUNTS = (
+    *({"username": name, "name": name.title(), "groups": ["cs101-students"]} for name in STUDENTS),
+    {"username": "frank", "name": "Frank", "groups": ["ds201-students"]},
+    {"username": "ivy", "name": "Ivy", "groups": ["idle-testers"]},
+    {"username": "prof", "name": "Prof", "groups": ["cs101-staff"]},
+    {"username": "admin", "name": "Admin", "groups": ["lab-admins"]},
+)
+HUB_COURSES = ("intro-python", "data-analysis", "ended-course", "quick-idle", "versioned")
+
+
+@pytest.fixture(scope="session")
+def hub_catalog(tmp_path_factory, repo_root):
+    """The example CPU courses plus courses made for tests: an ended term, a 1-minute idle limit,
+    one republished during the tests, and one that is never published."""
+    catalog = tmp_path_factory.mktemp("catalog")
+    copy_course(repo_root, "intro-python", catalog)
+    copy_course(repo_root, "data-analysis", catalog)
+    copy_course(repo_root, "intro-python", catalog, new_slug="ended-course", title="An Ended Course",
+                term={"start": "2025-01-01", "end": "2025-06-30"})
+    copy_course(repo_root, "intro-python", catalog, new_slug="quick-idle", title="Quick Idle",
+                students={"groups": ["idle-testers"]}, idle_timeout_minutes=1)
+    copy_course(repo_root, "data-analysis", catalog, new_slug="versioned", title="Versioned Course",
+                students={"groups": ["cs101-students"]})
+    copy_course(repo_root, "intro-python", catalog, new_slug="not-published", title="Not Published")
+    return catalog
+
+
+@pytest.fixture(scope="session")
+def hub_courses(docker_client, build_settings, base_image, published_examples, hub_catalog):
+    from spawner.catalog import load_catalog
+    from spawner.publish import publish_course
+
+    catalog = load_catalog(hub_catalog)
+    return {slug: publish_course(catalog.courses[slug], settings=build_settings, client=docker_client) for slug in HUB_COURSES}
+
+
+@pytest.fixture(scope="session")
+def lab(docker_client, build_settings, hub_courses, hub_catalog, session_id, session_labels):
+    """The running lab; its containers, volumes and network carry the session label."""
+    lab = Lab(
+        state_dir=build_settings.state_dir,
+        catalog_path=hub_catalog,
+        ports=LabPorts(public=free_port(), proxy_api=free_port(), hub=free_port(), oidc=free_port()),
+        network=f"teachlab-test-{session_id}",
+        extra_labels=session_labels,
+        accounts=TEST_ACCOUNTS,
+        extra_env={"TEACHLAB_CULL_EVERY": "10"},
+    )
+    gateway = ensure_student_network(lab.network, session_labels)
+    lab.up(gateway)
+    lab.gateway = gateway
+    yield lab
+    lab.down()
+
+
+@pytest.fixture(scope="session")
+def users(lab):
+    """Logged-in users by name, logged in once per session on first use."""
+    cache: dict[str, HubUser] = {}
+
+    def get(name: str) -> HubUser:
+        if name not in cache:
+            cache[name] = HubUser(lab, name)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture
+def hub_log_on_failure(request, lab):
+    """After a failed test, print the end of the hub's log."""
+    yield
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        print(f"\n===== hub log =====\n{lab.hub.tail(80)}")
