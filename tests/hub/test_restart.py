@@ -1,0 +1,45 @@
+"""Restarting the hub never stops students' servers; records of vanished containers are cleaned."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import requests
+
+from spawner import naming
+
+pytestmark = [pytest.mark.hub, pytest.mark.docker,
+              pytest.mark.usefixtures("print_container_logs_on_failure", "hub_log_on_failure")]
+
+RUNNING = ("alice", "bob", "carol", "dave", "erin")
+
+
+def _proxy_routes(lab) -> set[str]:
+    response = requests.get(f"http://127.0.0.1:{lab.ports.proxy_api}/api/routes",
+                            headers={"Authorization": f"token {lab.secrets()['proxy_token']}"}, timeout=10)
+    return set(response.json())
+
+
+@pytest.mark.parametrize("how", [pytest.param(signal.SIGKILL, id="sigkill"), pytest.param(signal.SIGTERM, id="graceful")])
+def test_hub_restart_keeps_five_running_servers(users, lab, docker_client, how):
+    for name in RUNNING:
+        users(name).start_and_wait("intro-python")
+    users("fiona").start_and_wait("intro-python")
+    containers = {name: docker_client.containers.get(naming.container_name(name, "intro-python")).id for name in RUNNING}
+
+    lab.hub.stop(how)
+    # While the hub is down, one container disappears behind its back.
+    docker_client.containers.get(naming.container_name("fiona", "intro-python")).remove(force=True)
+    lab.start_hub()
+
+    for name in RUNNING:
+        user = users(name)
+        assert user.server("intro-python").get("ready"), name
+        assert user.get_server_page("api/status", course="intro-python").status_code == 200, name
+        assert docker_client.containers.get(naming.container_name(name, "intro-python")).id == containers[name]
+    routes = _proxy_routes(lab)
+    assert {f"/user/{name}/intro-python" for name in RUNNING} <= routes
+    assert "/user/fiona/intro-python" not in routes
+    assert users("fiona").server("intro-python") == {}
+    users("fiona").start_and_wait("intro-python")  # the cleaned record does not block a new start
