@@ -1,0 +1,57 @@
+"""Hub-side helpers without a hub: instructor roles, per-course idle limits, host settings."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from spawner.catalog import load_catalog
+from spawner.hub import instructor_roles
+from spawner.hubconfig import IDLE_CULLER_SCOPES
+from spawner.idle import course_idle_arbiter
+from spawner.settings import BuildSettings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_instructor_roles_are_scoped_to_the_course_students():
+    roles = {role["name"]: role for role in instructor_roles(load_catalog(REPO / "course_envs"))}
+    intro = roles["instructor-intro-python"]
+    assert intro["users"] == ["prof-lee"] and intro["groups"] == ["cs101-staff"]
+    assert "servers!group=cs101-students" in intro["scopes"] and "access:servers!user=student-alice" in intro["scopes"]
+    assert all("!group=" in scope or "!user=" in scope for scope in intro["scopes"])  # never an unfiltered scope
+    assert not any(scope.startswith(("admin", "users", "tokens", "delete:users")) for scope in intro["scopes"])
+
+
+def test_idle_culler_asks_for_the_least_scopes():
+    assert sorted(IDLE_CULLER_SCOPES) == ["delete:servers", "list:users", "read:servers", "read:users:activity"]
+
+
+@pytest.mark.parametrize("server, idle_minutes, culled", [
+    pytest.param("intro-python", 59, False, id="intro-under-60"),
+    pytest.param("intro-python", 60, True, id="intro-at-60"),
+    pytest.param("data-analysis", 80, False, id="data-under-90"),
+    pytest.param("deep-learning", 31, True, id="gpu-course-uses-gpu-limit-30"),
+    pytest.param("deep-learning", 29, False, id="gpu-course-under-30"),
+    pytest.param("not-a-course", 119, False, id="unknown-uses-global-120"),
+    pytest.param("not-a-course", 121, True, id="unknown-over-global"),
+])
+def test_course_idle_arbiter(server, idle_minutes, culled):
+    arbiter = course_idle_arbiter(REPO / "course_envs")
+    verdict = arbiter(inactive=timedelta(minutes=idle_minutes), inactive_limit=120 * 60, server={"name": server})
+    assert verdict is culled
+
+
+def test_build_settings_read_the_hosts_pip_settings_without_file_indexes(tmp_path):
+    conf = tmp_path / "pip.conf"
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("ca")
+    conf.write_text(f"[global]\nindex-url = https://mirror.example.edu/simple\nextra-index-url = file:///opt/local https://extra.example.edu/simple\ncert = {bundle}\n")
+    settings = BuildSettings.from_environment({"PIP_CONFIG_FILE": str(conf), "HOME": str(tmp_path)})
+    assert settings.pip_index_url == "https://mirror.example.edu/simple"
+    assert settings.pip_extra_index_urls == ("https://extra.example.edu/simple",)
+    assert settings.ca_bundle == bundle
+    overridden = BuildSettings.from_environment({"PIP_CONFIG_FILE": str(conf), "TEACHLAB_PIP_INDEX_URL": "https://other.example.edu/simple"})
+    assert overridden.pip_index_url == "https://other.example.edu/simple"

@@ -1,0 +1,168 @@
+"""Rendered build plans (no Docker): the miniconda-py39 production flavor is checked here, since these
+machines cannot reach conda channels; .github/workflows/miniconda-image.yml builds it for real."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spawner.catalog import load_course
+from spawner.docker_engine import summarize_build_failure
+from spawner.imageplan import (
+    CA_FILE,
+    PipSettings,
+    environment_hash,
+    load_flavor,
+    render_base_context,
+    render_course_context,
+    venv_requirements,
+)
+from spawner.problems import ProblemsError, TeachlabError
+
+REPO = Path(__file__).resolve().parents[2]
+CONSTRAINTS = (REPO / "constraints.txt").read_text()
+MIRROR = PipSettings(
+    index_url="https://pypi-mirror.example.edu/simple",
+    ca_bundle=b"-----BEGIN CERTIFICATE-----\nfake_ca_for_tests\n-----END CERTIFICATE-----\n",
+    conda_channels=("conda-forge",),
+    conda_channel_alias="https://conda-mirror.example.edu/anaconda",
+)
+INSTALLER = b"#!/bin/sh\n# stand-in for the Miniconda installer: only its bytes travel in the context\n"
+
+
+@pytest.fixture
+def miniconda():
+    return load_flavor(REPO / "images", "miniconda-py39")
+
+
+@pytest.fixture
+def debian():
+    return load_flavor(REPO / "images", "debian-py39")
+
+
+def _text(files, name):
+    return files[name].decode()
+
+
+def _final_stage(dockerfile: str) -> str:
+    return dockerfile.split("\nFROM ")[-1]
+
+
+def test_miniconda_base_plan(miniconda):
+    files = render_base_context(miniconda, rootfs_image="teachlab/rootfs-bullseye-minbase:abc", constraints=CONSTRAINTS,
+                                pip=MIRROR, installer_bytes=INSTALLER)
+    dockerfile = _text(files, "Dockerfile")
+    installer = miniconda.installer
+    assert installer.file.startswith("Miniconda3-py39_") and re.fullmatch(r"[0-9a-f]{64}", installer.sha256)
+    assert f'echo "{installer.sha256}  {installer.file}" | sha256sum -c -' in dockerfile
+    assert f"bash {installer.file} -b -p /opt/conda" in dockerfile
+    assert "conda clean --all --yes" in dockerfile
+    assert "conda create --yes -p /opt/jupyter python=3.9 pip" in dockerfile
+    assert "pip install -c /tmp/teachlab-build/constraints.txt jupyterhub jupyterlab jupyter-server" in dockerfile
+    assert files["build/" + installer.file] == INSTALLER
+    assert _text(files, "build/constraints.txt") == CONSTRAINTS
+    final = _final_stage(dockerfile)
+    assert "teachlab-build" not in final.replace("COPY --from=build", "")  # no installer, settings or CA in the image
+    assert "USER 1000:1000" in final and 'ENTRYPOINT ["/usr/bin/tini", "-g", "--"]' in final
+    assert "WORKDIR /home/jovyan/work" in final
+    assert miniconda.base_image("teachlab") == "teachlab/miniconda-py39:v1.0.0"
+
+    condarc = yaml.safe_load(_text(files, "condarc"))
+    assert condarc == {
+        "channels": ["conda-forge"],
+        "channel_alias": "https://conda-mirror.example.edu/anaconda",
+        "pkgs_dirs": ["/opt/conda/pkgs"],
+        "envs_dirs": ["/opt/conda/envs"],
+        "show_channel_urls": True,
+    }
+    build_condarc = yaml.safe_load(_text(files, "build/condarc.build"))
+    assert build_condarc["ssl_verify"] == "/tmp/teachlab-build/ca.crt"
+
+
+def test_miniconda_base_needs_its_installer(miniconda):
+    with pytest.raises(TeachlabError, match="needs its Miniconda installer"):
+        render_base_context(miniconda, rootfs_image="r", constraints=CONSTRAINTS, pip=MIRROR)
+
+
+def test_miniconda_course_plan_uses_conda_with_the_instructors_file(miniconda):
+    course = load_course(REPO / "course_envs" / "deep-learning")
+    plan = render_course_context(course, miniconda, base_image="teachlab/miniconda-py39:v1.0.0", base_image_id="sha256:1",
+                                 constraints=CONSTRAINTS, pip=MIRROR)
+    dockerfile = _text(plan.files, "Dockerfile")
+    assert "conda env create -p /opt/course-env -f /tmp/teachlab-build/environment.yml" in dockerfile
+    assert "conda list -p /opt/course-env --explicit --md5" in dockerfile and "conda clean --all --yes" in dockerfile
+    environment = yaml.safe_load(_text(plan.files, "build/environment.yml"))
+    assert environment["channels"] == ["pytorch", "defaults"]
+    assert "pytorch" in environment["dependencies"] and "ipykernel=6.31.0" in environment["dependencies"]
+    assert environment["dependencies"][-1] == {"pip": ["opencv-python", "torch-summary", "wandb"]}
+    assert '"display_name": "Deep Learning"' in _text(plan.files, "kernel.json")
+    assert "pytorch" in plan.top_level_distributions and "opencv-python" in plan.top_level_distributions
+
+
+def test_miniconda_course_rebuilt_from_its_lock(miniconda):
+    course = load_course(REPO / "course_envs" / "deep-learning")
+    lock = "@EXPLICIT\nhttps://conda-mirror.example.edu/x/numpy-1.26.4.conda#abc\n# pip\nwandb==0.18.0\n"
+    plan = render_course_context(course, miniconda, base_image="b", base_image_id="sha256:1", constraints=CONSTRAINTS,
+                                 pip=MIRROR, lock=lock)
+    dockerfile = _text(plan.files, "Dockerfile")
+    assert "conda create --yes -p /opt/course-env --file /tmp/teachlab-build/conda-lock.txt" in dockerfile
+    assert _text(plan.files, "build/conda-lock.txt").startswith("@EXPLICIT")
+    assert _text(plan.files, "build/requirements.txt") == "wandb==0.18.0\n"
+
+
+def test_debian_course_plan_translates_conda_pins_for_pip(debian):
+    course = load_course(REPO / "course_envs" / "intro-python")
+    assert venv_requirements(course, debian, ipykernel_pin="ipykernel==6.31.0") == [
+        "numpy==1.26.*", "pandas==2.2.*", "matplotlib==3.9.*", "ipykernel==6.31.0",
+    ]
+
+
+def test_build_settings_stay_out_of_the_environment_hash(debian):
+    course = load_course(REPO / "course_envs" / "data-analysis")
+    plain = render_course_context(course, debian, base_image="b", base_image_id="sha256:1", constraints=CONSTRAINTS, pip=PipSettings())
+    mirrored = render_course_context(course, debian, base_image="b", base_image_id="sha256:1", constraints=CONSTRAINTS, pip=MIRROR)
+    other_base = render_course_context(course, debian, base_image="b", base_image_id="sha256:2", constraints=CONSTRAINTS, pip=MIRROR)
+    assert plain.environment_hash == mirrored.environment_hash != other_base.environment_hash
+    assert CA_FILE in mirrored.files and CA_FILE not in plain.files
+    assert "ca.crt" not in _final_stage(_text(mirrored.files, "Dockerfile"))
+    assert environment_hash(dict(plain.files), "sha256:1") == plain.environment_hash
+
+
+def test_flavor_refusals_come_in_one_error(debian, tmp_path):
+    folder = tmp_path / "dl"
+    folder.mkdir()
+    (folder / "course.yaml").write_text((REPO / "course_envs" / "deep-learning" / "course.yaml").read_text())
+    env = (REPO / "course_envs" / "deep-learning" / "environment.yml").read_text().replace("python=3.9", "python=3.10")
+    (folder / "environment.yml").write_text(env)
+    with pytest.raises(ProblemsError) as failure:
+        venv_requirements(load_course(folder), debian, ipykernel_pin="ipykernel==6.31.0")
+    messages = [problem.message for problem in failure.value.problems]
+    assert messages == [
+        "'python=3.10' cannot be met: debian-py39 provides Python 3.9.2",
+        "debian-py39 cannot provide these conda packages: jupyter, pytorch, torchaudio, torchvision",
+    ]
+
+
+def test_unknown_flavor_names_the_known_ones():
+    with pytest.raises(TeachlabError, match=r"unknown image flavor 'ubuntu' \(known flavors: debian-py39, miniconda-py39"):
+        load_flavor(REPO / "images", "ubuntu")
+
+
+@pytest.mark.parametrize("log, error, expected", [
+    pytest.param(["Step 4/9 : RUN pip install", "ERROR: Could not find a version that satisfies the requirement nope-pkg (from versions: none)",
+                  "ERROR: No matching distribution found for nope-pkg"], "returned a non-zero code: 1",
+                 "Could not find a version that satisfies the requirement nope-pkg (from versions: none); No matching distribution found for nope-pkg",
+                 id="missing-package"),
+    pytest.param(["ERROR: Ignored the following versions that require a different python version: 2.0 Requires-Python >=3.10",
+                  "ERROR: Cannot install requests==2.31.0 and urllib3==1.20 because these package versions have conflicting dependencies.",
+                  "The conflict is caused by:", "    The user requested urllib3==1.20", "    requests 2.31.0 depends on urllib3<3 and >=1.21.1"],
+                 "x", "Cannot install requests==2.31.0 and urllib3==1.20 because these package versions have conflicting dependencies.; "
+                      "The conflict is caused by:; The user requested urllib3==1.20; requests 2.31.0 depends on urllib3<3 and >=1.21.1",
+                 id="conflict"),
+    pytest.param(["Step 1/3 : FROM nothing"], "pull access denied for nothing\n", "pull access denied for nothing", id="no-pip-lines"),
+])
+def test_build_failure_summary(log, error, expected):
+    assert summarize_build_failure(log, error) == expected
