@@ -235,8 +235,25 @@ class Lab:
         command = [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)]
         self.hub.start(command, self.hub_environment(), ready=lambda: _http_ok(f"{self.public_url}/hub/api/"), timeout=120)
 
+    def save(self) -> None:
+        """Remember where this lab listens, so ``down`` (another process, later) finds it."""
+        (self.folder / "lab.json").write_text(json.dumps({
+            "ports": vars(self.ports), "network": self.network, "catalog_path": str(self.catalog_path),
+        }, indent=2))
+
+    @classmethod
+    def load(cls, state_dir: Path, **defaults) -> "Lab":
+        """The lab last started with this state folder (or one with ``defaults`` if none was)."""
+        path = Path(state_dir) / "lab" / "lab.json"
+        if not path.exists():
+            return cls(state_dir=state_dir, **defaults)
+        saved = json.loads(path.read_text())
+        return cls(state_dir=state_dir, ports=LabPorts(**saved["ports"]), network=saved["network"],
+                   catalog_path=Path(saved["catalog_path"]))
+
     def up(self, hub_gateway: str) -> None:
         """Start whatever is not running yet."""
+        self.save()
         if not self.oidc.pid():
             self.start_oidc()
         if not self.proxy.pid():

@@ -74,7 +74,7 @@ def _stop_all_servers(lab: Lab) -> int:
 
 
 def lab_down(*, state_dir: Path, catalog_path: Path, console: Console) -> None:
-    lab = Lab(state_dir=state_dir, catalog_path=catalog_path)
+    lab = Lab.load(state_dir, catalog_path=catalog_path)
     if lab.hub.pid():
         try:
             console.print(f"asked the hub to stop {_stop_all_servers(lab)} server(s)", markup=False)
