@@ -38,6 +38,14 @@ def _course_list(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _course_schema_docs(args: argparse.Namespace, console: Console) -> int:
+    from .schemadoc import render_course_yaml_reference
+
+    Path(args.output).write_text(render_course_yaml_reference())
+    console.print(f"wrote {args.output}")
+    return 0
+
+
 def _settings(args: argparse.Namespace):
     from .settings import BuildSettings
 
@@ -159,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing = course_commands.add_parser("list", help="list the courses of a catalog")
     listing.add_argument("path", nargs="?", default="course_envs", help="catalog folder (default: course_envs)")
     listing.set_defaults(handler=_course_list)
+
+    schema_docs = course_commands.add_parser("schema-docs", help="write the course.yaml reference from the JSON Schema")
+    schema_docs.add_argument("--output", default="docs/course-yaml.md", help="where to write (default: docs/course-yaml.md)")
+    schema_docs.set_defaults(handler=_course_schema_docs)
 
     def course_action(name: str, help_text: str, handler) -> argparse.ArgumentParser:
         action = course_commands.add_parser(name, help=help_text)

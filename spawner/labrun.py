@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -57,19 +58,25 @@ def lab_up(*, state_dir: Path, catalog_path: Path, console: Console, progress: P
     return lab
 
 
-def _stop_all_servers(lab: Lab) -> int:
-    """Ask the hub to stop every running server; returns how many it was asked to stop."""
-    headers = {"Authorization": f"token {lab.secrets()['cli_token']}"}
-    api = f"{lab.public_url}/hub/api"
-    request = urllib.request.Request(f"{api}/users?state=active", headers=headers)
+def _active_users(lab: Lab) -> list[dict]:
+    request = urllib.request.Request(f"{lab.public_url}/hub/api/users?state=active",
+                                     headers={"Authorization": f"token {lab.secrets()['cli_token']}"})
     with urllib.request.urlopen(request, timeout=30) as response:
-        users = json.load(response)
+        return json.load(response)
+
+
+def _stop_all_servers(lab: Lab, timeout: float = 120) -> int:
+    """Ask the hub to stop every running server and wait until none is left; returns how many."""
+    headers = {"Authorization": f"token {lab.secrets()['cli_token']}"}
     stopped = 0
-    for user in users:
+    for user in _active_users(lab):
         for name in user.get("servers", {}):
-            url = f"{api}/users/{user['name']}/servers/{name}" if name else f"{api}/users/{user['name']}/server"
+            url = f"{lab.public_url}/hub/api/users/{user['name']}/servers/{name}"
             urllib.request.urlopen(urllib.request.Request(url, method="DELETE", headers=headers), timeout=60)
             stopped += 1
+    deadline = time.monotonic() + timeout
+    while _active_users(lab) and time.monotonic() < deadline:
+        time.sleep(1)
     return stopped
 
 

@@ -93,3 +93,10 @@ def test_problems_error_lists_every_problem(tmp_path):
         load_catalog(tmp_path)
     paths = [p.path for p in info.value.problems]
     assert "titel" in paths and "gpu" in paths and "dependencies" in paths
+
+
+def test_course_yaml_reference_is_generated_from_the_schema(repo_root):
+    from spawner.schemadoc import render_course_yaml_reference
+
+    assert (repo_root / "docs" / "course-yaml.md").read_text() == render_course_yaml_reference(), \
+        "docs/course-yaml.md is stale: run .venv/bin/teachlab course schema-docs"
