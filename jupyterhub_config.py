@@ -14,7 +14,9 @@ from spawner.hubconfig import (
     ensure_student_network,
     idle_culler_service,
     load_catalog_or_stop,
+    reconcile_gpus_or_stop,
 )
+from spawner.gpuhub import LAB_LABEL, default_ledger_url, parse_inventory_setting
 from spawner.labconfig import LabConfig
 
 c = get_config()  # noqa: F821
@@ -48,12 +50,20 @@ c.JupyterHub.template_vars = {"courses": course_rows(cache, lab.registry_dir, to
 c.JupyterHub.spawner_class = "spawner.CourseSpawner"
 c.CourseSpawner.catalog_path = str(lab.catalog_path)
 c.CourseSpawner.state_dir = str(lab.state_dir)
-c.CourseSpawner.extra_labels = dict(lab.extra_labels)
+c.CourseSpawner.extra_labels = {**lab.extra_labels, LAB_LABEL: lab.lab_id}
 c.CourseSpawner.today = today
 c.CourseSpawner.network_name = lab.network
 c.CourseSpawner.use_internal_ip = True
 c.CourseSpawner.start_timeout = 120
 c.CourseSpawner.http_timeout = 90
+c.CourseSpawner.poll_interval = lab.poll_interval_seconds
+
+# GPUs: discovered with NVML ("nvml") or declared (a JSON list); the ledger is made equal to what this
+# lab's containers hold before the hub takes any request.
+gpu_ledger_url = lab.gpu_ledger_url or default_ledger_url(lab.state_dir)
+c.CourseSpawner.gpu_inventory = parse_inventory_setting(lab.gpu_inventory)
+c.CourseSpawner.gpu_ledger_url = gpu_ledger_url
+reconcile_gpus_or_stop(gpu_ledger_url, lab.lab_id)
 
 # Login through the university's OpenID Connect provider; its groups claim becomes hub groups
 # (course membership) and admin rights.

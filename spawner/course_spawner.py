@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import asyncio
 from datetime import date
+from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import docker.errors
+import jinja2
+from docker.types import DeviceRequest
 from dockerspawner import DockerSpawner
 from tornado import web
 from traitlets import Any as AnyTrait
-from traitlets import Dict, Unicode, default
+from traitlets import Dict, List, Unicode, Union, default
 
 from . import naming
 from .catalog import Access, Course
+from .gpu import AllocationRefused, GpuInventoryError
+from .gpuhub import GPU_LABEL, default_ledger_url, inventory_for, ledger_for
 from .hub import CatalogCache, user_group_names
 from .registry import CourseVersion, VersionRegistry
 
@@ -64,6 +69,39 @@ class CourseSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    gpu_inventory = Union(
+        [Unicode(), List(Dict())],
+        default_value="",
+        help="""The GPUs this hub gives out: "nvml" discovers them on this host, a list declares them, "" means none.
+
+        c.CourseSpawner.gpu_inventory = "nvml"
+        c.CourseSpawner.gpu_inventory = [{"uuid": "GPU-5f1e...", "index": 0, "model": "NVIDIA A100", "memory": "40G"}]
+        """,
+    ).tag(config=True)
+
+    gpu_ledger_url = Unicode(
+        help="""SQLAlchemy URL of the GPU ledger (who holds which GPU, usage, quotas). SQLite by default.
+
+        c.CourseSpawner.gpu_ledger_url = "postgresql://teachlab@db/teachlab"
+        """,
+    ).tag(config=True)
+
+    gpu_driver = Unicode(
+        "nvidia",
+        help="""Docker device driver of GPU device requests.
+
+        c.CourseSpawner.gpu_driver = "nvidia"
+        """,
+    ).tag(config=True)
+
+    form_template_paths = List(
+        Unicode(),
+        help="""Folders searched before the built-in templates for course_form.html (the spawn form of GPU courses).
+
+        c.CourseSpawner.form_template_paths = ["/srv/teachlab/templates"]
+        """,
+    ).tag(config=True)
+
     today = AnyTrait(
         help="""Callable returning today's date, used for course terms (tests pass a fixed day).
 
@@ -76,6 +114,7 @@ class CourseSpawner(DockerSpawner):
     course_slug = Unicode(None, allow_none=True, help="Course of this server (persisted in the state).")
     image_version = Unicode(None, allow_none=True, help="Published version the running server was started from.")
     home_volume = Unicode(None, allow_none=True, help="Name of the student's work volume (persisted, never renamed).")
+    gpu_devices = List(Unicode(), help="UUIDs of the GPUs this server holds (persisted).")
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -106,9 +145,17 @@ class CourseSpawner(DockerSpawner):
     def _default_notebook_dir(self):
         return WORK_MOUNT
 
+    @default("gpu_ledger_url")
+    def _default_gpu_ledger_url(self):
+        return default_ledger_url(Path(self.state_dir))
+
     @default("options_form")
     def _default_options_form(self):
-        return ""
+        return _course_form
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return _single_values
 
     @default("object_name")
     def _object_name_default(self):
@@ -120,10 +167,10 @@ class CourseSpawner(DockerSpawner):
     def get_state(self) -> dict:
         state = super().get_state()
         state["teachlab_state_version"] = STATE_VERSION
-        for key in ("course_slug", "image_version", "home_volume"):
+        for key in ("course_slug", "image_version", "home_volume", "gpu_devices"):
             value = getattr(self, key)
             if value:
-                state[key] = value
+                state[key] = list(value) if key == "gpu_devices" else value
         return state
 
     def load_state(self, state: dict) -> None:
@@ -131,11 +178,13 @@ class CourseSpawner(DockerSpawner):
         self.course_slug = state.get("course_slug") or self.course_slug
         self.image_version = state.get("image_version") or self.image_version
         self.home_volume = state.get("home_volume") or self.home_volume
+        self.gpu_devices = state.get("gpu_devices") or self.gpu_devices
 
     def clear_state(self) -> None:
-        """Forget the running container and its version; keep the course and the volume name."""
+        """Forget the running container, its version and GPUs; keep the course and the volume name."""
         super().clear_state()
         self.image_version = None
+        self.gpu_devices = []
 
     # -- catalog and access -------------------------------------------------------------------------
     @property
@@ -249,6 +298,43 @@ class CourseSpawner(DockerSpawner):
         finally:
             await self.docker("remove_container", container["Id"], force=True)
 
+    # -- GPUs ---------------------------------------------------------------------------------------
+    async def _in_executor(self, function: Callable, /, **kwargs) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(function, **kwargs))
+
+    async def _reserve_gpus(self, course: Course) -> None:
+        """Take the course's GPUs in the ledger, or refuse with the reason before anything starts."""
+        try:
+            devices = await self._in_executor(inventory_for, setting=self.gpu_inventory)
+        except GpuInventoryError as exc:
+            self.log.error("GPU inventory: %s", exc)
+            raise web.HTTPError(503, f"{course.title} needs a GPU, but this lab cannot see its GPUs right now; tell the lab's admins")
+        if not devices:
+            raise web.HTTPError(503, f"{course.title} needs a GPU, but this lab has none")
+        ledger = await self._in_executor(ledger_for, url=self.gpu_ledger_url)
+        try:
+            allocation = await self._in_executor(
+                ledger.allocate, username=self.user.name, course=course.slug, server_name=self.name, count=course.gpu,
+                devices=devices, term_start=course.term.start, term_end=course.term.end, container_name=self.object_name,
+            )
+        except AllocationRefused as refusal:
+            raise web.HTTPError(refusal.status, refusal.reason)
+        self.gpu_devices = list(allocation.device_uuids)
+
+    async def _release_gpus(self, reason: str, *, held: Optional[bool] = None) -> None:
+        """Release this server's GPUs in the ledger (idempotent); ``held`` overrides the in-memory record."""
+        if self.gpu_devices if held is None else held:
+            ledger = await self._in_executor(ledger_for, url=self.gpu_ledger_url)
+            released = await self._in_executor(ledger.release, username=self.user.name, server_name=self.name, reason=reason)
+            self.log.info("released GPUs %s of %s (%s)", ",".join(released), self._log_name, reason)
+            self.gpu_devices = []
+
+    def _gpu_host_config(self) -> dict:
+        if not self.gpu_devices:
+            return {}
+        request = DeviceRequest(driver=self.gpu_driver, device_ids=list(self.gpu_devices), capabilities=[["gpu"]])
+        return {"device_requests": [request]}
+
     # -- start / stop -------------------------------------------------------------------------------
     async def _current_version(self, course: Course) -> CourseVersion:
         loop = asyncio.get_running_loop()
@@ -268,6 +354,9 @@ class CourseSpawner(DockerSpawner):
             self.image = version.image
             self.image_version = version.version
             self.object_name = naming.container_name(self.user.name, course.slug)
+            if course.gpu:
+                self._report(15, f"Reserving {course.gpu} GPU(s) for {course.title}")
+                await self._reserve_gpus(course)
             self._report(20, f"Preparing storage for {course.title}")
             await self._prepare_storage(course, access, version.image)
             self.mem_limit = course.resources.memory
@@ -277,15 +366,22 @@ class CourseSpawner(DockerSpawner):
                 "cap_drop": ["ALL"],
                 "pids_limit": 1024,
                 "init": False,
+                **self._gpu_host_config(),
             }
+            labels = self._labels(course)
+            if self.gpu_devices:
+                labels[GPU_LABEL] = ",".join(self.gpu_devices)
             self.extra_create_kwargs = {
                 "user": "1000:1000",
-                "labels": {_literal(key): _literal(value) for key, value in self._labels(course).items()},
+                "labels": {_literal(key): _literal(value) for key, value in labels.items()},
             }
             self._report(50, f"Creating your container from {course.title} {version.version}")
             ip_port = await super().start()
             self._report(80, "Waiting for JupyterLab to start")
             return ip_port
+        except BaseException:
+            await self._release_gpus("the start failed")
+            raise
         finally:
             self._start_finished = True
 
@@ -294,16 +390,50 @@ class CourseSpawner(DockerSpawner):
         if self.course_slug:
             env["TEACHLAB_COURSE"] = self.course_slug
             env["TEACHLAB_COURSE_VERSION"] = self.image_version or ""
+        if self.gpu_devices:
+            # Set here too, so an image's own NVIDIA_VISIBLE_DEVICES (e.g. "all") cannot widen the request.
+            env["NVIDIA_VISIBLE_DEVICES"] = ",".join(self.gpu_devices)
         return env
 
     async def poll(self):
         if not self.object_name:
             return 0  # start() refused before naming a container: nothing runs
-        return await super().poll()
+        status = await super().poll()
+        if status is not None and not self._spawn_pending:
+            await self._release_gpus("its container is gone")
+        return status
 
     async def stop(self, now: bool = False):
-        if not self.object_name:
-            # Nothing was created: start() refused before naming a container.
-            self.clear_state()
-            return
-        await super().stop(now=now)
+        held = bool(self.gpu_devices)  # DockerSpawner.stop clears the state; release only once the container is gone
+        if self.object_name:
+            await super().stop(now=now)
+        await self._release_gpus("the server stopped", held=held)
+        self.clear_state()
+
+
+def _single_values(form_data: dict) -> dict:
+    """Form fields arrive as lists; one value each is all the course form sends."""
+    return {key: values[0] if isinstance(values, list) and len(values) == 1 else values for key, values in form_data.items()}
+
+
+_form_environments: dict[tuple[str, ...], jinja2.Environment] = {}
+
+
+def _form_environment(paths: tuple[str, ...]) -> jinja2.Environment:
+    if paths not in _form_environments:
+        loader = jinja2.FileSystemLoader([*paths, str(Path(__file__).with_name("templates"))])
+        _form_environments[paths] = jinja2.Environment(loader=loader, autoescape=True)
+    return _form_environments[paths]
+
+
+async def _course_form(spawner: CourseSpawner) -> str:
+    """The spawn form: only GPU courses have one, showing the student's remaining GPU-hours."""
+    catalog = await spawner.catalog_cache.refresh()
+    course = catalog.courses.get(spawner.name)
+    if course is None or not course.gpu:
+        return ""
+    ledger = await spawner._in_executor(ledger_for, url=spawner.gpu_ledger_url)
+    remaining = await spawner._in_executor(ledger.remaining_gpu_hours, username=spawner.user.name, course=course.slug,
+                                           term_start=course.term.start, term_end=course.term.end)
+    template = _form_environment(tuple(spawner.form_template_paths)).get_template("course_form.html")
+    return template.render(course=course, remaining_gpu_hours=remaining)

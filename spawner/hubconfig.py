@@ -85,5 +85,17 @@ def idle_culler_service(*, catalog_path: Path, cull_every_seconds: int, fallback
     }
 
 
-def hub_problem(exc: TeachlabError) -> NoReturn:
-    stop_hub([f"teachlab: {line}" for line in str(exc).splitlines()])
+def reconcile_gpus_or_stop(ledger_url: str, lab_id: str) -> None:
+    """Make the GPU ledger equal to the labels of this lab's running containers (at hub start)."""
+    from .gpuhub import reconcile_with_containers
+
+    try:
+        report = reconcile_with_containers(ledger_url, connect(), lab_id)
+    except TeachlabError as exc:
+        stop_hub([f"teachlab: {line}" for line in str(exc).splitlines()])
+    for holding in report.released:
+        print(f"teachlab: GPU {holding.device_uuid} released from {holding.username}/{holding.server_name}: its container is gone",
+              file=sys.stderr)
+    for holding in report.added:
+        print(f"teachlab: GPU {holding.device_uuid} recorded for {holding.username}/{holding.server_name} from its container",
+              file=sys.stderr)

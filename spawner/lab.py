@@ -237,6 +237,7 @@ class Lab:
 
     def save(self) -> None:
         """Remember where this lab listens, so ``down`` (another process, later) finds it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "lab.json").write_text(json.dumps({
             "ports": vars(self.ports), "network": self.network, "catalog_path": str(self.catalog_path),
         }, indent=2))

@@ -7,6 +7,7 @@ that runs the hub its own way sets them in its service definition. Read only whe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -35,8 +36,16 @@ class LabConfig:
     admin_groups: tuple[str, ...] = ("lab-admins",)
     cli_token: Optional[str] = None
     cull_every_seconds: int = 60
+    poll_interval_seconds: int = 30
     extra_labels: Mapping[str, str] = field(default_factory=dict)
     today: Optional[str] = None  # ISO date; fixes "today" for course terms (tests, demos)
+    gpu_inventory: str = ""  # "nvml", a JSON list of declared devices, or "" for none
+    gpu_ledger_url: Optional[str] = None
+
+    @property
+    def lab_id(self) -> str:
+        """Labels this lab's containers, so two labs on one engine never count each other's GPUs."""
+        return hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
 
     @property
     def lab_dir(self) -> Path:
@@ -64,6 +73,9 @@ class LabConfig:
             admin_groups=_list(get("TEACHLAB_ADMIN_GROUPS", ",".join(cls.admin_groups))),
             cli_token=get("TEACHLAB_CLI_TOKEN") or None,
             cull_every_seconds=int(get("TEACHLAB_CULL_EVERY", cls.cull_every_seconds)),
+            poll_interval_seconds=int(get("TEACHLAB_POLL_INTERVAL", cls.poll_interval_seconds)),
             extra_labels=json.loads(get("TEACHLAB_EXTRA_LABELS", "{}")),
             today=get("TEACHLAB_TODAY") or None,
+            gpu_inventory=get("TEACHLAB_GPU_INVENTORY", ""),
+            gpu_ledger_url=get("TEACHLAB_GPU_LEDGER_URL") or None,
         )

@@ -3,22 +3,15 @@ students' containers on the real engine, a test catalog published into the sessi
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from spawner.hubconfig import ensure_student_network
 from spawner.lab import Lab, LabPorts, free_port
+from support.accounts import FAKE_GPU_INVENTORY, GPU_STUDENTS, HUB_COURSES, TEST_ACCOUNTS
 from support.catalogs import copy_course
 from support.hub import HubUser
-
-STUDENTS = ("alice", "bob", "carol", "dave", "erin", "fiona")
-TEST_ACCOUNTS = (
-    *({"username": name, "name": name.title(), "groups": ["cs101-students"]} for name in STUDENTS),
-    {"username": "frank", "name": "Frank", "groups": ["ds201-students"]},
-    {"username": "ivy", "name": "Ivy", "groups": ["idle-testers"]},
-    {"username": "prof", "name": "Prof", "groups": ["cs101-staff"]},
-    {"username": "admin", "name": "Admin", "groups": ["lab-admins"]},
-)
-HUB_COURSES = ("intro-python", "data-analysis", "ended-course", "quick-idle", "versioned")
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +28,8 @@ def hub_catalog(tmp_path_factory, repo_root):
     copy_course(repo_root, "data-analysis", catalog, new_slug="versioned", title="Versioned Course",
                 students={"groups": ["cs101-students"]})
     copy_course(repo_root, "intro-python", catalog, new_slug="not-published", title="Not Published")
+    copy_course(repo_root, "intro-python", catalog, new_slug="gpu-course", title="GPU Course", gpu=1,
+                students={"users": list(GPU_STUDENTS), "groups": ["gpu-testers"]}, gpu_idle_timeout_minutes=60)
     return catalog
 
 
@@ -57,7 +52,8 @@ def lab(docker_client, build_settings, hub_courses, hub_catalog, session_id, ses
         network=f"teachlab-test-{session_id}",
         extra_labels=session_labels,
         accounts=TEST_ACCOUNTS,
-        extra_env={"TEACHLAB_CULL_EVERY": "10"},
+        extra_env={"TEACHLAB_CULL_EVERY": "10", "TEACHLAB_POLL_INTERVAL": "5",
+                   "TEACHLAB_GPU_INVENTORY": json.dumps(FAKE_GPU_INVENTORY)},
     )
     gateway = ensure_student_network(lab.network, session_labels)
     lab.up(gateway)

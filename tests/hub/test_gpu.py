@@ -1,0 +1,149 @@
+"""GPU spawns end to end with fake_gpu_inventory (4 declared GPUs) and the fake GPU runtime in dockerd."""
+
+from __future__ import annotations
+
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from spawner import naming
+from spawner.gpuhub import GPU_LABEL, default_ledger_url, ledger_for
+from support.accounts import FAKE_GPU_INVENTORY, GPU_STUDENTS
+
+pytestmark = [pytest.mark.hub, pytest.mark.docker,
+              pytest.mark.usefixtures("print_container_logs_on_failure", "hub_log_on_failure")]
+
+FAKE_UUIDS = {device["uuid"] for device in FAKE_GPU_INVENTORY}
+
+
+class Admin:
+    """The lab's CLI token (the teachlab-cli service): starts servers for any user."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.headers = {"Authorization": f"token {lab.secrets()['cli_token']}"}
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        return requests.request(method, f"{self.lab.public_url}/hub/api{path}", headers=self.headers, timeout=180, **kwargs)
+
+    def servers(self, course: str) -> dict[str, dict]:
+        users = self.api("GET", "/users?state=active").json()
+        return {user["name"]: user["servers"][course] for user in users if course in user["servers"]}
+
+    def wait(self, condition, timeout: float = 120, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = condition()
+            if value:
+                return value
+            time.sleep(0.5)
+        raise AssertionError(f"{what} not reached in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def admin(lab):
+    admin = Admin(lab)
+    response = admin.api("POST", "/users", json={"usernames": list(GPU_STUDENTS)})
+    assert response.status_code in (201, 409), response.text
+    return admin
+
+
+@pytest.fixture(scope="module")
+def ledger(lab):
+    return ledger_for(default_ledger_url(lab.state_dir))
+
+
+def _gpu_containers(docker_client, lab) -> dict[str, list[str]]:
+    """username -> device IDs of running gpu-course containers, read from Docker and from inside them."""
+    seen = {}
+    for container in docker_client.containers.list(filters={"label": [GPU_LABEL, "org.teachlab.course=gpu-course"]}):
+        requested = [device for request in container.attrs["HostConfig"]["DeviceRequests"] for device in request["DeviceIDs"]]
+        inside = container.exec_run(["bash", "-c", "echo $NVIDIA_VISIBLE_DEVICES"], user="1000:1000").output.decode().strip()
+        assert inside.split(",") == requested == container.labels[GPU_LABEL].split(","), container.name
+        seen[container.labels["org.teachlab.user"]] = requested
+    return seen
+
+
+def _ledger_view(ledger) -> dict[str, list[str]]:
+    view: dict[str, list[str]] = {}
+    for holding in ledger.holdings():
+        view.setdefault(holding.username, []).append(holding.device_uuid)
+    return view
+
+
+def _stop_all(admin, course: str) -> None:
+    for name in admin.servers(course):
+        admin.api("DELETE", f"/users/{name}/servers/{course}")
+    admin.wait(lambda: not admin.servers(course), what=f"all {course} servers stopped")
+
+
+def test_fifty_concurrent_spawns_on_four_gpus(admin, ledger, docker_client, lab):
+    def spawn(name: str) -> requests.Response:
+        return admin.api("POST", f"/users/{name}/servers/gpu-course")
+
+    with ThreadPoolExecutor(len(GPU_STUDENTS)) as pool:
+        responses = dict(zip(GPU_STUDENTS, pool.map(spawn, GPU_STUDENTS)))
+    started = sorted(name for name, response in responses.items() if response.status_code in (201, 202))
+    refused = {name: response for name, response in responses.items() if name not in started}
+    assert len(started) == 4 and len(refused) == 46
+    for response in refused.values():
+        assert response.status_code == 503
+        assert response.json()["message"] == "all 4 GPUs are in use; try again later"
+
+    admin.wait(lambda: len([s for s in admin.servers("gpu-course").values() if s["ready"]]) == 4, what="4 GPU servers ready")
+    containers = _gpu_containers(docker_client, lab)
+    assert sorted(containers) == started
+    devices = [device for held in containers.values() for device in held]
+    assert len(devices) == len(set(devices)) == 4 and set(devices) == FAKE_UUIDS
+    assert _ledger_view(ledger) == containers
+
+    # The hub dies while servers hold GPUs; one container is removed while it is down.
+    lab.hub.stop(signal.SIGKILL)
+    gone = started[0]
+    docker_client.containers.get(naming.container_name(gone, "gpu-course")).remove(force=True)
+    lab.start_hub()
+    remaining = _gpu_containers(docker_client, lab)
+    assert gone not in remaining and len(remaining) == 3
+    assert _ledger_view(ledger) == remaining
+
+    # Behind the hub's back, while it runs: the device is free again within one poll.
+    taken_away = started[1]
+    freed = containers[taken_away]
+    docker_client.containers.get(naming.container_name(taken_away, "gpu-course")).remove(force=True)
+    admin.wait(lambda: taken_away not in _ledger_view(ledger), timeout=15, what="device released after one poll")
+    assert _ledger_view(ledger) == _gpu_containers(docker_client, lab)
+    late = refused[sorted(refused)[0]]
+    assert late.status_code == 503
+    newcomer = sorted(refused)[0]
+    assert admin.api("POST", f"/users/{newcomer}/servers/gpu-course").status_code in (201, 202)
+    admin.wait(lambda: admin.servers("gpu-course").get(newcomer, {}).get("ready"), what="newcomer ready")
+    assert _gpu_containers(docker_client, lab)[newcomer] in ([device] for device in FAKE_UUIDS)
+
+    _stop_all(admin, "gpu-course")
+    assert ledger.holdings() == []
+
+
+def test_quota_refusals_reach_the_student_before_anything_starts(admin, ledger, docker_client, users):
+    gail = users("gpu-gail")
+    ledger.set_course_quota("gpu-course", max_concurrent_gpus=1, gpu_hours_per_student=None, actor="tests")
+    try:
+        assert admin.api("POST", "/users/gpu05/servers/gpu-course").status_code in (201, 202)
+        response = gail.start("gpu-course")
+        assert response.status_code == 429, response.text
+        assert "gpu-course may hold at most 1 GPU" in response.json()["message"]
+        assert docker_client.containers.list(all=True, filters={"label": ["org.teachlab.user=gpu-gail"]}) == []
+        _stop_all(admin, "gpu-course")
+
+        ledger.set_user_override("gpu-gail", "gpu-course", gpu_hours=0.0, max_gpus=None, actor="tests")
+        form = gail.session.get(f"{gail.lab.public_url}/hub/spawn/gpu-gail/gpu-course")
+        assert form.status_code == 200 and "<strong>0.0</strong> GPU-hours left this term" in form.text
+        response = gail.start("gpu-course")
+        assert response.status_code == 403, response.text
+        assert "GPU-hours" in response.json()["message"]
+        assert ledger.holdings() == []
+    finally:
+        ledger.set_course_quota("gpu-course", max_concurrent_gpus=None, gpu_hours_per_student=None, actor="tests")
+        ledger.set_user_override("gpu-gail", "gpu-course", gpu_hours=None, max_gpus=None, actor="tests")

@@ -1,0 +1,22 @@
+"""Who and what the hub tests use: test accounts, the GPU course's students, fake_gpu_inventory."""
+
+from __future__ import annotations
+
+STUDENTS = ("alice", "bob", "carol", "dave", "erin", "fiona")
+TEST_ACCOUNTS = (
+    *({"username": name, "name": name.title(), "groups": ["cs101-students"]} for name in STUDENTS),
+    {"username": "frank", "name": "Frank", "groups": ["ds201-students"]},
+    {"username": "ivy", "name": "Ivy", "groups": ["idle-testers"]},
+    {"username": "prof", "name": "Prof", "groups": ["cs101-staff"]},
+    {"username": "gpu-gail", "name": "Gail", "groups": ["gpu-testers"]},
+    {"username": "admin", "name": "Admin", "groups": ["lab-admins"]},
+)
+HUB_COURSES = ("intro-python", "data-analysis", "ended-course", "quick-idle", "versioned", "gpu-course")
+GPU_STUDENTS = tuple(f"gpu{number:02d}" for number in range(1, 51))
+# fake_gpu_inventory: four declared GPUs that do not exist. dockerd runs with the stand-in
+# nvidia-container-runtime-hook (tests/fake_gpu_runtime), so containers requesting them start and see
+# exactly the requested IDs in NVIDIA_VISIBLE_DEVICES; no real device is attached.
+FAKE_GPU_INVENTORY = [
+    {"uuid": f"GPU-fa4e0000-0000-4000-8000-00000000000{index}", "index": index, "model": "Fake GPU (tests)", "memory": "16G"}
+    for index in range(4)
+]
