@@ -121,6 +121,7 @@ def course_rows(cache: CatalogCache, registry_dir: Path, today: Callable[[], dat
                 "published": current is not None,
                 "version": current.version if current else None,
                 "active": bool(spawner and spawner.active),
+                "stopping": bool(spawner and spawner.pending == "stop"),
                 "ready": bool(spawner and spawner.ready),
                 "url": user.server_url(course.slug),
             })

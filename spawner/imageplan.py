@@ -139,6 +139,7 @@ def render_base_context(flavor: Flavor, *, rootfs_image: str, constraints: str, 
     files: dict[str, str | bytes] = {
         "Dockerfile": templates.get_template("Dockerfile.base.j2").render(flavor=flavor, rootfs_image=rootfs_image),
         "jupyter_server_config.json": (flavor.folder.parent / "common" / "jupyter_server_config.json").read_text(),
+        "page_config.json": (flavor.folder.parent / "common" / "page_config.json").read_text(),
         BUILD_DIR + "constraints.txt": constraints,
         **_settings_files(flavor, pip),
     }

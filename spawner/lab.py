@@ -55,6 +55,23 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def _descendants(pid: int) -> list[int]:
+    """Child processes of ``pid``, recursively, from /proc (services the hub started run in their own sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
 @dataclass
 class ManagedProcess:
     """A background process with a log and a pid file; it outlives the command that started it."""
@@ -103,14 +120,16 @@ class ManagedProcess:
             return "(no log)"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        """Stop the process; SIGKILL kills its whole tree at once, as a crash of its machine or cgroup would."""
         pid = self.pid()
         if pid is None:
             self.pid_path.unlink(missing_ok=True)
             return
-        if sig == signal.SIGKILL:
-            os.killpg(pid, sig)  # a crash: the process and the services it started die together
-        else:
-            os.kill(pid, sig)
+        for victim in [pid, *_descendants(pid)] if sig == signal.SIGKILL else [pid]:
+            try:
+                os.kill(victim, sig)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.pid() is not None:
             try:
@@ -119,7 +138,11 @@ class ManagedProcess:
                 pass
             time.sleep(0.1)
         if self.pid() is not None:
-            os.killpg(pid, signal.SIGKILL)
+            for victim in [pid, *_descendants(pid)]:
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         self.pid_path.unlink(missing_ok=True)
 
 

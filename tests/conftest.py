@@ -24,6 +24,9 @@ TEST_NAMESPACE = "teachlab-test"
 SESSION_LABEL = "org.teachlab.test-session"
 OUTPUT_DIR = REPO_ROOT / "test-output"
 
+# The running lab (provider, proxy, hub) for tests/hub and tests/e2e: one plugin, so one lab per session.
+pytest_plugins = ("support.lab_fixtures",)
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:

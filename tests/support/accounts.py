@@ -5,6 +5,7 @@ from __future__ import annotations
 STUDENTS = ("alice", "bob", "carol", "dave", "erin", "fiona")
 TEST_ACCOUNTS = (
     *({"username": name, "name": name.title(), "groups": ["cs101-students"]} for name in STUDENTS),
+    {"username": "gina", "name": "Gina", "groups": ["cs101-students"]},  # only tests/e2e signs her in
     {"username": "frank", "name": "Frank", "groups": ["ds201-students"]},
     {"username": "ivy", "name": "Ivy", "groups": ["idle-testers"]},
     {"username": "prof", "name": "Prof", "groups": ["cs101-staff"]},

@@ -1,5 +1,7 @@
-"""A real lab for the hub tests: OIDC provider, configurable-http-proxy and JupyterHub as processes,
-students' containers on the real engine, a test catalog published into the session's state folder."""
+"""A real lab for tests/hub and tests/e2e: OIDC provider, configurable-http-proxy and JupyterHub as
+processes, students' containers on the real engine, a test catalog published into the session's state
+folder. Loaded as a plugin from tests/conftest.py (not a directory's conftest), so both test folders
+share one lab per session."""
 
 from __future__ import annotations
 

@@ -1,0 +1,62 @@
+"""A real headless Chromium for the end-to-end tests: one browser per session, a fresh context per test.
+
+The browser is Debian's ``chromium`` (``make system-packages`` installs it), driven by the Python
+``playwright`` package; Playwright's own browser downloads are never used. A test gets an empty
+context (no cookies, no storage), so it signs in through the real login provider as a student would.
+After a failed test every page still open is saved as ``failure-<n>.png`` and ``failure-<n>.html`` in
+the test's output folder, to see what the browser showed and which elements were there.
+
+The lab itself (``lab``, ``users``, ``hub_log_on_failure``) comes from tests/support/lab_fixtures.py,
+the plugin that tests/conftest.py registers for tests/hub and tests/e2e alike.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+CHROMIUM_ARGS = (
+    "--no-sandbox",  # tests often run as root in a container, where Chromium's sandbox cannot start
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+VIEWPORT = {"width": 1400, "height": 900}
+DEFAULT_TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(scope="session")
+def chromium_browser():
+    """Headless Chromium, started once per session; skips the browser tests when it is not installed."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: run `make python-env`")
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip("chromium is not installed: run `make system-packages`")
+    playwright = sync_api.sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(executable_path=executable, args=list(CHROMIUM_ARGS))
+        yield browser
+        browser.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture
+def browser_context(request, chromium_browser, output_dir):
+    """A context of its own for one test: no cookies or storage from other tests, 30 s default timeouts."""
+    context = chromium_browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(DEFAULT_TIMEOUT_MS)
+    try:
+        yield context
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:
+            for number, page in enumerate(context.pages, start=1):
+                print(f"\n===== page {number} at failure: {page.url} (see {output_dir}/failure-{number}.*) =====")
+                page.screenshot(path=output_dir / f"failure-{number}.png", full_page=True)
+                (output_dir / f"failure-{number}.html").write_text(page.content())
+    finally:
+        context.close()
