@@ -45,14 +45,24 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _http_ok(url: str) -> bool:
+def _http_status(url: str) -> Optional[int]:
+    """The status of a GET without following redirects; None when nothing answers."""
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status < 500
+        with urllib.request.build_opener(NoRedirect).open(url, timeout=2) as response:
+            return response.status
     except urllib.error.HTTPError as error:
-        return error.code < 500
+        return error.code
     except OSError:
-        return False
+        return None
+
+
+def _http_ok(url: str) -> bool:
+    status = _http_status(url)
+    return status is not None and status < 500
 
 
 def _descendants(pid: int) -> list[int]:
@@ -152,6 +162,7 @@ class LabPorts:
     proxy_api: int = 8001
     hub: int = 8081
     oidc: int = 8082
+    gpu_service: int = 8083
 
 
 @dataclass
@@ -216,6 +227,7 @@ class Lab:
             "TEACHLAB_CATALOG": str(self.catalog_path),
             "TEACHLAB_PUBLIC_URL": self.public_url,
             "TEACHLAB_HUB_PORT": str(self.ports.hub),
+            "TEACHLAB_GPU_SERVICE_PORT": str(self.ports.gpu_service),
             "TEACHLAB_PROXY_API_URL": f"http://127.0.0.1:{self.ports.proxy_api}",
             "TEACHLAB_NETWORK": self.network,
             "TEACHLAB_OIDC_ISSUER": self.issuer,
@@ -256,7 +268,9 @@ class Lab:
 
     def start_hub(self) -> None:
         command = [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)]
-        self.hub.start(command, self.hub_environment(), ready=lambda: _http_ok(f"{self.public_url}/hub/api/"), timeout=120)
+        gpu_service = f"{self.public_url}/services/teachlab-gpu/api/me"  # routed once the hub's services are up
+        self.hub.start(command, self.hub_environment(), timeout=120,
+                       ready=lambda: _http_ok(f"{self.public_url}/hub/api/") and _http_status(gpu_service) not in (None, 404, 502, 503))
 
     def save(self) -> None:
         """Remember where this lab listens, so ``down`` (another process, later) finds it."""

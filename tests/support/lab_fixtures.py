@@ -50,7 +50,7 @@ def lab(docker_client, build_settings, hub_courses, hub_catalog, session_id, ses
     lab = Lab(
         state_dir=build_settings.state_dir,
         catalog_path=hub_catalog,
-        ports=LabPorts(public=free_port(), proxy_api=free_port(), hub=free_port(), oidc=free_port()),
+        ports=LabPorts(public=free_port(), proxy_api=free_port(), hub=free_port(), oidc=free_port(), gpu_service=free_port()),
         network=f"teachlab-test-{session_id}",
         extra_labels=session_labels,
         accounts=TEST_ACCOUNTS,
