@@ -12,10 +12,13 @@ from spawner.hubconfig import (
     IDLE_CULLER_SCOPES,
     discover_oidc,
     ensure_student_network,
+    gpu_roles,
+    gpu_service,
     idle_culler_service,
     load_catalog_or_stop,
     reconcile_gpus_or_stop,
 )
+from spawner.gpu_service import custom_scopes
 from spawner.gpuhub import LAB_LABEL, default_ledger_url, parse_inventory_setting
 from spawner.labconfig import LabConfig
 
@@ -86,11 +89,14 @@ c.GenericOAuthenticator.allow_all = True
 c.GenericOAuthenticator.enable_pkce = True
 
 # Roles: instructors manage their course's students' servers; services get the least scopes they need.
-c.JupyterHub.load_roles = instructor_roles(catalog) + [
+c.JupyterHub.custom_scopes = custom_scopes(catalog)
+c.JupyterHub.load_roles = instructor_roles(catalog) + gpu_roles(catalog, lab.admin_groups) + [
     {"name": "idle-culler", "scopes": IDLE_CULLER_SCOPES, "services": ["idle-culler"]},
 ]
 c.JupyterHub.services = [
     idle_culler_service(catalog_path=lab.catalog_path, cull_every_seconds=lab.cull_every_seconds),
+    gpu_service(port=lab.gpu_service_port, ledger_url=gpu_ledger_url, inventory=lab.gpu_inventory,
+                catalog_path=lab.catalog_path, catalog=catalog),
 ]
 if lab.cli_token:
     c.JupyterHub.services.append({"name": "teachlab-cli", "api_token": lab.cli_token})

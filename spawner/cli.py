@@ -199,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--course-layer", action="store_true", help="the course layer instead of the base")
     plan.set_defaults(handler=_image_plan)
 
+    from .gpucli import register as register_gpu_commands
+
+    register_gpu_commands(commands)
+
     lab = commands.add_parser("lab", help="run the whole lab on this machine (what make up / make down call)")
     lab_commands = lab.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
     for name, help_text, handler in (("up", "publish the example courses and start provider, proxy and hub", _lab_up),

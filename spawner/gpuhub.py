@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
@@ -70,8 +71,12 @@ def container_holdings(client: docker.DockerClient, lab_id: str) -> dict[tuple[s
 
 
 def reconcile_with_containers(ledger_url: str, client: docker.DockerClient, lab_id: str) -> ReconcileReport:
-    """At hub start: make the ledger equal to what this lab's containers hold."""
-    return ledger_for(ledger_url).reconcile(container_holdings(client, lab_id))
+    """At hub start: make the ledger equal to what this lab's containers hold.
+
+    No spawn can be half-way while the hub is down, so a holding without a container is released
+    at once (no grace period for a container still being created).
+    """
+    return ledger_for(ledger_url).reconcile(container_holdings(client, lab_id), spawn_grace=timedelta(0))
 
 
 def default_ledger_url(state_dir: Path) -> str:

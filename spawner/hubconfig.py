@@ -85,6 +85,39 @@ def idle_culler_service(*, catalog_path: Path, cull_every_seconds: int, fallback
     }
 
 
+def gpu_service(*, port: int, ledger_url: str, inventory: str, catalog_path: Path, catalog: Catalog) -> dict:
+    """teachlab-gpu as a hub-managed service; its OAuth sessions may carry its custom scopes."""
+    from .gpu_service import SERVICE_NAME, custom_scopes
+
+    return {
+        "name": SERVICE_NAME,
+        "url": f"http://127.0.0.1:{port}",
+        "command": [sys.executable, "-m", "spawner.gpu_service"],
+        "oauth_no_confirm": True,
+        "oauth_client_allowed_scopes": sorted(custom_scopes(catalog)),
+        "environment": {"TEACHLAB_GPU_LEDGER_URL": ledger_url, "TEACHLAB_GPU_INVENTORY": inventory,
+                        "TEACHLAB_CATALOG": str(catalog_path)},
+    }
+
+
+def gpu_roles(catalog: Catalog, admin_groups: tuple[str, ...]) -> list[dict]:
+    """Admins manage GPUs, instructors read their course's usage, every user reads their own."""
+    from .gpu_service import ADMIN_SCOPE, SERVICE_NAME, usage_scope
+
+    access = f"access:services!service={SERVICE_NAME}"
+    roles = [
+        {"name": "user", "scopes": ["self", access]},
+        {"name": "gpu-admins", "description": "Set GPU quotas, see and release every GPU",
+         "scopes": [ADMIN_SCOPE, access], "groups": list(admin_groups)},
+    ]
+    for course in catalog.courses.values():
+        if course.instructors.users or course.instructors.groups:
+            roles.append({"name": f"gpu-usage-{course.slug}", "description": f"Read the GPU usage of {course.slug}",
+                          "scopes": [usage_scope(course.slug), access],
+                          "users": list(course.instructors.users), "groups": list(course.instructors.groups)})
+    return roles
+
+
 def reconcile_gpus_or_stop(ledger_url: str, lab_id: str) -> None:
     """Make the GPU ledger equal to the labels of this lab's running containers (at hub start)."""
     from .gpuhub import reconcile_with_containers

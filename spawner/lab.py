@@ -45,24 +45,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _http_status(url: str) -> Optional[int]:
-    """The status of a GET without following redirects; None when nothing answers."""
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args, **kwargs):
-            return None
-
-    try:
-        with urllib.request.build_opener(NoRedirect).open(url, timeout=2) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return None
-
-
 def _http_ok(url: str) -> bool:
-    status = _http_status(url)
-    return status is not None and status < 500
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status < 500
+    except urllib.error.HTTPError as error:
+        return error.code < 500
+    except OSError:
+        return False
 
 
 def _descendants(pid: int) -> list[int]:
@@ -268,9 +258,18 @@ class Lab:
 
     def start_hub(self) -> None:
         command = [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)]
-        gpu_service = f"{self.public_url}/services/teachlab-gpu/api/me"  # routed once the hub's services are up
         self.hub.start(command, self.hub_environment(), timeout=120,
-                       ready=lambda: _http_ok(f"{self.public_url}/hub/api/") and _http_status(gpu_service) not in (None, 404, 502, 503))
+                       ready=lambda: _http_ok(f"{self.public_url}/hub/api/") and "/services/teachlab-gpu" in self.proxy_routes())
+
+    def proxy_routes(self) -> dict:
+        """The proxy's routing table (the hub adds a service's route once the service answers)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.ports.proxy_api}/api/routes",
+                                         headers={"Authorization": f"token {self.secrets()['proxy_token']}"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.load(response)
+        except OSError:
+            return {}
 
     def save(self) -> None:
         """Remember where this lab listens, so ``down`` (another process, later) finds it."""

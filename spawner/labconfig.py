@@ -41,6 +41,7 @@ class LabConfig:
     today: Optional[str] = None  # ISO date; fixes "today" for course terms (tests, demos)
     gpu_inventory: str = ""  # "nvml", a JSON list of declared devices, or "" for none
     gpu_ledger_url: Optional[str] = None
+    gpu_service_port: int = 8083
 
     @property
     def lab_id(self) -> str:
@@ -78,4 +79,5 @@ class LabConfig:
             today=get("TEACHLAB_TODAY") or None,
             gpu_inventory=get("TEACHLAB_GPU_INVENTORY", ""),
             gpu_ledger_url=get("TEACHLAB_GPU_LEDGER_URL") or None,
+            gpu_service_port=int(get("TEACHLAB_GPU_SERVICE_PORT", cls.gpu_service_port)),
         )

@@ -141,7 +141,8 @@ def declared_inventory(entries: Sequence[Mapping[str, Any]], where: str = "gpu_d
         else:
             seen_uuids.add(uuid)
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            problems.append(f"{at}.index: must be a whole number >= 0, not {index!r} (write the GPU's index from `nvidia-smi -L`)")
+            problems.append(f"{at}.index: must be a whole number >= 0, not {index!r} "
+                            f"(write the GPU's index from `nvidia-smi -L`)")
         if not isinstance(model, str) or not model.strip():
             problems.append(f"{at}.model: missing or empty (write the model name, e.g. 'NVIDIA H100 80GB HBM3')")
         try:
@@ -151,7 +152,8 @@ def declared_inventory(entries: Sequence[Mapping[str, Any]], where: str = "gpu_d
         if parent_uuid is not None and (not isinstance(parent_uuid, str) or not parent_uuid.strip()):
             problems.append(f"{at}.parent_uuid: must be the UUID of the GPU this MIG instance belongs to, or left out")
         if len(problems) == found:
-            devices.append(GpuDevice(uuid=uuid, index=index, model=model, memory_bytes=memory_bytes, parent_uuid=parent_uuid))
+            devices.append(GpuDevice(uuid=uuid, index=index, model=model, memory_bytes=memory_bytes,
+                                     parent_uuid=parent_uuid))
     if problems:
         raise GpuInventoryError("\n".join(problems))
     return devices

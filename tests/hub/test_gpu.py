@@ -147,3 +147,68 @@ def test_quota_refusals_reach_the_student_before_anything_starts(admin, ledger, 
     finally:
         ledger.set_course_quota("gpu-course", max_concurrent_gpus=None, gpu_hours_per_student=None, actor="tests")
         ledger.set_user_override("gpu-gail", "gpu-course", gpu_hours=None, max_gpus=None, actor="tests")
+
+
+def test_gpu_service_scopes_pages_and_audited_quota_changes(users, lab, ledger):
+    from spawner.gpu_service import SERVICE_NAME
+
+    admin, prof, gail = users("admin"), users("prof"), users("gpu-gail")
+    api = f"{lab.public_url}/services/{SERVICE_NAME}/api"
+
+    def call(user, method, path, **kwargs):
+        return requests.request(method, f"{api}/{path}", headers={"Authorization": f"token {user.token}"}, timeout=30, **kwargs)
+
+    holdings = call(admin, "GET", "holdings")
+    assert holdings.status_code == 200 and {d["uuid"] for d in holdings.json()} == FAKE_UUIDS
+    assert call(gail, "GET", "holdings").status_code == 403
+    assert call(gail, "GET", "quotas").status_code == 403
+    assert call(prof, "GET", "usage?course=gpu-course").status_code == 200  # prof teaches gpu-course
+    assert call(prof, "GET", "usage?course=data-analysis").status_code == 403
+    assert call(gail, "GET", "usage?course=gpu-course").status_code == 403
+
+    changed = call(admin, "PUT", "quotas/courses/gpu-course", json={"max_concurrent_gpus": 3, "gpu_hours_per_student": 20})
+    assert changed.status_code == 200, changed.text
+    assert call(gail, "PUT", "quotas/courses/gpu-course", json={"max_concurrent_gpus": 99}).status_code == 403
+    assert call(admin, "PUT", "quotas/courses/gpu-course", json={"max_concurrent_gpus": -1}).status_code == 400
+    entry = ledger.audit_log(limit=1)[0]
+    assert (entry.actor, entry.action, entry.new_value) == ("admin", "set course quota",
+                                                            {"max_concurrent_gpus": 3, "gpu_hours_per_student": 20})
+    mine = call(gail, "GET", "me").json()
+    assert [(row["course"], row["remaining_gpu_hours"]) for row in mine] == [("gpu-course", 20.0)]
+
+    admin_page = admin.session.get(f"{lab.public_url}/services/{SERVICE_NAME}/")
+    assert admin_page.status_code == 200 and 'id="holdings"' in admin_page.text and "GPU-fa4e0000" in admin_page.text
+    student_page = gail.session.get(f"{lab.public_url}/services/{SERVICE_NAME}/")
+    assert student_page.status_code == 200 and 'id="my-gpu-usage"' in student_page.text and "holdings" not in student_page.text
+    ledger.set_course_quota("gpu-course", max_concurrent_gpus=None, gpu_hours_per_student=None, actor="tests")
+
+
+def test_cli_gpu_commands(lab, ledger, admin):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TEACHLAB_STATE_DIR": str(lab.state_dir), "TEACHLAB_GPU_INVENTORY": json.dumps(FAKE_GPU_INVENTORY)}
+
+    def teachlab(*args):
+        return subprocess.run([sys.executable, "-m", "spawner.cli", "gpu", *args], env=env, capture_output=True, text=True)
+
+    assert admin.api("POST", "/users/gpu07/servers/gpu-course").status_code in (201, 202)
+    admin.wait(lambda: admin.servers("gpu-course").get("gpu07", {}).get("ready"), what="gpu07 ready")
+    status = teachlab("status")
+    assert status.returncode == 0 and status.stdout.count("free") == 3 and "gpu07" in status.stdout
+    _stop_all(admin, "gpu-course")
+    assert teachlab("quota", "set", "gpu-course", "--max-concurrent", "2", "--hours", "10").returncode == 0
+    assert teachlab("quota", "set", "gpu-course", "--user", "gpu07", "--hours", "25").returncode == 0
+    shown = teachlab("quota", "show", "gpu-course").stdout
+    assert "gpu-course" in shown and "gpu07" in shown and "25.0" in shown
+    bad = teachlab("quota", "set", "gpu-course", "--max-concurrent", "two")
+    assert bad.returncode == 1 and bad.stderr.strip() == "error: 'two' is not a whole number; write e.g. 2, or none for no limit"
+    usage = teachlab("usage", "--course", "gpu-course", "--csv")
+    assert usage.returncode == 0 and usage.stdout.splitlines()[0] == "course,username,gpu_hours"
+    hours = {line.split(",")[1]: float(line.split(",")[2]) for line in usage.stdout.splitlines()[1:]}
+    assert hours["gpu07"] > 0
+    assert "holds no GPU" in teachlab("release", "gpu07", "gpu-course").stdout
+    assert teachlab("quota", "set", "gpu-course", "--max-concurrent", "none", "--hours", "none").returncode == 0
+    assert teachlab("quota", "set", "gpu-course", "--user", "gpu07", "--hours", "none").returncode == 0

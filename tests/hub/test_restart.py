@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 
 import pytest
-import requests
 
 from spawner import naming
 
@@ -13,12 +12,6 @@ pytestmark = [pytest.mark.hub, pytest.mark.docker,
               pytest.mark.usefixtures("print_container_logs_on_failure", "hub_log_on_failure")]
 
 RUNNING = ("alice", "bob", "carol", "dave", "erin")
-
-
-def _proxy_routes(lab) -> set[str]:
-    response = requests.get(f"http://127.0.0.1:{lab.ports.proxy_api}/api/routes",
-                            headers={"Authorization": f"token {lab.secrets()['proxy_token']}"}, timeout=10)
-    return set(response.json())
 
 
 @pytest.mark.parametrize("how", [pytest.param(signal.SIGKILL, id="sigkill"), pytest.param(signal.SIGTERM, id="graceful")])
@@ -38,7 +31,7 @@ def test_hub_restart_keeps_five_running_servers(users, lab, docker_client, how):
         assert user.server("intro-python").get("ready"), name
         assert user.get_server_page("api/status", course="intro-python").status_code == 200, name
         assert docker_client.containers.get(naming.container_name(name, "intro-python")).id == containers[name]
-    routes = _proxy_routes(lab)
+    routes = set(lab.proxy_routes())
     assert {f"/user/{name}/intro-python" for name in RUNNING} <= routes
     assert "/user/fiona/intro-python" not in routes
     assert users("fiona").server("intro-python") == {}
