@@ -1,4 +1,4 @@
-"""A real headless Chromium for the end-to-end tests: one browser per session, a fresh context per test.
+"""A real headless Chromium for the end-to-end tests: one browser per test module, a fresh context per test.
 
 The browser is Debian's ``chromium`` (``make system-packages`` installs it), driven by the Python
 ``playwright`` package; Playwright's own browser downloads are never used. A test gets an empty
@@ -29,13 +29,15 @@ VIEWPORT = {"width": 1400, "height": 900}
 DEFAULT_TIMEOUT_MS = 30_000
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium_browser():
-    """Headless Chromium, started once per session; skips the browser tests when it is not installed."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: run `make python-env`")
+    """Headless Chromium for one module. Playwright's sync API holds an event loop on this thread while it
+    runs, so it is stopped when the module ends, before other tests use asyncio."""
+    from playwright import sync_api
+
     executable = shutil.which("chromium")
     if executable is None:
-        pytest.skip("chromium is not installed: run `make system-packages`")
+        pytest.fail("chromium is not installed: run `make system-packages` (make test does)")
     playwright = sync_api.sync_playwright().start()
     try:
         browser = playwright.chromium.launch(executable_path=executable, args=list(CHROMIUM_ARGS))

@@ -110,8 +110,11 @@ UNTRUSTED_START_REQUESTS = [
     ("unknown-course", "nope", None, 400, "There is no course named 'nope'"),
     ("template-in-name", "{username}", None, 400, "There is no course named '{username}'"),
     ("format-spec-in-name", "{0.__class__}", None, 400, "There is no course named"),
+    # ".." in the URL is resolved by the proxy and the hub before any server name exists: the request
+    # becomes POST /users/alice, which is not an endpoint (404); nothing is started.
     ("dotdot-name", "..", None, 404, ""),
     ("encoded-dotdot", "%2E%2E", None, 404, ""),
+    ("double-encoded-dotdot", "%252E%252E", None, 400, "There is no course named '%2E%2E'"),
     ("encoded-slash", "intro-python%2F..%2F..", None, 400, "may not contain '/'"),  # refused by JupyterHub itself
     ("uppercase-course", "INTRO-PYTHON", None, 400, "There is no course named 'INTRO-PYTHON'"),
     ("underscore-course", "intro_python", None, 400, "There is no course named 'intro_python'"),
@@ -135,6 +138,8 @@ UNTRUSTED_START_REQUESTS = [
     ("gpu-option", "not-published", {"course": "intro-python", "gpu": 4}, 400, "Unknown server option(s) 'gpu'"),
     ("other-course-option", "not-published", {"course": "data-analysis"}, 400, "Option 'course' must name this server's course"),
     ("template-course-option", "not-published", {"course": "{username}"}, 400, "Option 'course' must name this server's course"),
+    ("dotdot-course-option", "not-published", {"course": ".."}, 400, "Option 'course' must name this server's course"),
+    ("slash-course-option", "not-published", {"course": "intro-python/../x"}, 400, "Option 'course' must name this server's course"),
     ("oversized-option", "not-published", {"course": "x" * 100_000}, 400, "Option 'course' must name this server's course"),
     ("number-option", "not-published", {"course": 7}, 400, "Option 'course' must name this server's course"),
     ("list-body", "not-published", ["course"], 400, "Server options must be a JSON object"),
@@ -165,6 +170,7 @@ def test_progress_tells_the_student_what_happens(users):
     from concurrent.futures import ThreadPoolExecutor
 
     dave = users("dave")
+    dave.ensure_stopped("intro-python")
     with ThreadPoolExecutor(1) as pool:
         started = pool.submit(dave.start, "intro-python")  # answers only once the spawn is done (or slow)
         while not dave.server("intro-python").get("pending"):

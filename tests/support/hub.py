@@ -64,6 +64,12 @@ class HubUser:
             time.sleep(0.5)
         raise AssertionError(f"{user or self.name}/{course} still running after {timeout} s")
 
+    def ensure_stopped(self, course: str) -> None:
+        """Stop the server if it runs (tests that watch a start from the beginning need this)."""
+        if self.server(course):
+            self.stop(course)
+            self.wait_until_stopped(course)
+
     def start_and_wait(self, course: str) -> dict:
         """Start (unless already running) and wait until ready."""
         running = self.server(course)
