@@ -7,13 +7,14 @@ from datetime import date
 from pathlib import Path
 
 import spawner
-from spawner.hub import CatalogCache, course_rows, instructor_roles
+from spawner.hub import CatalogCache, course_rows, instructor_roles, instructor_scopes_hook
 from spawner.hubconfig import (
     IDLE_CULLER_SCOPES,
     discover_oidc,
     ensure_student_network,
     gpu_roles,
     gpu_service,
+    hub_group_members,
     idle_culler_service,
     load_catalog_or_stop,
     reconcile_gpus_or_stop,
@@ -36,7 +37,8 @@ today = (lambda: fixed_today) if fixed_today else date.today
 gateway = ensure_student_network(lab.network, lab.extra_labels)
 c.JupyterHub.bind_url = lab.public_url
 c.JupyterHub.hub_bind_url = f"http://{gateway}:{lab.hub_port}"
-c.JupyterHub.db_url = f"sqlite:///{lab.lab_dir / 'jupyterhub.sqlite'}"
+hub_db_url = f"sqlite:///{lab.lab_dir / 'jupyterhub.sqlite'}"
+c.JupyterHub.db_url = hub_db_url
 c.JupyterHub.cookie_secret_file = str(lab.lab_dir / "jupyterhub_cookie_secret")
 c.JupyterHub.cleanup_servers = False
 c.JupyterHub.cleanup_proxy = False
@@ -87,10 +89,11 @@ c.GenericOAuthenticator.auth_state_groups_key = "oauth_user.groups"
 c.GenericOAuthenticator.admin_groups = set(lab.admin_groups)
 c.GenericOAuthenticator.allow_all = True
 c.GenericOAuthenticator.enable_pkce = True
+c.GenericOAuthenticator.post_auth_hook = instructor_scopes_hook(cache)
 
 # Roles: instructors manage their course's students' servers; services get the least scopes they need.
 c.JupyterHub.custom_scopes = custom_scopes(catalog)
-c.JupyterHub.load_roles = instructor_roles(catalog) + gpu_roles(catalog, lab.admin_groups) + [
+c.JupyterHub.load_roles = instructor_roles(catalog, hub_group_members(hub_db_url)) + gpu_roles(catalog, lab.admin_groups) + [
     {"name": "idle-culler", "scopes": IDLE_CULLER_SCOPES, "services": ["idle-culler"]},
 ]
 c.JupyterHub.services = [

@@ -13,9 +13,9 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
-from .catalog import COURSE_FILE, ENVIRONMENT_FILE, Catalog, load_catalog
+from .catalog import COURSE_FILE, ENVIRONMENT_FILE, Catalog, Course, load_catalog
 from .problems import ProblemsError
 from .registry import VersionRegistry
 
@@ -130,20 +130,77 @@ def course_rows(cache: CatalogCache, registry_dir: Path, today: Callable[[], dat
     return rows
 
 
-def instructor_roles(catalog: Catalog) -> list[dict]:
-    """One role per course: its instructors may list, open, start and stop its students' servers."""
-    roles = []
-    for course in sorted(catalog.courses.values(), key=lambda c: c.slug):
-        filters = [f"group={group}" for group in course.students.groups] + [f"user={user}" for user in course.students.users]
-        scopes = [f"{scope}!{target}" for target in filters
-                  for scope in ("list:users", "read:users:name", "read:users:activity", "read:servers", "servers", "access:servers")]
-        if not scopes or not (course.instructors.users or course.instructors.groups):
-            continue
-        roles.append({
-            "name": f"instructor-{course.slug}",
+INSTRUCTOR_USER_SCOPES = ("list:users", "read:users:name", "read:users:activity")
+INSTRUCTOR_SERVER_SCOPES = ("read:servers", "servers", "access:servers")
+
+
+def instructor_role_name(slug: str) -> str:
+    return f"instructor-{slug}"
+
+
+def course_students(course: Course, group_members: Mapping[str, Iterable[str]]) -> set[str]:
+    """Everyone enrolled in a course: its listed users and the members of its groups."""
+    students = set(course.students.users)
+    for group in course.students.groups:
+        students.update(group_members.get(group, ()))
+    return students
+
+
+def instructor_scopes(slug: str, students: Iterable[str]) -> list[str]:
+    """Exactly this course's server of each student: ``servers!server=<student>/<course>``, not ``!group=``,
+    which would also cover the student's servers of other courses."""
+    scopes = []
+    for student in sorted(set(students)):
+        scopes += [f"{scope}!user={student}" for scope in INSTRUCTOR_USER_SCOPES]
+        scopes += [f"{scope}!server={student}/{slug}" for scope in INSTRUCTOR_SERVER_SCOPES]
+    return scopes
+
+
+def instructor_roles(catalog: Catalog, group_members: Mapping[str, Iterable[str]]) -> list[dict]:
+    """One role per course: its instructors may list, open, start and stop its students' course servers.
+
+    ``group_members`` is what the hub knows when it starts (its database); logins keep the roles
+    current afterwards (``sync_instructor_scopes``).
+    """
+    return [
+        {
+            "name": instructor_role_name(course.slug),
             "description": f"Instructors of {course.title}: list, open, start and stop its students' servers",
-            "scopes": scopes,
+            "scopes": instructor_scopes(course.slug, course_students(course, group_members)),
             "users": list(course.instructors.users),
             "groups": list(course.instructors.groups),
-        })
-    return roles
+        }
+        for course in sorted(catalog.courses.values(), key=lambda c: c.slug)
+        if course.instructors.users or course.instructors.groups
+    ]
+
+
+def sync_instructor_scopes(db: Any, catalog: Catalog, username: str, groups: Iterable[str]) -> None:
+    """At login (the groups claim is fresh): add or remove this user's server in each course's instructor role."""
+    from jupyterhub import orm
+
+    groups = set(groups)
+    changed = False
+    for course in catalog.courses.values():
+        role = orm.Role.find(db, instructor_role_name(course.slug))
+        if role is None:
+            continue
+        own = set(instructor_scopes(course.slug, [username]))
+        enrolled = course.students.include(username, groups)
+        scopes = (set(role.scopes) | own) if enrolled else (set(role.scopes) - own)
+        if scopes != set(role.scopes):
+            role.scopes = sorted(scopes)
+            changed = True
+    if changed:
+        db.commit()
+
+
+def instructor_scopes_hook(cache: CatalogCache) -> Callable:
+    """``Authenticator.post_auth_hook`` keeping instructor roles equal to course membership."""
+
+    def hook(authenticator: Any, handler: Any, authentication: dict) -> dict:
+        groups = authentication.get("groups") or ()
+        sync_instructor_scopes(handler.db, cache.catalog, authentication["name"], groups)
+        return authentication
+
+    return hook

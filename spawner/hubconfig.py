@@ -35,6 +35,29 @@ def load_catalog_or_stop(path: Path) -> Catalog:
         stop_hub([str(problem) for problem in problems.problems])
 
 
+def hub_group_members(db_url: str) -> dict[str, set[str]]:
+    """Group -> members as recorded in the hub's database (empty before the hub's first start)."""
+    import sqlalchemy
+
+    url = sqlalchemy.engine.make_url(db_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").exists():
+        return {}  # the hub's first start: nobody is in any group yet
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(sqlalchemy.text(
+                "SELECT groups.name, users.name FROM groups JOIN user_group_map ON groups.id = user_group_map.group_id "
+                "JOIN users ON users.id = user_group_map.user_id"))
+            members: dict[str, set[str]] = {}
+            for group, user in rows:
+                members.setdefault(group, set()).add(user)
+            return members
+    except sqlalchemy.exc.OperationalError:
+        return {}  # no database or no tables yet
+    finally:
+        engine.dispose()
+
+
 def ensure_student_network(name: str, labels: Mapping[str, str]) -> str:
     """Create (once) the bridge network of student containers, with container-to-container traffic off.
 

@@ -208,6 +208,19 @@ def test_instructor_role_manages_only_their_course_students(users):
     assert admin.stop("data-analysis", user="frank").status_code in (202, 204)
 
 
+def test_instructor_of_one_course_cannot_touch_the_students_other_course(users):
+    """holly takes intro-python (prof teaches it) and data-analysis (prof does not)."""
+    prof, holly = users("prof"), users("holly")
+    holly.start_and_wait("intro-python")
+    holly.start_and_wait("data-analysis")
+    assert prof.open_server("holly", "intro-python").status_code == 200
+    assert prof.open_server("holly", "data-analysis").status_code == 403
+    assert prof.stop("data-analysis", user="holly").status_code in (403, 404)
+    assert holly.server("data-analysis").get("ready")
+    assert prof.stop("intro-python", user="holly").status_code in (202, 204)
+    holly.stop("data-analysis")
+
+
 def test_ended_term_is_not_offered_to_students_but_instructors_keep_it(users, lab):
     alice, prof = users("alice"), users("prof")
     home = alice.session.get(f"{lab.public_url}/hub/home").text

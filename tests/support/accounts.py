@@ -7,6 +7,7 @@ TEST_ACCOUNTS = (
     *({"username": name, "name": name.title(), "groups": ["cs101-students"]} for name in STUDENTS),
     {"username": "gina", "name": "Gina", "groups": ["cs101-students"]},  # only tests/e2e signs her in
     {"username": "frank", "name": "Frank", "groups": ["ds201-students"]},
+    {"username": "holly", "name": "Holly", "groups": ["cs101-students", "ds201-students"]},  # in two courses
     {"username": "ivy", "name": "Ivy", "groups": ["idle-testers"]},
     {"username": "prof", "name": "Prof", "groups": ["cs101-staff"]},
     {"username": "gpu-gail", "name": "Gail", "groups": ["gpu-testers"]},

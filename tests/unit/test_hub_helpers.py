@@ -16,12 +16,15 @@ from spawner.settings import BuildSettings
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_instructor_roles_are_scoped_to_the_course_students():
-    roles = {role["name"]: role for role in instructor_roles(load_catalog(REPO / "course_envs"))}
+def test_instructor_roles_cover_only_this_course_server_of_each_student():
+    members = {"cs101-students": {"bob", "both"}, "ds201-students": {"both", "dana"}}
+    roles = {role["name"]: role for role in instructor_roles(load_catalog(REPO / "course_envs"), members)}
     intro = roles["instructor-intro-python"]
     assert intro["users"] == ["prof-lee"] and intro["groups"] == ["cs101-staff"]
-    assert "servers!group=cs101-students" in intro["scopes"] and "access:servers!user=student-alice" in intro["scopes"]
-    assert all("!group=" in scope or "!user=" in scope for scope in intro["scopes"])  # never an unfiltered scope
+    assert "servers!server=both/intro-python" in intro["scopes"] and "access:servers!server=student-alice/intro-python" in intro["scopes"]
+    assert not any("data-analysis" in scope or "dana" in scope for scope in intro["scopes"])
+    assert all(scope.endswith("/intro-python") for scope in intro["scopes"] if "servers" in scope)
+    assert all("!user=" in scope or "!server=" in scope for scope in intro["scopes"])  # never unfiltered, never a group
     assert not any(scope.startswith(("admin", "users", "tokens", "delete:users")) for scope in intro["scopes"])
 
 
