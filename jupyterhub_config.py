@@ -12,6 +12,7 @@ from spawner.hubconfig import (
     IDLE_CULLER_SCOPES,
     discover_oidc,
     ensure_student_network,
+    gpu_inventory_or_stop,
     gpu_roles,
     gpu_service,
     hub_group_members,
@@ -20,7 +21,7 @@ from spawner.hubconfig import (
     reconcile_gpus_or_stop,
 )
 from spawner.gpu_service import custom_scopes
-from spawner.gpuhub import LAB_LABEL, default_ledger_url, parse_inventory_setting
+from spawner.gpuhub import LAB_LABEL, default_ledger_url
 from spawner.labconfig import LabConfig
 
 c = get_config()  # noqa: F821
@@ -66,7 +67,7 @@ c.CourseSpawner.poll_interval = lab.poll_interval_seconds
 # GPUs: discovered with NVML ("nvml") or declared (a JSON list); the ledger is made equal to what this
 # lab's containers hold before the hub takes any request.
 gpu_ledger_url = lab.gpu_ledger_url or default_ledger_url(lab.state_dir)
-c.CourseSpawner.gpu_inventory = parse_inventory_setting(lab.gpu_inventory)
+c.CourseSpawner.gpu_inventory = gpu_inventory_or_stop(lab.gpu_inventory)
 c.CourseSpawner.gpu_ledger_url = gpu_ledger_url
 reconcile_gpus_or_stop(gpu_ledger_url, lab.lab_id)
 
@@ -99,7 +100,7 @@ c.JupyterHub.load_roles = instructor_roles(catalog, hub_group_members(hub_db_url
 c.JupyterHub.services = [
     idle_culler_service(catalog_path=lab.catalog_path, cull_every_seconds=lab.cull_every_seconds),
     gpu_service(port=lab.gpu_service_port, ledger_url=gpu_ledger_url, inventory=lab.gpu_inventory,
-                catalog_path=lab.catalog_path, catalog=catalog),
+                catalog_path=lab.catalog_path, catalog=catalog, today=lab.today),
 ]
 if lab.cli_token:
     c.JupyterHub.services.append({"name": "teachlab-cli", "api_token": lab.cli_token})

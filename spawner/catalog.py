@@ -21,6 +21,7 @@ import jsonschema
 from .envfile import CondaEnvironment, load_environment
 from .naming import is_course_slug, suggest_course_slug
 from .problems import Problem, ProblemsError, format_yaml_path
+from .units import parse_memory
 from .yamlfile import load_yaml_file
 
 COURSE_FILE = "course.yaml"
@@ -68,8 +69,7 @@ class Resources:
 
     @property
     def memory_bytes(self) -> int:
-        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-        return int(float(self.memory[:-1]) * units[self.memory[-1]])
+        return parse_memory(self.memory)
 
 
 @dataclass(frozen=True)

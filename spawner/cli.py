@@ -7,6 +7,7 @@ one or more ``error:`` lines and exit status 1 — never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -62,7 +63,8 @@ def _course(args: argparse.Namespace):
     return load_course(folder)
 
 
-def _progress(console: Console):
+def _progress():
+    """Progress goes to standard error, so the result lines on standard output stay easy to read by scripts."""
     from .progress import Progress
 
     return Progress(Console(stderr=True, highlight=False))
@@ -71,18 +73,31 @@ def _progress(console: Console):
 def _image_build_base(args: argparse.Namespace, console: Console) -> int:
     from .imagebuild import ImageBuilder
 
-    reference = ImageBuilder(_settings(args), _progress(console)).build_base(args.flavor)
+    reference = ImageBuilder(_settings(args), _progress()).build_base(args.flavor)
     console.print(f"base image {reference} is ready")
     return 0
 
 
 def _image_plan(args: argparse.Namespace, console: Console) -> int:
-    from .imageplan import load_flavor
+    """The rendered build plan with this machine's settings, without Docker: Dockerfile and context files."""
+    from .imageplan import PipSettings, load_flavor, render_base_context, render_course_context
 
     settings = _settings(args)
     flavor = load_flavor(settings.images_dir, args.flavor)
-    template = "Dockerfile.course.j2" if args.course_layer else "Dockerfile.base.j2"
-    console.print((flavor.folder / template).read_text(), markup=False, end="")
+    constraints = settings.constraints_file.read_text()
+    pip = PipSettings(index_url=settings.pip_index_url, extra_index_urls=settings.pip_extra_index_urls,
+                      ca_bundle=settings.ca_bundle.read_bytes() if settings.ca_bundle else None,
+                      conda_channels=settings.conda_channels, conda_channel_alias=settings.conda_channel_alias)
+    if args.course:
+        course = _course(argparse.Namespace(catalog=args.catalog, slug=args.course))
+        files = render_course_context(course, flavor, base_image=flavor.base_image(settings.image_namespace),
+                                      base_image_id="(not built)", constraints=constraints, pip=pip).files
+    else:
+        installer = b"(the installer, downloaded at build time)" if flavor.installer else None
+        files = render_base_context(flavor, rootfs_image=flavor.rootfs_image(settings.image_namespace),
+                                    constraints=constraints, pip=pip, installer_bytes=installer)
+    console.print(files["Dockerfile"].decode(), markup=False, end="")
+    console.print(f"# build context: {', '.join(sorted(files))}", markup=False)
     return 0
 
 
@@ -93,7 +108,7 @@ def _course_build(args: argparse.Namespace, console: Console) -> int:
     settings = _settings(args)
     course = _course(args)
     lock = VersionRegistry(settings.registry_dir).read_lock(course.slug, args.from_lock) if args.from_lock else None
-    candidate = ImageBuilder(settings, _progress(console)).build_course(course, lock=lock)
+    candidate = ImageBuilder(settings, _progress()).build_course(course, lock=lock)
     console.print(f"built {candidate.tag} (environment {candidate.environment_hash[:12]}); publish it with: teachlab course publish {course.slug}")
     return 0
 
@@ -101,7 +116,7 @@ def _course_build(args: argparse.Namespace, console: Console) -> int:
 def _course_publish(args: argparse.Namespace, console: Console) -> int:
     from .publish import publish_course
 
-    result = publish_course(_course(args), settings=_settings(args), progress=_progress(console), from_lock=args.from_lock)
+    result = publish_course(_course(args), settings=_settings(args), progress=_progress(), from_lock=args.from_lock)
     messages = {
         "published": f"published {result.slug} {result.version} ({result.image}); it is current",
         "unchanged": f"{result.slug} is unchanged: {result.version} stays current",
@@ -144,7 +159,7 @@ def _course_rollback(args: argparse.Namespace, console: Console) -> int:
 def _lab_up(args: argparse.Namespace, console: Console) -> int:
     from .labrun import lab_up
 
-    lab_up(state_dir=Path(args.state_dir), catalog_path=Path(args.catalog), console=console, progress=_progress(console))
+    lab_up(state_dir=Path(args.state_dir), catalog_path=Path(args.catalog), console=console, progress=_progress())
     return 0
 
 
@@ -194,9 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     build_base.add_argument("--flavor", required=True, help="debian-py39 or miniconda-py39")
     build_base.add_argument("--state-dir", help="where build logs go (default: $TEACHLAB_STATE_DIR or .teachlab)")
     build_base.set_defaults(handler=_image_build_base)
-    plan = image_commands.add_parser("plan", help="print a flavor's Dockerfile template")
+    plan = image_commands.add_parser("plan", help="print a rendered build plan (no Docker needed)")
     plan.add_argument("--flavor", required=True)
-    plan.add_argument("--course-layer", action="store_true", help="the course layer instead of the base")
+    plan.add_argument("--course", metavar="SLUG", help="the plan of this course's layer instead of the base")
+    plan.add_argument("--catalog", default="course_envs", help="catalog folder (default: course_envs)")
     plan.set_defaults(handler=_image_plan)
 
     from .gpucli import register as register_gpu_commands
@@ -231,6 +247,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         errors.print("error: interrupted", markup=False)
         return 130
+    except Exception as exc:  # noqa: BLE001 — an operator sees one line; TEACHLAB_DEBUG=1 shows the traceback
+        if os.environ.get("TEACHLAB_DEBUG"):
+            raise
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        errors.print(f"error: {type(exc).__name__}: {first_line} (set TEACHLAB_DEBUG=1 for the traceback)", markup=False)
+        return 1
 
 
 if __name__ == "__main__":

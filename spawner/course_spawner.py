@@ -10,6 +10,7 @@ sends (``user_options``, the server name) is checked against the catalog before 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from functools import partial
 from pathlib import Path
@@ -29,8 +30,12 @@ from .gpu import AllocationRefused, GpuInventoryError
 from .gpuhub import GPU_LABEL, default_ledger_url, inventory_for, ledger_for
 from .hub import CatalogCache, user_group_names
 from .registry import CourseVersion, VersionRegistry
+from .smoke import STUDENT_CONTAINER_HARDENING
 
 STATE_VERSION = 1
+# Ledger, registry and inventory calls get threads of their own: DockerSpawner's executor has one thread
+# for every docker-py call of the hub, and a busy database must not hold up everyone's starts and polls.
+_teachlab_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="teachlab-spawner")
 LABEL = "org.teachlab."
 ALLOWED_OPTION_KEYS = ("course",)
 MAX_OPTION_LENGTH = 64
@@ -120,6 +125,7 @@ class CourseSpawner(DockerSpawner):
         super().__init__(**kwargs)
         self._progress_events: list[dict] = []
         self._start_finished = True
+        self._gpus_requested = False
 
     @default("user_options")
     def _default_user_options(self):
@@ -214,7 +220,7 @@ class CourseSpawner(DockerSpawner):
             raise self._bad_request(f"Option 'course' must name this server's course '{self.name[:MAX_OPTION_LENGTH]}'", choices)
 
     async def _resolve_course(self) -> tuple[Course, Access]:
-        """The course of this server and the user's access, or an HTTP 400/403 that lists valid choices."""
+        """The course of this server and the user's access, or an HTTP 400 that lists the valid choices."""
         catalog = await self.catalog_cache.refresh()
         groups = user_group_names(self.user)
         today = self.today()
@@ -277,7 +283,14 @@ class CourseSpawner(DockerSpawner):
                 created.append(volume)
             volumes[volume] = {"bind": f"{DATA_MOUNT}/{name}", "mode": data_mode}
         if created:
-            await self._give_volumes_to_student_uid(image, created)
+            try:
+                await self._give_volumes_to_student_uid(image, created)
+            except Exception as exc:
+                # Empty and still root's: remove them, so the next start creates and hands them over again.
+                for name in created:
+                    await self.docker("remove_volume", name)
+                self.log.error("preparing storage for %s failed: %s", self._log_name, exc)
+                raise web.HTTPError(503, f"Could not prepare your storage for {course.title}; please try again")
         self.volumes = volumes
         self.read_only_volumes = {}
 
@@ -294,13 +307,14 @@ class CourseSpawner(DockerSpawner):
             await self.docker("start", container["Id"])
             result = await self.docker("wait", container["Id"], timeout=60)
             if result.get("StatusCode") != 0:
-                raise web.HTTPError(500, f"Could not prepare storage for {self.name}")
+                raise RuntimeError(f"chown exited with {result.get('StatusCode')}")
         finally:
             await self.docker("remove_container", container["Id"], force=True)
 
     # -- GPUs ---------------------------------------------------------------------------------------
     async def _in_executor(self, function: Callable, /, **kwargs) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(function, **kwargs))
+        """Run a blocking ledger, registry or inventory call off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(_teachlab_executor, partial(function, **kwargs))
 
     async def _reserve_gpus(self, course: Course) -> None:
         """Take the course's GPUs in the ledger, or refuse with the reason before anything starts."""
@@ -312,6 +326,7 @@ class CourseSpawner(DockerSpawner):
         if not devices:
             raise web.HTTPError(503, f"{course.title} needs a GPU, but this lab has none")
         ledger = await self._in_executor(ledger_for, url=self.gpu_ledger_url)
+        self._gpus_requested = True  # from here on a cancelled start may leave a holding: release it then
         try:
             allocation = await self._in_executor(
                 ledger.allocate, username=self.user.name, course=course.slug, server_name=self.name, count=course.gpu,
@@ -337,8 +352,7 @@ class CourseSpawner(DockerSpawner):
 
     # -- start / stop -------------------------------------------------------------------------------
     async def _current_version(self, course: Course) -> CourseVersion:
-        loop = asyncio.get_running_loop()
-        current = await loop.run_in_executor(self.executor, self.registry.current_image, course.slug)
+        current = await self._in_executor(self.registry.current_image, slug=course.slug)
         if current is None:
             raise web.HTTPError(503, f"{course.title} has no published environment yet; ask your instructor to publish it")
         return current
@@ -346,6 +360,7 @@ class CourseSpawner(DockerSpawner):
     async def start(self):
         self._progress_events = []
         self._start_finished = False
+        self._gpus_requested = False
         try:
             self._report(5, "Checking your access to the course")
             course, access = await self._resolve_course()
@@ -361,13 +376,7 @@ class CourseSpawner(DockerSpawner):
             await self._prepare_storage(course, access, version.image)
             self.mem_limit = course.resources.memory
             self.cpu_limit = course.resources.cpu
-            self.extra_host_config = {
-                "security_opt": ["no-new-privileges"],
-                "cap_drop": ["ALL"],
-                "pids_limit": 1024,
-                "init": False,
-                **self._gpu_host_config(),
-            }
+            self.extra_host_config = {**STUDENT_CONTAINER_HARDENING, "init": False, **self._gpu_host_config()}
             labels = self._labels(course)
             if self.gpu_devices:
                 labels[GPU_LABEL] = ",".join(self.gpu_devices)
@@ -380,7 +389,7 @@ class CourseSpawner(DockerSpawner):
             self._report(80, "Waiting for JupyterLab to start")
             return ip_port
         except BaseException:
-            await self._release_gpus("the start failed")
+            await self._release_gpus("the start failed", held=self._gpus_requested or bool(self.gpu_devices))
             raise
         finally:
             self._start_finished = True
@@ -390,9 +399,9 @@ class CourseSpawner(DockerSpawner):
         if self.course_slug:
             env["TEACHLAB_COURSE"] = self.course_slug
             env["TEACHLAB_COURSE_VERSION"] = self.image_version or ""
-        if self.gpu_devices:
-            # Set here too, so an image's own NVIDIA_VISIBLE_DEVICES (e.g. "all") cannot widen the request.
-            env["NVIDIA_VISIBLE_DEVICES"] = ",".join(self.gpu_devices)
+        # Always set, so an image's own NVIDIA_VISIBLE_DEVICES ("all") cannot widen the request, and a CPU
+        # course gets no GPU even where nvidia is the engine's default runtime.
+        env["NVIDIA_VISIBLE_DEVICES"] = ",".join(self.gpu_devices) if self.gpu_devices else "void"
         return env
 
     async def poll(self):

@@ -81,6 +81,10 @@ class GpuHandler(HubOAuthenticated, web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": status_code, "message": message}))
 
+    def known_course(self, course: str) -> None:
+        if course not in self.catalog.courses:
+            raise web.HTTPError(404, f"no course {course!r}; courses: {', '.join(sorted(self.catalog.courses))}")
+
     def body(self) -> dict:
         try:
             payload = json.loads(self.request.body or b"{}")
@@ -93,9 +97,10 @@ class GpuHandler(HubOAuthenticated, web.RequestHandler):
     async def my_usage(self) -> list[dict]:
         """Per GPU course of the caller's: GPU-hours used and left this term."""
         username = self.current_user["name"]
+        today: Callable[[], date] = self.settings["today"]
         rows = []
         for course in sorted(self.catalog.courses.values(), key=lambda c: c.slug):
-            if not course.gpu or not course.access(username, self.current_user.get("groups", ()), date.today()).allowed:
+            if not course.gpu or not course.access(username, self.current_user.get("groups", ()), today()).allowed:
                 continue
             remaining = await self.blocking(self.ledger.remaining_gpu_hours, username=username, course=course.slug,
                                             term_start=course.term.start, term_end=course.term.end)
@@ -125,7 +130,7 @@ class UsageHandler(GpuHandler):
         course = self.get_query_argument("course", None)
         if not self.has(ADMIN_SCOPE):
             if course is None:
-                raise web.HTTPError(403, "name your course: ?course=<slug> (only admins see every course)")
+                raise web.HTTPError(400, "name your course: ?course=<slug> (only admins see every course)")
             self.require(usage_scope(course))
         rows = await self.blocking(self.ledger.usage_report, course=course)
         self.write_json([{"course": r.course, "username": r.username, "gpu_hours": round(r.gpu_seconds / 3600, 4)} for r in rows])
@@ -149,8 +154,7 @@ class CourseQuotaHandler(GpuHandler):
     @web.authenticated
     async def put(self, course: str):
         self.require(ADMIN_SCOPE)
-        if course not in self.catalog.courses:
-            raise web.HTTPError(404, f"no course {course!r}; courses: {', '.join(sorted(self.catalog.courses))}")
+        self.known_course(course)
         body = self.body()
         try:
             await self.blocking(self.ledger.set_course_quota, course=course, max_concurrent_gpus=body.get("max_concurrent_gpus"),
@@ -165,6 +169,7 @@ class UserQuotaHandler(GpuHandler):
     @web.authenticated
     async def put(self, course: str, username: str):
         self.require(ADMIN_SCOPE)
+        self.known_course(course)
         body = self.body()
         try:
             await self.blocking(self.ledger.set_user_override, username=username, course=course, gpu_hours=body.get("gpu_hours"),
@@ -213,7 +218,8 @@ class PageHandler(GpuHandler):
         self.finish(html)
 
 
-def make_app(*, prefix: str, ledger: GpuLedger, devices: list[GpuDevice], catalog_cache: CatalogCache) -> web.Application:
+def make_app(*, prefix: str, ledger: GpuLedger, devices: list[GpuDevice], catalog_cache: CatalogCache,
+             today: Callable[[], date] = date.today) -> web.Application:
     api = url_path_join(prefix, "api")
     templates = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).with_name("templates"))), autoescape=True)
     return web.Application(
@@ -234,6 +240,7 @@ def make_app(*, prefix: str, ledger: GpuLedger, devices: list[GpuDevice], catalo
         devices=devices,
         catalog_cache=catalog_cache,
         templates=templates,
+        today=today,
     )
 
 
@@ -245,6 +252,7 @@ def main(environ: Optional[dict] = None) -> None:
         ledger=ledger_for(env["TEACHLAB_GPU_LEDGER_URL"]),
         devices=inventory_for(parse_inventory_setting(env.get("TEACHLAB_GPU_INVENTORY"))),
         catalog_cache=CatalogCache.for_root(Path(env["TEACHLAB_CATALOG"])),
+        today=(lambda: date.fromisoformat(env["TEACHLAB_TODAY"])) if env.get("TEACHLAB_TODAY") else date.today,
     )
     url = urlparse(env["JUPYTERHUB_SERVICE_URL"])
     app.listen(url.port, url.hostname)

@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import docker
 
-from .gpu import GpuDevice, GpuLedger, ReconcileReport, declared_inventory, discover_nvml
+from .gpu import GpuDevice, GpuInventoryError, GpuLedger, ReconcileReport, declared_inventory, discover_nvml
 
 GPU_LABEL = "org.teachlab.gpus"
 USER_LABEL = "org.teachlab.user"
@@ -54,7 +54,13 @@ def parse_inventory_setting(text: Optional[str]) -> InventorySetting:
     """``TEACHLAB_GPU_INVENTORY``: ``nvml``, a JSON list of devices, or empty for a lab without GPUs."""
     text = (text or "").strip()
     if text.startswith("["):
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise GpuInventoryError(f"TEACHLAB_GPU_INVENTORY is not valid JSON ({exc}); write a list such as "
+                                    '[{"uuid": "GPU-...", "index": 0, "model": "NVIDIA A100", "memory": "40G"}]') from None
+    if text not in ("", "nvml"):
+        raise GpuInventoryError(f"TEACHLAB_GPU_INVENTORY is {text!r}; write nvml, a JSON list of devices, or leave it empty")
     return text
 
 

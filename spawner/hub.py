@@ -41,13 +41,29 @@ def _signature(root: Path) -> tuple:
 
 
 class CatalogCache:
-    """The last good catalog, refreshed from disk off the event loop."""
+    """The last good catalog, refreshed from disk off the event loop; with ``watch_versions``, also each
+    course's current published version, for pages rendered on the event loop."""
 
     def __init__(self, root: Path, catalog: Catalog):
         self.root = root
         self._catalog = catalog
         self._signature = _signature(root)
         self._refresher: Optional[asyncio.Task] = None
+        self._registry: Optional[VersionRegistry] = None
+        self.current_versions: dict[str, str] = {}
+
+    def watch_versions(self, registry_dir: Path) -> None:
+        self._registry = VersionRegistry(registry_dir)
+        self._read_versions()
+
+    def _read_versions(self) -> None:
+        if self._registry is not None:
+            versions = {}
+            for slug in self._catalog.courses:
+                current = self._registry.current_image(slug)
+                if current is not None:
+                    versions[slug] = current.version
+            self.current_versions = versions
 
     @classmethod
     def for_root(cls, root: Path) -> "CatalogCache":
@@ -63,16 +79,20 @@ class CatalogCache:
         return self._catalog
 
     def refresh_now(self) -> Catalog:
-        """Blocking: reload when the files changed. Run it in an executor."""
-        signature = _signature(self.root)
-        if signature != self._signature:
-            self._signature = signature
-            try:
+        """Blocking: reload when the files changed (keep the last good catalog if they are broken or
+        unreadable). Run it in an executor."""
+        try:
+            signature = _signature(self.root)
+            if signature != self._signature:
+                self._signature = signature
                 self._catalog = load_catalog(self.root)
                 log.info("course catalog reloaded: %s", ", ".join(sorted(self._catalog.courses)))
-            except ProblemsError as problems:
-                for problem in problems.problems:
-                    log.error("course catalog not reloaded: %s", problem)
+            self._read_versions()
+        except ProblemsError as problems:
+            for problem in problems.problems:
+                log.error("course catalog not reloaded: %s", problem)
+        except (OSError, ValueError) as exc:
+            log.error("course catalog not reloaded: %s", exc)
         return self._catalog
 
     async def refresh(self) -> Catalog:
@@ -98,8 +118,8 @@ def user_group_names(user: Any) -> list[str]:
 
 
 def course_rows(cache: CatalogCache, registry_dir: Path, today: Callable[[], date]) -> Callable[[Any], list[dict]]:
-    """Template variable ``courses``: what the home page lists for a user."""
-    registry = VersionRegistry(registry_dir)
+    """Template variable ``courses``: what the home page lists for a user (from memory only)."""
+    cache.watch_versions(registry_dir)
 
     def rows(user: Any) -> list[dict]:
         if user is None:
@@ -108,7 +128,7 @@ def course_rows(cache: CatalogCache, registry_dir: Path, today: Callable[[], dat
         result = []
         for course, access in catalog.available_to(user.name, user_group_names(user), today()):
             spawner = user.spawners.get(course.slug) if course.slug in user.orm_spawners else None
-            current = registry.current_image(course.slug)
+            version = cache.current_versions.get(course.slug)
             result.append({
                 "slug": course.slug,
                 "title": course.title,
@@ -118,8 +138,8 @@ def course_rows(cache: CatalogCache, registry_dir: Path, today: Callable[[], dat
                 "memory": course.resources.memory,
                 "gpu": course.gpu,
                 "role": access.role,
-                "published": current is not None,
-                "version": current.version if current else None,
+                "published": version is not None,
+                "version": version,
                 "active": bool(spawner and spawner.active),
                 "stopping": bool(spawner and spawner.pending == "stop"),
                 "ready": bool(spawner and spawner.ready),

@@ -7,7 +7,7 @@ import json
 import sys
 import urllib.request
 from pathlib import Path
-from typing import Mapping, NoReturn
+from typing import Mapping, NoReturn, Optional
 
 import docker
 import docker.errors
@@ -108,7 +108,8 @@ def idle_culler_service(*, catalog_path: Path, cull_every_seconds: int, fallback
     }
 
 
-def gpu_service(*, port: int, ledger_url: str, inventory: str, catalog_path: Path, catalog: Catalog) -> dict:
+def gpu_service(*, port: int, ledger_url: str, inventory: str, catalog_path: Path, catalog: Catalog,
+                today: Optional[str] = None) -> dict:
     """teachlab-gpu as a hub-managed service; its OAuth sessions may carry its custom scopes."""
     from .gpu_service import SERVICE_NAME, custom_scopes
 
@@ -119,7 +120,7 @@ def gpu_service(*, port: int, ledger_url: str, inventory: str, catalog_path: Pat
         "oauth_no_confirm": True,
         "oauth_client_allowed_scopes": sorted(custom_scopes(catalog)),
         "environment": {"TEACHLAB_GPU_LEDGER_URL": ledger_url, "TEACHLAB_GPU_INVENTORY": inventory,
-                        "TEACHLAB_CATALOG": str(catalog_path)},
+                        "TEACHLAB_CATALOG": str(catalog_path), **({"TEACHLAB_TODAY": today} if today else {})},
     }
 
 
@@ -141,14 +142,30 @@ def gpu_roles(catalog: Catalog, admin_groups: tuple[str, ...]) -> list[dict]:
     return roles
 
 
+def gpu_inventory_or_stop(text: str):
+    """The GPU inventory setting, checked now (declared devices validated, NVML loaded) rather than at the first GPU spawn."""
+    from .gpuhub import inventory_for, parse_inventory_setting
+
+    try:
+        setting = parse_inventory_setting(text)
+        inventory_for(setting)
+    except TeachlabError as exc:
+        stop_hub([f"teachlab: {line}" for line in str(exc).splitlines()])
+    return setting
+
+
 def reconcile_gpus_or_stop(ledger_url: str, lab_id: str) -> None:
     """Make the GPU ledger equal to the labels of this lab's running containers (at hub start)."""
     from .gpuhub import reconcile_with_containers
 
     try:
         report = reconcile_with_containers(ledger_url, connect(), lab_id)
-    except TeachlabError as exc:
+    except (TeachlabError, ValueError) as exc:
         stop_hub([f"teachlab: {line}" for line in str(exc).splitlines()])
+    for conflict in report.conflicts:
+        claimants = ", ".join(f"{user}/{server}" for user, server in conflict.servers)
+        print(f"teachlab: GPU {conflict.device_uuid} is claimed by several containers ({claimants}); the ledger keeps "
+              "it as it was: stop all but one of them (teachlab gpu status shows the holder)", file=sys.stderr)
     for holding in report.released:
         print(f"teachlab: GPU {holding.device_uuid} released from {holding.username}/{holding.server_name}: its container is gone",
               file=sys.stderr)

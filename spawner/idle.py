@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from .catalog import Catalog
 from .hub import CatalogCache
@@ -19,12 +19,12 @@ def idle_limit_seconds(catalog: Catalog, server_name: str, default_seconds: floa
     return course.idle_timeout_seconds if course else default_seconds
 
 
-def course_idle_arbiter(catalog_path: Path) -> Callable[..., bool]:
+def course_idle_arbiter(catalog_path: Path) -> Callable[..., Awaitable[bool]]:
     """A ``cull_arbiter_hook`` using the catalog as it is now (re-read only when its files change)."""
     cache = CatalogCache.for_root(catalog_path)
 
-    def arbiter(*, inactive: timedelta, inactive_limit: float, server: Mapping[str, Any], **kwargs) -> bool:
-        catalog = cache.refresh_now()
+    async def arbiter(*, inactive: timedelta, inactive_limit: float, server: Mapping[str, Any], **kwargs) -> bool:
+        catalog = await cache.refresh()
         return inactive.total_seconds() >= idle_limit_seconds(catalog, server.get("name", ""), inactive_limit)
 
     return arbiter

@@ -109,12 +109,15 @@ class ImageBuilder:
         repository, tag = reference.rsplit(":", 1)
         labels = self._labels(rootfs=f"{flavor.rootfs_suite}-{flavor.rootfs_variant}")
         changes = ['CMD ["/bin/bash"]'] + [f'LABEL {key}="{value}"' for key, value in labels.items()]
-        tar = subprocess.Popen(["tar", "-C", str(root), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
+        tar = subprocess.Popen(["tar", "-C", str(root), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             self.client.api.import_image_from_stream(tar.stdout, repository=repository, tag=tag, changes=changes)
         finally:
             tar.stdout.close()
-            tar.wait()
+            failed = tar.wait() != 0
+        if failed:
+            self.client.images.remove(reference, force=True)  # never cache a truncated root filesystem
+            raise TeachlabError(f"tar of the root filesystem failed: {tar.stderr.read().decode(errors='replace').strip()[:300]}")
 
     # -- base images ----------------------------------------------------------------------------
     def build_base(self, flavor_name: str) -> str:

@@ -26,7 +26,6 @@ class LabConfig:
     state_dir: Path
     catalog_path: Path
     public_url: str = "http://127.0.0.1:8000"
-    hub_ip: str = "127.0.0.1"
     hub_port: int = 8081
     proxy_api_url: str = "http://127.0.0.1:8001"
     network: str = "teachlab-students"
@@ -64,7 +63,6 @@ class LabConfig:
             state_dir=default_state_dir(env).resolve(),
             catalog_path=Path(get("TEACHLAB_CATALOG") or REPO_ROOT / "course_envs").resolve(),
             public_url=get("TEACHLAB_PUBLIC_URL", cls.public_url),
-            hub_ip=get("TEACHLAB_HUB_IP", cls.hub_ip),
             hub_port=int(get("TEACHLAB_HUB_PORT", cls.hub_port)),
             proxy_api_url=get("TEACHLAB_PROXY_API_URL", cls.proxy_api_url),
             network=get("TEACHLAB_NETWORK", cls.network),

@@ -6,6 +6,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import quote
 from pathlib import Path
 
 from rich.console import Console
@@ -71,7 +72,7 @@ def _stop_all_servers(lab: Lab, timeout: float = 120) -> int:
     stopped = 0
     for user in _active_users(lab):
         for name in user.get("servers", {}):
-            url = f"{lab.public_url}/hub/api/users/{user['name']}/servers/{name}"
+            url = f"{lab.public_url}/hub/api/users/{quote(user['name'], safe='')}/servers/{quote(name, safe='')}"
             urllib.request.urlopen(urllib.request.Request(url, method="DELETE", headers=headers), timeout=60)
             stopped += 1
     deadline = time.monotonic() + timeout

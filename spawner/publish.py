@@ -40,8 +40,9 @@ class PublishResult:
     seconds: float
 
 
-def _read_file(client: docker.DockerClient, image_id: str, path: str) -> str:
-    container = client.containers.create(image_id, command=["true"], entrypoint=[])
+def _read_file(client: docker.DockerClient, image_id: str, path: str, labels: dict[str, str]) -> str:
+    """A file of an image, read from a container that is created, never started, and removed."""
+    container = client.containers.create(image_id, command=["true"], entrypoint=[], labels=labels)
     try:
         stream, _ = container.get_archive(path)
         with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
@@ -51,9 +52,9 @@ def _read_file(client: docker.DockerClient, image_id: str, path: str) -> str:
         container.remove(force=True)
 
 
-def read_lock(client: docker.DockerClient, candidate: CandidateImage) -> str:
+def read_lock(client: docker.DockerClient, candidate: CandidateImage, labels: dict[str, str]) -> str:
     """What was installed: ``pip freeze`` (venv) or the explicit conda list plus the pip part."""
-    parts = [_read_file(client, candidate.image_id, path) for path in LOCK_PATHS[candidate.flavor.environment_builder]]
+    parts = [_read_file(client, candidate.image_id, path, labels) for path in LOCK_PATHS[candidate.flavor.environment_builder]]
     return "\n# pip\n".join(parts)
 
 
@@ -98,7 +99,7 @@ def publish_course(course: Course, *, settings: BuildSettings, progress: Optiona
             base_image=candidate.base_image,
             flavor=candidate.flavor.name,
         )
-        registry.add_current(course.slug, entry, read_lock(client, candidate))
+        registry.add_current(course.slug, entry, read_lock(client, candidate, {**settings.labels, label("lock-reader"): course.slug}))
     return PublishResult(course.slug, version, reference, candidate.environment_hash, "published", time.monotonic() - started)
 
 

@@ -113,7 +113,8 @@ class VersionRegistry:
             raise
 
     def add_current(self, slug: str, version: CourseVersion, lock_text: str) -> CourseRecord:
-        """Record a new version with its lock and make it current, in one atomic step."""
+        """Write the version's lock, then record the version and make it current in one atomic replace
+        (a lock without a registry entry is harmless; the reverse never happens)."""
         lock_path = self.lock_path(slug, version.version)
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         lock_path.write_text(lock_text)

@@ -15,6 +15,8 @@ from .catalog import Course
 from .problems import TeachlabError
 
 SMOKE_TIMEOUT_SECONDS = 300
+# How every student container runs (CourseSpawner uses the same): no privilege escalation, no capabilities.
+STUDENT_CONTAINER_HARDENING = {"security_opt": ["no-new-privileges"], "cap_drop": ["ALL"], "pids_limit": 1024}
 
 
 class SmokeTestFailed(TeachlabError):
@@ -41,7 +43,7 @@ def run_smoke_test(client: docker.DockerClient, *, image: str, course: Course, d
         nano_cpus=int(course.resources.cpu * 1e9),
         network_mode="none",
         labels=dict(labels),
-        security_opt=["no-new-privileges"],
+        **STUDENT_CONTAINER_HARDENING,
     )
     try:
         container.start()

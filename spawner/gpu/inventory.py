@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from ..problems import TeachlabError
+from ..units import parse_memory
 
 DECLARED_KEYS = ("uuid", "index", "model", "memory", "parent_uuid")
-_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGT])$")
-_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _FIX_WITH_DECLARED = ("declare the GPUs in the hub configuration instead "
                       "(uuid, index, model and memory of each, as `nvidia-smi -L` and `nvidia-smi` show them)")
 
@@ -103,16 +102,6 @@ def _mig_instances(nvml: Any, handle: Any, gpu: GpuDevice) -> list[GpuDevice]:
             continue
         instances.append(_device(nvml, mig_handle, gpu.index, parent_uuid=gpu.uuid))
     return instances
-
-
-def parse_memory(value: object) -> int:
-    """``"80G"`` (K, M, G, T: powers of 1024) or a whole number of bytes -> bytes; ValueError otherwise."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    match = _SIZE.match(value) if isinstance(value, str) else None
-    if not match:
-        raise ValueError(f"{value!r} is not a memory size")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
 
 def declared_inventory(entries: Sequence[Mapping[str, Any]], where: str = "gpu_devices") -> list[GpuDevice]:

@@ -83,8 +83,11 @@ def scratch_settings(build_settings, tmp_path):
     return replace(build_settings, state_dir=tmp_path / "state")
 
 
-def _no_session_containers(docker_client, build_settings):
-    return docker_client.containers.list(all=True, filters={"label": f"{label('smoke-test')}"}) == []
+def _no_session_containers(docker_client, settings):
+    """No smoke-test or lock-reading container of this session is left behind."""
+    session = "=".join(next(iter(settings.labels.items())))
+    return all(docker_client.containers.list(all=True, filters={"label": [session, label(kind)]}) == []
+               for kind in ("smoke-test", "lock-reader"))
 
 
 def test_nonexistent_package_fails_to_publish_and_previous_version_stays(docker_client, scratch_settings, scratch_course):
@@ -159,7 +162,7 @@ def test_version_rebuilt_from_its_lock_has_the_same_packages(docker_client, buil
     lock = registry.read_lock("data-analysis", current.version)
     course = load_course(Path("course_envs/data-analysis"))
     candidate = ImageBuilder(build_settings, client=docker_client).build_course(course, lock=lock)
-    assert read_lock(docker_client, candidate) == lock
+    assert read_lock(docker_client, candidate, build_settings.labels) == lock
     assert "tabulate==0.9.0" in lock.splitlines()
 
 

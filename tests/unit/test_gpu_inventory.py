@@ -4,7 +4,8 @@ from typing import Optional
 import pytest
 from hypothesis import given, strategies as st
 
-from spawner.gpu.inventory import GpuDevice, GpuInventoryError, declared_inventory, discover_nvml, parse_memory
+from spawner.gpu.inventory import GpuDevice, GpuInventoryError, declared_inventory, discover_nvml
+from spawner.units import parse_memory
 from spawner.problems import TeachlabError
 
 GIB = 1 << 30

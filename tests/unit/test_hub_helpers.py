@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def test_idle_culler_asks_for_the_least_scopes():
 ])
 def test_course_idle_arbiter(server, idle_minutes, culled):
     arbiter = course_idle_arbiter(REPO / "course_envs")
-    verdict = arbiter(inactive=timedelta(minutes=idle_minutes), inactive_limit=120 * 60, server={"name": server})
+    verdict = asyncio.run(arbiter(inactive=timedelta(minutes=idle_minutes), inactive_limit=120 * 60, server={"name": server}))
     assert verdict is culled
 
 
