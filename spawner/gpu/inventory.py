@@ -8,7 +8,6 @@ the key everywhere; the index only orders devices for allocation and display.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
