@@ -80,6 +80,19 @@ def _stop_all(admin, course: str) -> None:
     admin.wait(lambda: not admin.servers(course), what=f"all {course} servers stopped")
 
 
+def _start_and_wait(admin, name: str) -> None:
+    assert admin.api("POST", f"/users/{name}/servers/gpu-course").status_code in (201, 202)
+    admin.wait(lambda: admin.servers("gpu-course").get(name, {}).get("ready"), what=f"{name} ready")
+
+
+@pytest.fixture(autouse=True)
+def no_gpu_servers_left(admin, ledger):
+    """Each test starts and ends with every GPU free, so one failure does not cascade into the next."""
+    yield
+    _stop_all(admin, "gpu-course")
+    assert ledger.holdings() == []
+
+
 def test_fifty_concurrent_spawns_on_four_gpus(admin, ledger, docker_client, lab):
     def spawn(name: str) -> requests.Response:
         return admin.api("POST", f"/users/{name}/servers/gpu-course")
@@ -108,20 +121,17 @@ def test_fifty_concurrent_spawns_on_four_gpus(admin, ledger, docker_client, lab)
     remaining = _gpu_containers(docker_client, lab)
     assert gone not in remaining and len(remaining) == 3
     assert _ledger_view(ledger) == remaining
+    first_newcomer, second_newcomer = sorted(refused)[:2]
+    _start_and_wait(admin, first_newcomer)  # gone's device is the only free one
+    assert _gpu_containers(docker_client, lab)[first_newcomer] == containers[gone]
 
     # Behind the hub's back, while it runs: the device is free again within one poll.
     taken_away = started[1]
-    freed = containers[taken_away]
     docker_client.containers.get(naming.container_name(taken_away, "gpu-course")).remove(force=True)
     admin.wait(lambda: taken_away not in _ledger_view(ledger), timeout=15, what="device released after one poll")
     assert _ledger_view(ledger) == _gpu_containers(docker_client, lab)
-    newcomer = sorted(refused)[0]  # refused a moment ago; now the freed device is the only free one
-    assert admin.api("POST", f"/users/{newcomer}/servers/gpu-course").status_code in (201, 202)
-    admin.wait(lambda: admin.servers("gpu-course").get(newcomer, {}).get("ready"), what="newcomer ready")
-    assert _gpu_containers(docker_client, lab)[newcomer] == freed
-
-    _stop_all(admin, "gpu-course")
-    assert ledger.holdings() == []
+    _start_and_wait(admin, second_newcomer)  # refused a moment ago; now taken_away's device is the only free one
+    assert _gpu_containers(docker_client, lab)[second_newcomer] == containers[taken_away]
 
 
 def test_quota_refusals_reach_the_student_before_anything_starts(admin, ledger, docker_client, users):
