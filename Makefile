@@ -6,13 +6,15 @@ BIN := $(VENV)/bin
 STATE_DIR ?= .teachlab
 PYTEST_ARGS ?=
 
-.PHONY: help setup python-env node-env system-packages docker up down test unit clean
+.PHONY: help setup python-env node-env system-packages docker up down test unit lint format docs clean
 
 help:
 	@echo "make up      run the lab on http://127.0.0.1:8000 (demo accounts printed)"
 	@echo "make down    stop the lab, keep its data"
 	@echo "make test    install everything needed and run the whole test suite"
 	@echo "make unit    run the unit tests only (no Docker needed)"
+	@echo "make lint    ruff (lint and format check), as the pre-commit hooks run it"
+	@echo "make docs    regenerate docs/course-yaml.md and docs/configuration.md from the code"
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,15 +41,27 @@ setup: python-env node-env docker
 unit: python-env
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-test: setup
+lint: python-env
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: python-env
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+docs: python-env
+	$(BIN)/teachlab course schema-docs --output docs/course-yaml.md
+	$(BIN)/python -m spawner.hub.reference > docs/configuration.md
+
+test: setup lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 up: python-env node-env system-packages
 	deploy/bin/ensure-docker
-	$(BIN)/teachlab lab up --state-dir $(STATE_DIR)
+	$(BIN)/python -m spawner.devlab up --state-dir $(STATE_DIR)
 
 down: python-env
-	$(BIN)/teachlab lab down --state-dir $(STATE_DIR)
+	$(BIN)/python -m spawner.devlab down --state-dir $(STATE_DIR)
 
 clean:
 	rm -rf $(VENV) deploy/node_modules .pytest_cache test-output

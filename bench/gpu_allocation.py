@@ -26,11 +26,11 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import Connection, MetaData, UniqueConstraint, create_engine, func, select
 
@@ -80,8 +80,11 @@ class Tally:
         return {
             "decisions": decisions,
             "decisions_per_second": round(decisions / self.wall_seconds, 1),
-            "latency_ms": {"p50": round(percentiles[49] * 1000, 2), "p99": round(percentiles[98] * 1000, 2),
-                           "max": round(max(self.latencies) * 1000, 2)},
+            "latency_ms": {
+                "p50": round(percentiles[49] * 1000, 2),
+                "p99": round(percentiles[98] * 1000, 2),
+                "max": round(max(self.latencies) * 1000, 2),
+            },
             "granted": self.granted,
             "refused": self.refused,
             "errors": len(self.errors),
@@ -100,12 +103,19 @@ def run_round(ledger: GpuLedger, tally: Tally, round_number: int, concurrency: i
         barrier.wait()
         started = time.perf_counter()
         try:
-            ledger.allocate(username=f"r{round_number}-student-{number}", course=COURSE, server_name=COURSE, count=1,
-                            devices=devices, term_start=term[0], term_end=term[1])
+            ledger.allocate(
+                username=f"r{round_number}-student-{number}",
+                course=COURSE,
+                server_name=COURSE,
+                count=1,
+                devices=devices,
+                term_start=term[0],
+                term_end=term[1],
+            )
             outcome = "granted"
         except AllocationRefused:
             outcome = "refused"
-        except Exception as exc:  # the naive baseline may fail outright; count it, don't stop the run
+        except Exception as exc:  # noqa: BLE001 - the naive baseline may fail outright; count it, don't stop the run
             outcome = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
         elapsed = time.perf_counter() - started
         with lock:
@@ -127,8 +137,11 @@ def run_round(ledger: GpuLedger, tally: Tally, round_number: int, concurrency: i
     tally.wall_seconds += time.perf_counter() - started
 
     with ledger._transaction(write=False) as connection:
-        counts = connection.execute(select(func.count()).select_from(holdings_table)
-                                    .group_by(holdings_table.c.device_uuid)).scalars().all()
+        counts = (
+            connection.execute(select(func.count()).select_from(holdings_table).group_by(holdings_table.c.device_uuid))
+            .scalars()
+            .all()
+        )
     doubles = sum(count - 1 for count in counts)
     tally.double_assignments += doubles
     tally.rounds_with_double_assignments += doubles > 0
@@ -143,12 +156,16 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS_FILE)
     args = parser.parse_args()
 
-    devices = [GpuDevice(uuid=f"GPU-bench-{i}", index=i, model="NVIDIA H100 80GB HBM3", memory_bytes=80 << 30)
-               for i in range(args.devices)]
+    devices = [
+        GpuDevice(uuid=f"GPU-bench-{i}", index=i, model="NVIDIA H100 80GB HBM3", memory_bytes=80 << 30)
+        for i in range(args.devices)
+    ]
     tallies = {"ledger": Tally(), "naive_baseline": Tally()}
     with tempfile.TemporaryDirectory() as folder:
-        ledgers = {"ledger": GpuLedger.open(f"sqlite:///{folder}/ledger.sqlite"),
-                   "naive_baseline": NaiveLedger.create(f"sqlite:///{folder}/naive.sqlite")}
+        ledgers = {
+            "ledger": GpuLedger.open(f"sqlite:///{folder}/ledger.sqlite"),
+            "naive_baseline": NaiveLedger.create(f"sqlite:///{folder}/naive.sqlite"),
+        }
         for ledger in ledgers.values():
             ledger.set_course_quota(COURSE, max_concurrent_gpus=None, gpu_hours_per_student=20, actor="bench")
         for round_number in range(args.rounds):
@@ -159,10 +176,16 @@ def main() -> None:
 
     results = {
         "benchmark": "gpu_allocation",
-        "setup": {"rounds": args.rounds, "concurrency": args.concurrency, "devices": args.devices,
-                  "database": "SQLite file, WAL", "sqlite_version": sqlite3.sqlite_version,
-                  "python": platform.python_version(), "machine": platform.machine(),
-                  "processor_count": os.cpu_count()},
+        "setup": {
+            "rounds": args.rounds,
+            "concurrency": args.concurrency,
+            "devices": args.devices,
+            "database": "SQLite file, WAL",
+            "sqlite_version": sqlite3.sqlite_version,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "processor_count": os.cpu_count(),
+        },
         **{name: tally.summary() for name, tally in tallies.items()},
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -171,9 +194,11 @@ def main() -> None:
     print(f"GPU allocation: {args.rounds} rounds x {args.concurrency} concurrent requests on {args.devices} GPUs")
     for name in tallies:
         row = results[name]
-        print(f"  {name:15} {row['decisions_per_second']:8.1f} decisions/s  p50 {row['latency_ms']['p50']:7.2f} ms  "
-              f"p99 {row['latency_ms']['p99']:7.2f} ms  granted {row['granted']:4}  errors {row['errors']:3}  "
-              f"double assignments {row['double_assignments']}")
+        print(
+            f"  {name:15} {row['decisions_per_second']:8.1f} decisions/s  p50 {row['latency_ms']['p50']:7.2f} ms  "
+            f"p99 {row['latency_ms']['p99']:7.2f} ms  granted {row['granted']:4}  errors {row['errors']:3}  "
+            f"double assignments {row['double_assignments']}"
+        )
     print(f"  written to {args.output}")
 
 

@@ -20,11 +20,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from spawner.catalog import load_course
-from spawner.docker_engine import connect, tar_context
-from spawner.imagebuild import ImageBuilder
-from spawner.imageplan import render_course_context
-from spawner.publish import publish_course, rollback_course
-from spawner.settings import BuildSettings
+from spawner.engine import connect
+from spawner.engine.build import tar_context
+from spawner.images.build import ImageBuilder
+from spawner.images.plan import render_course_context
+from spawner.images.publish import publish_course, rollback_course
+from spawner.images.settings import BuildSettings
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -58,12 +59,25 @@ def main() -> None:
 
         client = connect()
         base = builder.flavor(course.image_flavor).base_image(settings.image_namespace)
-        plan = render_course_context(course, builder.flavor(course.image_flavor), base_image=base,
-                                     base_image_id=client.images.get(base).id,
-                                     constraints=settings.constraints_file.read_text(), pip=builder.pip_settings())
+        plan = render_course_context(
+            course,
+            builder.flavor(course.image_flavor),
+            base_image=base,
+            base_image_id=client.images.get(base).id,
+            constraints=settings.constraints_file.read_text(),
+            pip=builder.pip_settings(),
+        )
         started = time.monotonic()
-        for _ in client.api.build(fileobj=tar_context(plan.files), custom_context=True, tag="teachlab-bench/no-cache:latest",
-                                  nocache=True, rm=True, forcerm=True, labels=LABEL, decode=True):
+        for _ in client.api.build(
+            fileobj=tar_context(plan.files),
+            custom_context=True,
+            tag="teachlab-bench/no-cache:latest",
+            nocache=True,
+            rm=True,
+            forcerm=True,
+            labels=LABEL,
+            decode=True,
+        ):
             pass
         no_cache_seconds = time.monotonic() - started
         for image in client.images.list(filters={"label": "org.teachlab.bench=publish-speed"}):
@@ -73,16 +87,21 @@ def main() -> None:
         "course": course.slug,
         "teachlab_first_publish_s": round(first_seconds, 2),
         "teachlab_first_publish_outcome": first.outcome,
-        "teachlab_republish_unchanged_s": {"median": round(statistics.median(republish), 2), "max": round(max(republish), 2),
-                                           "all": [round(v, 2) for v in republish]},
+        "teachlab_republish_unchanged_s": {
+            "median": round(statistics.median(republish), 2),
+            "max": round(max(republish), 2),
+            "all": [round(v, 2) for v in republish],
+        },
         "teachlab_rollback_s": round(rollback_seconds, 3),
         "baseline_rebuild_without_cache_s": round(no_cache_seconds, 2),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "publish_speed.json").write_text(json.dumps(result, indent=2))
-    print(f"republish unchanged: median {result['teachlab_republish_unchanged_s']['median']} s "
-          f"(max {result['teachlab_republish_unchanged_s']['max']} s) vs rebuild without cache {result['baseline_rebuild_without_cache_s']} s; "
-          f"rollback {result['teachlab_rollback_s']} s -> bench/results/publish_speed.json")
+    print(
+        f"republish unchanged: median {result['teachlab_republish_unchanged_s']['median']} s "
+        f"(max {result['teachlab_republish_unchanged_s']['max']} s) vs rebuild without cache {result['baseline_rebuild_without_cache_s']} s; "
+        f"rollback {result['teachlab_rollback_s']} s -> bench/results/publish_speed.json"
+    )
 
 
 if __name__ == "__main__":

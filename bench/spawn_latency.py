@@ -22,12 +22,12 @@ from pathlib import Path
 import requests
 
 from spawner.catalog import load_catalog
-from spawner.docker_engine import connect
-from spawner.hubconfig import ensure_student_network
-from spawner.imagebuild import ImageBuilder
-from spawner.lab import Lab, LabPorts, free_port
-from spawner.publish import publish_course
-from spawner.settings import BuildSettings
+from spawner.devlab.lab import Lab, LabPorts, free_port
+from spawner.engine import connect
+from spawner.hub.startup import HubHost
+from spawner.images.build import ImageBuilder
+from spawner.images.publish import publish_course
+from spawner.images.settings import BuildSettings
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -59,8 +59,15 @@ def measure_lab(lab: Lab, users: list[str]) -> list[float]:
         started = time.monotonic()
         response = requests.post(f"{api}/users/{user}/servers/intro-python", headers=headers, timeout=180)
         response.raise_for_status()
-        wait_for(lambda: requests.get(f"{api}/users/{user}", headers=headers, timeout=10).json()["servers"].get("intro-python", {}).get("ready"))
-        wait_for(lambda: f"/user/{user}/intro-python" in lab.proxy_routes())
+        wait_for(
+            lambda user=user: (
+                requests.get(f"{api}/users/{user}", headers=headers, timeout=10)
+                .json()["servers"]
+                .get("intro-python", {})
+                .get("ready")
+            )
+        )
+        wait_for(lambda user=user: f"/user/{user}/intro-python" in lab.proxy_routes())
         timings.append(time.monotonic() - started)
         requests.delete(f"{api}/users/{user}/servers/intro-python", headers=headers, timeout=60)
     return timings
@@ -73,11 +80,14 @@ def measure_floor(image: str, rounds: int) -> list[float]:
         port = free_port()
         started = time.monotonic()
         container = client.containers.run(
-            image, ["/opt/jupyter/bin/jupyter", "server", "--ip=0.0.0.0", "--port=8888", "--ServerApp.token=", "--ServerApp.password="],
-            detach=True, ports={"8888/tcp": ("127.0.0.1", port)}, labels=LABEL,
+            image,
+            ["/opt/jupyter/bin/jupyter", "server", "--ip=0.0.0.0", "--port=8888", "--ServerApp.token=", "--ServerApp.password="],
+            detach=True,
+            ports={"8888/tcp": ("127.0.0.1", port)},
+            labels=LABEL,
         )
         try:
-            wait_for(lambda: answers(f"http://127.0.0.1:{port}/api/status"))
+            wait_for(lambda port=port: answers(f"http://127.0.0.1:{port}/api/status"))
             timings.append(time.monotonic() - started)
         finally:
             container.remove(force=True)
@@ -85,8 +95,13 @@ def measure_floor(image: str, rounds: int) -> list[float]:
 
 
 def summary(values: list[float]) -> dict:
-    return {"runs": len(values), "median_s": round(statistics.median(values), 2), "min_s": round(min(values), 2),
-            "max_s": round(max(values), 2), "all_s": [round(v, 2) for v in values]}
+    return {
+        "runs": len(values),
+        "median_s": round(statistics.median(values), 2),
+        "min_s": round(min(values), 2),
+        "max_s": round(max(values), 2),
+        "all_s": [round(v, 2) for v in values],
+    }
 
 
 def main() -> None:
@@ -99,14 +114,23 @@ def main() -> None:
         users = [f"bench{index:02d}" for index in range(1, args.rounds + 1)]
         course = (REPO / "course_envs" / "intro-python" / "course.yaml").read_text()
         (catalog_dir / "intro-python").mkdir()
-        (catalog_dir / "intro-python" / "course.yaml").write_text(course.replace("  users: [student-alice]", f"  users: [{', '.join(users)}]"))
-        (catalog_dir / "intro-python" / "environment.yml").write_text((REPO / "course_envs" / "intro-python" / "environment.yml").read_text())
+        (catalog_dir / "intro-python" / "course.yaml").write_text(
+            course.replace("  users: [student-alice]", f"  users: [{', '.join(users)}]")
+        )
+        (catalog_dir / "intro-python" / "environment.yml").write_text(
+            (REPO / "course_envs" / "intro-python" / "environment.yml").read_text()
+        )
         settings = BuildSettings.from_environment(state_dir=state, labels=LABEL)
         ImageBuilder(settings).build_base("debian-py39")
         published = publish_course(load_catalog(catalog_dir).courses["intro-python"], settings=settings)
-        lab = Lab(state_dir=state, catalog_path=catalog_dir, network="teachlab-bench", extra_labels=LABEL,
-                  ports=LabPorts(public=free_port(), proxy_api=free_port(), hub=free_port(), oidc=free_port(), gpu_service=free_port()))
-        lab.up(ensure_student_network(lab.network, LABEL))
+        lab = Lab(
+            state_dir=state,
+            catalog_path=catalog_dir,
+            network="teachlab-bench",
+            extra_labels=LABEL,
+            ports=LabPorts(public=free_port(), proxy_api=free_port(), hub=free_port(), oidc=free_port(), gpu_service=free_port()),
+        )
+        lab.up(HubHost().student_network_gateway(lab.network, LABEL))
         try:
             ours = measure_lab(lab, users)
         finally:
@@ -126,9 +150,11 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "spawn_latency.json").write_text(json.dumps(result, indent=2))
-    print(f"spawn latency (median of {args.rounds}): teachlab {result['teachlab']['median_s']} s, "
-          f"bare docker run + jupyter server {result['baseline_bare_docker_run_jupyter_server']['median_s']} s, "
-          f"overhead {result['overhead_median_s']} s -> bench/results/spawn_latency.json")
+    print(
+        f"spawn latency (median of {args.rounds}): teachlab {result['teachlab']['median_s']} s, "
+        f"bare docker run + jupyter server {result['baseline_bare_docker_run_jupyter_server']['median_s']} s, "
+        f"overhead {result['overhead_median_s']} s -> bench/results/spawn_latency.json"
+    )
 
 
 if __name__ == "__main__":

@@ -11,16 +11,19 @@ machine wants; a fresh machine builds them once.
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from pathlib import Path
 
 import pytest
 
-from spawner.settings import BuildSettings
+from spawner.images.settings import BuildSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TEST_NAMESPACE = "teachlab-test"
+# Images tests build go to this repository namespace; two checkouts testing at once on one engine set
+# TEACHLAB_TEST_IMAGE_NAMESPACE to keep their course image tags apart.
+TEST_NAMESPACE = os.environ.get("TEACHLAB_TEST_IMAGE_NAMESPACE", "teachlab-test")
 SESSION_LABEL = "org.teachlab.test-session"
 OUTPUT_DIR = REPO_ROOT / "test-output"
 
@@ -52,6 +55,8 @@ def pytest_runtest_makereport(item, call):
 
 
 def _remove_labelled(client, label: str) -> None:
+    import docker.errors
+
     filters = {"label": label}
     for container in client.containers.list(all=True, filters=filters):
         container.remove(force=True)
@@ -62,14 +67,14 @@ def _remove_labelled(client, label: str) -> None:
     for image in client.images.list(filters=filters):
         try:
             client.images.remove(image.id, force=True)
-        except Exception:  # shared layers of a removed parent
+        except docker.errors.APIError:  # shared layers of a removed parent
             pass
 
 
 @pytest.fixture(scope="session")
 def docker_client(session_labels):
     """The real engine. Every object labelled with this session is removed at the end."""
-    from spawner.docker_engine import connect
+    from spawner.engine import connect
 
     client = connect()
     yield client
@@ -106,7 +111,7 @@ def base_image(docker_client, build_settings) -> str:
     """The debian-py39 base (debootstrap + docker import + Jupyter), kept between sessions as a cache."""
     from dataclasses import replace
 
-    from spawner.imagebuild import ImageBuilder
+    from spawner.images.build import ImageBuilder
 
     cache_settings = replace(build_settings, labels={"org.teachlab.test-cache": "1"})
     return ImageBuilder(cache_settings, client=docker_client).build_base("debian-py39")
@@ -116,7 +121,7 @@ def base_image(docker_client, build_settings) -> str:
 def published_examples(docker_client, build_settings, base_image, repo_root):
     """The two CPU example courses, published from the repository's catalog."""
     from spawner.catalog import load_catalog
-    from spawner.publish import publish_course
+    from spawner.images.publish import publish_course
 
     catalog = load_catalog(repo_root / "course_envs")
     return {

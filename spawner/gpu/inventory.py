@@ -8,19 +8,26 @@ the key everywhere; the index only orders devices for allocation and display.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
-from ..problems import TeachlabError
-from ..units import parse_memory
+from ..core.problems import Problem, ProblemsError
+from ..core.units import parse_memory
 
 DECLARED_KEYS = ("uuid", "index", "model", "memory", "parent_uuid")
-_FIX_WITH_DECLARED = ("declare the GPUs in the hub configuration instead "
-                      "(uuid, index, model and memory of each, as `nvidia-smi -L` and `nvidia-smi` show them)")
+_FIX_WITH_DECLARED = (
+    "declare the GPUs in the hub configuration instead "
+    "(uuid, index, model and memory of each, as `nvidia-smi -L` and `nvidia-smi` show them)"
+)
 
 
-class GpuInventoryError(TeachlabError):
+class GpuInventoryError(ProblemsError):
     """The host's GPUs could not be read, or the declared ones are invalid (one line per problem)."""
+
+
+def _nvml_problem(message: str, fix: str) -> GpuInventoryError:
+    return GpuInventoryError([Problem("NVML", "(this host)", message, f"{fix}, or {_FIX_WITH_DECLARED}")])
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,7 @@ class GpuDevice:
     index: int
     model: str
     memory_bytes: int
-    parent_uuid: Optional[str] = None
+    parent_uuid: str | None = None
 
 
 def discover_nvml(nvml: Any = None) -> list[GpuDevice]:
@@ -48,13 +55,16 @@ def discover_nvml(nvml: Any = None) -> list[GpuDevice]:
         try:
             import pynvml as nvml
         except ImportError as exc:
-            raise GpuInventoryError(f"cannot read this host's GPUs: the pynvml module is missing ({exc}) "
-                                    f"(install nvidia-ml-py, or {_FIX_WITH_DECLARED})") from exc
+            raise _nvml_problem(
+                f"cannot read this host's GPUs: the pynvml module is missing ({exc})", "install nvidia-ml-py"
+            ) from exc
     try:
         nvml.nvmlInit()
     except nvml.NVMLError as exc:
-        raise GpuInventoryError(f"cannot read this host's GPUs: NVML could not be loaded or initialised ({exc}) "
-                                f"(install the NVIDIA driver on the hub host, or {_FIX_WITH_DECLARED})") from exc
+        raise _nvml_problem(
+            f"cannot read this host's GPUs: NVML could not be loaded or initialised ({exc})",
+            "install the NVIDIA driver on the hub host",
+        ) from exc
     try:
         devices: list[GpuDevice] = []
         for index in range(nvml.nvmlDeviceGetCount()):
@@ -66,13 +76,14 @@ def discover_nvml(nvml: Any = None) -> list[GpuDevice]:
                 devices.append(gpu)
         return devices
     except nvml.NVMLError as exc:
-        raise GpuInventoryError(f"cannot read this host's GPUs: NVML failed while listing them ({exc}) "
-                                f"(check `nvidia-smi` on the hub host, or {_FIX_WITH_DECLARED})") from exc
+        raise _nvml_problem(
+            f"cannot read this host's GPUs: NVML failed while listing them ({exc})", "check `nvidia-smi` on the hub host"
+        ) from exc
     finally:
         nvml.nvmlShutdown()
 
 
-def _device(nvml: Any, handle: Any, index: int, parent_uuid: Optional[str]) -> GpuDevice:
+def _device(nvml: Any, handle: Any, index: int, parent_uuid: str | None) -> GpuDevice:
     return GpuDevice(
         uuid=nvml.nvmlDeviceGetUUID(handle),
         index=index,
@@ -106,42 +117,46 @@ def _mig_instances(nvml: Any, handle: Any, gpu: GpuDevice) -> list[GpuDevice]:
 def declared_inventory(entries: Sequence[Mapping[str, Any]], where: str = "gpu_devices") -> list[GpuDevice]:
     """Check GPUs declared in configuration; GpuInventoryError lists every problem, one per line.
 
-    ``where`` names the setting in the messages (e.g. ``c.CourseSpawner.gpu_devices``).
+    ``where`` names the setting in the messages (e.g. ``c.CourseSpawner.gpu_inventory``).
     """
-    problems: list[str] = []
+    problems: list[Problem] = []
     devices: list[GpuDevice] = []
     seen_uuids: set[str] = set()
     for position, entry in enumerate(entries):
-        at = f"{where}[{position}]"
+
+        def problem(key: str, message: str, fix: str, position: int = position) -> None:
+            problems.append(Problem(where, f"[{position}]{'.' + key if key else ''}", message, fix))
+
         if not isinstance(entry, Mapping):
-            problems.append(f"{at}: must be a mapping with {', '.join(DECLARED_KEYS[:4])} "
-                            f"(write e.g. {{'uuid': 'GPU-...', 'index': 0, 'model': 'NVIDIA H100', 'memory': '80G'}})")
+            problem(
+                "",
+                f"must be a mapping with {', '.join(DECLARED_KEYS[:4])}",
+                "write e.g. {'uuid': 'GPU-...', 'index': 0, 'model': 'NVIDIA H100', 'memory': '80G'}",
+            )
             continue
         found = len(problems)
         for unknown in sorted(set(entry) - set(DECLARED_KEYS), key=str):
-            problems.append(f"{at}.{unknown}: unknown key (allowed: {', '.join(DECLARED_KEYS)})")
+            problem(str(unknown), "unknown key", f"allowed: {', '.join(DECLARED_KEYS)}")
         uuid, index, model, memory = (entry.get(key) for key in DECLARED_KEYS[:4])
         parent_uuid = entry.get("parent_uuid")
         if not isinstance(uuid, str) or not uuid.strip():
-            problems.append(f"{at}.uuid: missing or empty (write the UUID `nvidia-smi -L` prints, e.g. 'GPU-5f1e...')")
+            problem("uuid", "missing or empty", "write the UUID `nvidia-smi -L` prints, e.g. 'GPU-5f1e...'")
         elif uuid in seen_uuids:
-            problems.append(f"{at}.uuid: '{uuid}' is declared twice (each device needs its own UUID)")
+            problem("uuid", f"'{uuid}' is declared twice", "each device needs its own UUID")
         else:
             seen_uuids.add(uuid)
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            problems.append(f"{at}.index: must be a whole number >= 0, not {index!r} "
-                            f"(write the GPU's index from `nvidia-smi -L`)")
+            problem("index", f"must be a whole number >= 0, not {index!r}", "write the GPU's index from `nvidia-smi -L`")
         if not isinstance(model, str) or not model.strip():
-            problems.append(f"{at}.model: missing or empty (write the model name, e.g. 'NVIDIA H100 80GB HBM3')")
+            problem("model", "missing or empty", "write the model name, e.g. 'NVIDIA H100 80GB HBM3'")
         try:
             memory_bytes = parse_memory(memory)
         except ValueError:
-            problems.append(f"{at}.memory: {memory!r} is not a memory size (write e.g. '80G', or a number of bytes)")
+            problem("memory", f"{memory!r} is not a memory size", "write e.g. '80G', or a number of bytes")
         if parent_uuid is not None and (not isinstance(parent_uuid, str) or not parent_uuid.strip()):
-            problems.append(f"{at}.parent_uuid: must be the UUID of the GPU this MIG instance belongs to, or left out")
+            problem("parent_uuid", "must be the UUID of the GPU this MIG instance belongs to", "write it, or leave the key out")
         if len(problems) == found:
-            devices.append(GpuDevice(uuid=uuid, index=index, model=model, memory_bytes=memory_bytes,
-                                     parent_uuid=parent_uuid))
+            devices.append(GpuDevice(uuid=uuid, index=index, model=model, memory_bytes=memory_bytes, parent_uuid=parent_uuid))
     if problems:
-        raise GpuInventoryError("\n".join(problems))
+        raise GpuInventoryError(problems)
     return devices

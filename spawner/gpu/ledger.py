@@ -28,10 +28,12 @@ import math
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -59,8 +61,8 @@ from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeDecorator
 
-from ..naming import is_course_slug
-from ..problems import TeachlabError
+from ..core.naming import is_course_slug
+from ..core.problems import TeachlabError
 from .inventory import GpuDevice
 from .quotas import EffectiveQuota, QuotaError, check_allocation, remaining_gpu_hours, term_window
 
@@ -82,7 +84,7 @@ class UtcDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: Optional[datetime], dialect: Dialect) -> Optional[datetime]:
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
@@ -90,7 +92,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         value = value.astimezone(timezone.utc)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def process_result_value(self, value: Optional[datetime], dialect: Dialect) -> Optional[datetime]:
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
@@ -99,7 +101,8 @@ class UtcDateTime(TypeDecorator[datetime]):
 metadata = MetaData()
 
 holdings_table = Table(
-    "gpu_holdings", metadata,
+    "gpu_holdings",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("device_uuid", String(128), nullable=False),
     Column("username", String(255), nullable=False),
@@ -112,7 +115,8 @@ holdings_table = Table(
 )
 
 usage_intervals_table = Table(
-    "gpu_usage_intervals", metadata,
+    "gpu_usage_intervals",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("username", String(255), nullable=False),
     Column("course", String(64), nullable=False),
@@ -125,14 +129,16 @@ usage_intervals_table = Table(
 )
 
 course_quotas_table = Table(
-    "gpu_course_quotas", metadata,
+    "gpu_course_quotas",
+    metadata,
     Column("course", String(64), primary_key=True),
     Column("max_concurrent_gpus", Integer, nullable=True),
     Column("gpu_hours_per_student", Float, nullable=True),
 )
 
 user_overrides_table = Table(
-    "gpu_user_overrides", metadata,
+    "gpu_user_overrides",
+    metadata,
     Column("username", String(255), primary_key=True),
     Column("course", String(64), primary_key=True),
     Column("gpu_hours", Float, nullable=True),
@@ -140,7 +146,8 @@ user_overrides_table = Table(
 )
 
 audit_log_table = Table(
-    "gpu_audit_log", metadata,
+    "gpu_audit_log",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("at", UtcDateTime(), nullable=False),
     Column("actor", String(255), nullable=False),
@@ -181,7 +188,7 @@ class Holding:
     username: str
     course: str
     server_name: str
-    container_name: Optional[str]
+    container_name: str | None
     since: datetime
 
 
@@ -202,6 +209,7 @@ class ReconcileReport:
     added: tuple[Holding, ...]
     pending: tuple[Holding, ...]
     conflicts: tuple[DeviceConflict, ...]
+    protected: tuple[Holding, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -223,7 +231,7 @@ class AuditEntry:
     target: str
     old_value: Any
     new_value: Any
-    reason: Optional[str]
+    reason: str | None
 
 
 def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
@@ -258,31 +266,41 @@ def _create_engine(url: str) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, pool_pre_ping=True)
     if parsed.database in (None, "", ":memory:"):
-        raise ValueError(f"the GPU ledger needs a database file shared by every hub process, not {url!r} "
-                         f"(write e.g. sqlite:////srv/teachlab/gpu-ledger.sqlite)")
+        raise ValueError(
+            f"the GPU ledger needs a database file shared by every hub process, not {url!r} "
+            f"(write e.g. sqlite:////srv/teachlab/gpu-ledger.sqlite)"
+        )
+    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
     event.listen(engine, "connect", _sqlite_connect)
     event.listen(engine, "begin", _begin)
     return engine
 
 
-def _json(value: Any) -> Optional[str]:
+def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True)
 
 
 def _holding(row: Any) -> Holding:
-    return Holding(device_uuid=row.device_uuid, username=row.username, course=row.course,
-                   server_name=row.server_name, container_name=row.container_name, since=row.since)
+    return Holding(
+        device_uuid=row.device_uuid,
+        username=row.username,
+        course=row.course,
+        server_name=row.server_name,
+        container_name=row.container_name,
+        since=row.since,
+    )
 
 
-def _check_count(name: str, course: str, value: Optional[int]) -> None:
+def _check_count(name: str, course: str, value: int | None) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
         raise QuotaError(f"{name} for {course} must be a whole number >= 0, or empty for no limit, not {value!r}")
 
 
-def _check_hours(name: str, course: str, value: Optional[float]) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                              or not math.isfinite(value) or value < 0):
+def _check_hours(name: str, course: str, value: float | None) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+    ):
         raise QuotaError(f"{name} for {course} must be a number of hours >= 0, or empty for no limit, not {value!r}")
 
 
@@ -341,8 +359,18 @@ class GpuLedger:
 
     # Allocation
 
-    def allocate(self, *, username: str, course: str, server_name: str, count: int, devices: Sequence[GpuDevice],
-                 term_start: date, term_end: date, container_name: Optional[str] = None) -> Allocation:
+    def allocate(
+        self,
+        *,
+        username: str,
+        course: str,
+        server_name: str,
+        count: int,
+        devices: Sequence[GpuDevice],
+        term_start: date,
+        term_end: date,
+        container_name: str | None = None,
+    ) -> Allocation:
         """Give ``count`` free devices (lowest index first) to this server, or raise AllocationRefused.
 
         Quotas, this term's usage and free devices are read and the holdings written in one
@@ -359,9 +387,14 @@ class GpuLedger:
             with self._transaction(write=True) as connection:
                 held = self._server_holdings(connection, username, server_name)
                 if held:
-                    return Allocation(username=username, course=held[0].course, server_name=server_name,
-                                      device_uuids=tuple(h.device_uuid for h in held),
-                                      since=min(h.since for h in held), already_held=True)
+                    return Allocation(
+                        username=username,
+                        course=held[0].course,
+                        server_name=server_name,
+                        device_uuids=tuple(h.device_uuid for h in held),
+                        since=min(h.since for h in held),
+                        already_held=True,
+                    )
                 taken = connection.execute(select(holdings_table.c.device_uuid, holdings_table.c.course)).all()
                 taken_uuids = {row.device_uuid for row in taken}
                 free = [device for device in inventory if device.uuid not in taken_uuids]
@@ -369,8 +402,9 @@ class GpuLedger:
                     course=course,
                     requested=count,
                     quota=self._quota_for(connection, username, course),
-                    used_seconds=self._usage_seconds(connection, username=username, course=course,
-                                                     since=window_start, until=min(now, window_end)),
+                    used_seconds=self._usage_seconds(
+                        connection, username=username, course=course, since=window_start, until=min(now, window_end)
+                    ),
                     course_held=sum(1 for row in taken if row.course == course),
                     free_devices=len(free),
                     total_devices=len(inventory),
@@ -378,18 +412,31 @@ class GpuLedger:
                 if refusal is not None:
                     raise AllocationRefused(refusal.reason, refusal.status)
                 chosen = [device.uuid for device in free[:count]]
-                connection.execute(insert(holdings_table), [
-                    {"device_uuid": uuid, "username": username, "course": course, "server_name": server_name,
-                     "container_name": container_name, "since": now} for uuid in chosen])
-                connection.execute(insert(usage_intervals_table), [
-                    {"username": username, "course": course, "device_uuid": uuid, "started_at": now}
-                    for uuid in chosen])
+                connection.execute(
+                    insert(holdings_table),
+                    [
+                        {
+                            "device_uuid": uuid,
+                            "username": username,
+                            "course": course,
+                            "server_name": server_name,
+                            "container_name": container_name,
+                            "since": now,
+                        }
+                        for uuid in chosen
+                    ],
+                )
+                connection.execute(
+                    insert(usage_intervals_table),
+                    [{"username": username, "course": course, "device_uuid": uuid, "started_at": now} for uuid in chosen],
+                )
         except IntegrityError as exc:
             raise AllocationRefused("another server took the same GPU at the same moment; try again", 503) from exc
-        return Allocation(username=username, course=course, server_name=server_name, device_uuids=tuple(chosen),
-                          since=now, already_held=False)
+        return Allocation(
+            username=username, course=course, server_name=server_name, device_uuids=tuple(chosen), since=now, already_held=False
+        )
 
-    def release(self, *, username: str, server_name: str, reason: str, actor: Optional[str] = None) -> list[str]:
+    def release(self, *, username: str, server_name: str, reason: str, actor: str | None = None) -> list[str]:
         """End this server's holdings and close their usage; returns the released device UUIDs.
 
         Idempotent: a server holding nothing releases nothing. ``actor`` marks a manual release by an
@@ -401,8 +448,16 @@ class GpuLedger:
             self._end_holdings(connection, held, now, reason)
             released = [h.device_uuid for h in held]
             if actor is not None and released:
-                self._audit(connection, now, actor, "release", f"{username}/{server_name}",
-                            old_value=released, new_value=None, reason=reason)
+                self._audit(
+                    connection,
+                    now,
+                    actor,
+                    "release",
+                    f"{username}/{server_name}",
+                    old_value=released,
+                    new_value=None,
+                    reason=reason,
+                )
         return released
 
     def holdings(self) -> list[Holding]:
@@ -411,8 +466,13 @@ class GpuLedger:
             rows = connection.execute(select(holdings_table).order_by(holdings_table.c.since, holdings_table.c.id))
             return [_holding(row) for row in rows]
 
-    def reconcile(self, running: Mapping[tuple[str, str], Sequence[str]], *,
-                  spawn_grace: timedelta = DEFAULT_SPAWN_GRACE) -> ReconcileReport:
+    def reconcile(
+        self,
+        running: Mapping[tuple[str, str], Sequence[str]],
+        *,
+        spawn_grace: timedelta = DEFAULT_SPAWN_GRACE,
+        protected_devices: frozenset[str] = frozenset(),
+    ) -> ReconcileReport:
         """Make the ledger equal to what existing containers hold.
 
         ``running`` maps (username, server_name) of every server whose container exists to the device
@@ -420,6 +480,8 @@ class GpuLedger:
         has no container yet and its holding is younger than ``spawn_grace``: ``allocate`` runs before
         the container is created. Devices on containers but missing from the ledger are added (course
         = server name), unless several servers claim the same device: that is reported as a conflict.
+        A holding of a device in ``protected_devices`` (held by a container whose owner cannot be told)
+        is never released.
         """
         now = self._now()
         claims: dict[str, list[tuple[str, str]]] = {}
@@ -430,17 +492,22 @@ class GpuLedger:
         with self._transaction(write=True) as connection:
             rows = connection.execute(select(holdings_table).order_by(holdings_table.c.id))
             current = [_holding(row) for row in rows]
-            released, pending, confirmed = [], [], set()
+            released, pending, protected, confirmed = [], [], [], set()
             for holding in current:
                 server = (holding.username, holding.server_name)
                 if server in claims.get(holding.device_uuid, ()):
                     confirmed.add(holding.device_uuid)
+                elif holding.device_uuid in protected_devices:
+                    protected.append(holding)
                 elif server not in running and now - holding.since < spawn_grace:
                     pending.append(holding)
                 else:
                     released.append(holding)
-                    reason = ("reconcile: its container does not have this device" if server in running
-                              else "reconcile: its server has no container")
+                    reason = (
+                        "reconcile: its container does not have this device"
+                        if server in running
+                        else "reconcile: its server has no container"
+                    )
                     self._end_holdings(connection, [holding], now, reason)
             pending_by_uuid = {holding.device_uuid: holding for holding in pending}
             added = []
@@ -451,14 +518,22 @@ class GpuLedger:
                     conflicts[uuid] = [(starting.username, starting.server_name), *servers]
                 elif uuid not in confirmed and uuid not in conflicts:
                     username, server_name = servers[0]
-                    holding = Holding(device_uuid=uuid, username=username, course=server_name,
-                                      server_name=server_name, container_name=None, since=now)
+                    holding = Holding(
+                        device_uuid=uuid,
+                        username=username,
+                        course=server_name,
+                        server_name=server_name,
+                        container_name=None,
+                        since=now,
+                    )
                     self._insert_holding(connection, holding)
                     added.append(holding)
         return ReconcileReport(
-            released=tuple(released), added=tuple(added), pending=tuple(pending),
-            conflicts=tuple(DeviceConflict(uuid, tuple(sorted(servers)))
-                            for uuid, servers in sorted(conflicts.items())),
+            released=tuple(released),
+            added=tuple(added),
+            pending=tuple(pending),
+            protected=tuple(protected),
+            conflicts=tuple(DeviceConflict(uuid, tuple(sorted(servers))) for uuid, servers in sorted(conflicts.items())),
         )
 
     # Usage
@@ -468,16 +543,18 @@ class GpuLedger:
         with self._transaction(write=False) as connection:
             return self._usage_seconds(connection, username=username, course=course, since=since, until=until)
 
-    def remaining_gpu_hours(self, *, username: str, course: str, term_start: date, term_end: date) -> Optional[float]:
+    def remaining_gpu_hours(self, *, username: str, course: str, term_start: date, term_end: date) -> float | None:
         """GPU-hours left to this student this term, or ``None`` when unlimited; for the spawn form."""
         window_start, window_end = term_window(term_start, term_end)
         with self._transaction(write=False) as connection:
-            used = self._usage_seconds(connection, username=username, course=course,
-                                       since=window_start, until=min(self._now(), window_end))
+            used = self._usage_seconds(
+                connection, username=username, course=course, since=window_start, until=min(self._now(), window_end)
+            )
             return remaining_gpu_hours(self._quota_for(connection, username, course), used)
 
-    def usage_report(self, course: Optional[str] = None, since: Optional[datetime] = None,
-                     until: Optional[datetime] = None) -> list[UsageRow]:
+    def usage_report(
+        self, course: str | None = None, since: datetime | None = None, until: datetime | None = None
+    ) -> list[UsageRow]:
         """GPU-seconds per (course, student) within [since, until] (default: all time up to now)."""
         until = self._now() if until is None else until
         table = usage_intervals_table
@@ -495,8 +572,9 @@ class GpuLedger:
 
     # Quotas
 
-    def set_course_quota(self, course: str, *, max_concurrent_gpus: Optional[int],
-                         gpu_hours_per_student: Optional[float], actor: str) -> None:
+    def set_course_quota(
+        self, course: str, *, max_concurrent_gpus: int | None, gpu_hours_per_student: float | None, actor: str
+    ) -> None:
         """Set both course limits (``None``: no limit); the change is audited."""
         _check_course(course)
         _check_count("max_concurrent_gpus", course, max_concurrent_gpus)
@@ -509,14 +587,13 @@ class GpuLedger:
                 old = None
                 connection.execute(insert(table).values(course=course, **new))
             else:
-                old = {"max_concurrent_gpus": row.max_concurrent_gpus,
-                       "gpu_hours_per_student": row.gpu_hours_per_student}
+                old = {"max_concurrent_gpus": row.max_concurrent_gpus, "gpu_hours_per_student": row.gpu_hours_per_student}
                 connection.execute(update(table).where(table.c.course == course).values(**new))
-            self._audit(connection, self._now(), actor, "set course quota", f"course {course}",
-                        old_value=old, new_value=new, reason=None)
+            self._audit(
+                connection, self._now(), actor, "set course quota", f"course {course}", old_value=old, new_value=new, reason=None
+            )
 
-    def set_user_override(self, username: str, course: str, *, gpu_hours: Optional[float],
-                          max_gpus: Optional[int], actor: str) -> None:
+    def set_user_override(self, username: str, course: str, *, gpu_hours: float | None, max_gpus: int | None, actor: str) -> None:
         """Override one student's limits in a course; ``None`` keeps the course's value (and, for
         ``max_gpus``, no per-student cap). Both ``None`` removes the override. Audited."""
         _check_course(course)
@@ -531,8 +608,16 @@ class GpuLedger:
             connection.execute(delete(table).where(match))
             if new is not None:
                 connection.execute(insert(table).values(username=username, course=course, **new))
-            self._audit(connection, self._now(), actor, "set user override", f"{username} in {course}",
-                        old_value=old, new_value=new, reason=None)
+            self._audit(
+                connection,
+                self._now(),
+                actor,
+                "set user override",
+                f"{username} in {course}",
+                old_value=old,
+                new_value=new,
+                reason=None,
+            )
 
     def course_quotas(self) -> list[dict[str, Any]]:
         """Every stored course quota as a JSON-ready row (course, max_concurrent_gpus, gpu_hours_per_student)."""
@@ -556,28 +641,46 @@ class GpuLedger:
         table = audit_log_table
         with self._transaction(write=False) as connection:
             rows = connection.execute(select(table).order_by(table.c.at.desc(), table.c.id.desc()).limit(limit))
-            return [AuditEntry(at=row.at, actor=row.actor, action=row.action, target=row.target,
-                               old_value=None if row.old_value is None else json.loads(row.old_value),
-                               new_value=None if row.new_value is None else json.loads(row.new_value),
-                               reason=row.reason) for row in rows]
+            return [
+                AuditEntry(
+                    at=row.at,
+                    actor=row.actor,
+                    action=row.action,
+                    target=row.target,
+                    old_value=None if row.old_value is None else json.loads(row.old_value),
+                    new_value=None if row.new_value is None else json.loads(row.new_value),
+                    reason=row.reason,
+                )
+                for row in rows
+            ]
 
     # Helpers running inside a caller's transaction
 
     @staticmethod
     def _server_holdings(connection: Connection, username: str, server_name: str) -> list[Holding]:
         table = holdings_table
-        rows = connection.execute(select(table).where(table.c.username == username, table.c.server_name == server_name)
-                                  .order_by(table.c.id))
+        rows = connection.execute(
+            select(table).where(table.c.username == username, table.c.server_name == server_name).order_by(table.c.id)
+        )
         return [_holding(row) for row in rows]
 
     @staticmethod
     def _insert_holding(connection: Connection, holding: Holding) -> None:
-        connection.execute(insert(holdings_table).values(
-            device_uuid=holding.device_uuid, username=holding.username, course=holding.course,
-            server_name=holding.server_name, container_name=holding.container_name, since=holding.since))
-        connection.execute(insert(usage_intervals_table).values(
-            username=holding.username, course=holding.course, device_uuid=holding.device_uuid,
-            started_at=holding.since))
+        connection.execute(
+            insert(holdings_table).values(
+                device_uuid=holding.device_uuid,
+                username=holding.username,
+                course=holding.course,
+                server_name=holding.server_name,
+                container_name=holding.container_name,
+                since=holding.since,
+            )
+        )
+        connection.execute(
+            insert(usage_intervals_table).values(
+                username=holding.username, course=holding.course, device_uuid=holding.device_uuid, started_at=holding.since
+            )
+        )
 
     @staticmethod
     def _end_holdings(connection: Connection, held: Sequence[Holding], now: datetime, reason: str) -> None:
@@ -586,17 +689,23 @@ class GpuLedger:
             connection.execute(delete(holdings_table).where(holdings_table.c.device_uuid == holding.device_uuid))
             connection.execute(
                 update(intervals)
-                .where(intervals.c.device_uuid == holding.device_uuid, intervals.c.username == holding.username,
-                       intervals.c.ended_at.is_(None))
+                .where(
+                    intervals.c.device_uuid == holding.device_uuid,
+                    intervals.c.username == holding.username,
+                    intervals.c.ended_at.is_(None),
+                )
                 # A clock that went back must not make usage negative.
-                .values(ended_at=max(now, holding.since), end_reason=reason))
+                .values(ended_at=max(now, holding.since), end_reason=reason)
+            )
 
     @staticmethod
     def _quota_for(connection: Connection, username: str, course: str) -> EffectiveQuota:
-        course_row = connection.execute(
-            select(course_quotas_table).where(course_quotas_table.c.course == course)).first()
-        override = connection.execute(select(user_overrides_table).where(
-            user_overrides_table.c.username == username, user_overrides_table.c.course == course)).first()
+        course_row = connection.execute(select(course_quotas_table).where(course_quotas_table.c.course == course)).first()
+        override = connection.execute(
+            select(user_overrides_table).where(
+                user_overrides_table.c.username == username, user_overrides_table.c.course == course
+            )
+        ).first()
         course_hours = course_row.gpu_hours_per_student if course_row else None
         return EffectiveQuota(
             max_concurrent_gpus=course_row.max_concurrent_gpus if course_row else None,
@@ -605,24 +714,44 @@ class GpuLedger:
         )
 
     @staticmethod
-    def _usage_seconds(connection: Connection, *, username: str, course: str, since: datetime,
-                       until: datetime) -> float:
+    def _usage_seconds(connection: Connection, *, username: str, course: str, since: datetime, until: datetime) -> float:
         table = usage_intervals_table
-        rows = connection.execute(select(table.c.started_at, table.c.ended_at).where(
-            table.c.username == username, table.c.course == course, table.c.started_at < until,
-            or_(table.c.ended_at.is_(None), table.c.ended_at > since)))
+        rows = connection.execute(
+            select(table.c.started_at, table.c.ended_at).where(
+                table.c.username == username,
+                table.c.course == course,
+                table.c.started_at < until,
+                or_(table.c.ended_at.is_(None), table.c.ended_at > since),
+            )
+        )
         return sum(_overlap_seconds(row.started_at, row.ended_at, since, until) for row in rows)
 
     @staticmethod
-    def _audit(connection: Connection, at: datetime, actor: str, action: str, target: str, *,
-               old_value: Any, new_value: Any, reason: Optional[str]) -> None:
-        connection.execute(insert(audit_log_table).values(
-            at=at, actor=actor, action=action, target=target,
-            old_value=_json(old_value), new_value=_json(new_value), reason=reason))
+    def _audit(
+        connection: Connection,
+        at: datetime,
+        actor: str,
+        action: str,
+        target: str,
+        *,
+        old_value: Any,
+        new_value: Any,
+        reason: str | None,
+    ) -> None:
+        connection.execute(
+            insert(audit_log_table).values(
+                at=at,
+                actor=actor,
+                action=action,
+                target=target,
+                old_value=_json(old_value),
+                new_value=_json(new_value),
+                reason=reason,
+            )
+        )
 
 
-def _overlap_seconds(started_at: datetime, ended_at: Optional[datetime], since: Optional[datetime],
-                     until: datetime) -> float:
+def _overlap_seconds(started_at: datetime, ended_at: datetime | None, since: datetime | None, until: datetime) -> float:
     """Seconds of [started_at, ended_at or until] inside [since, until]; never negative."""
     start = started_at if since is None else max(started_at, since)
     end = until if ended_at is None else min(ended_at, until)

@@ -20,9 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Optional
 
-from ..problems import TeachlabError
+from ..core.problems import TeachlabError
 
 SECONDS_PER_HOUR = 3600.0
 
@@ -40,9 +39,9 @@ class EffectiveQuota:
     ``gpu_hours_per_student``); ``max_gpus`` is a per-student cap from an override.
     """
 
-    max_concurrent_gpus: Optional[int] = None
-    gpu_hours: Optional[float] = None
-    max_gpus: Optional[int] = None
+    max_concurrent_gpus: int | None = None
+    gpu_hours: float | None = None
+    max_gpus: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,15 +59,23 @@ def term_window(term_start: date, term_end: date) -> tuple[datetime, datetime]:
     return start, end
 
 
-def remaining_gpu_hours(quota: EffectiveQuota, used_seconds: float) -> Optional[float]:
+def remaining_gpu_hours(quota: EffectiveQuota, used_seconds: float) -> float | None:
     """GPU-hours left this term (never below zero), or ``None`` when unlimited; for the spawn form."""
     if quota.gpu_hours is None:
         return None
     return max(0.0, quota.gpu_hours - used_seconds / SECONDS_PER_HOUR)
 
 
-def check_allocation(*, course: str, requested: int, quota: EffectiveQuota, used_seconds: float,
-                     course_held: int, free_devices: int, total_devices: int) -> Optional[Refusal]:
+def check_allocation(
+    *,
+    course: str,
+    requested: int,
+    quota: EffectiveQuota,
+    used_seconds: float,
+    course_held: int,
+    free_devices: int,
+    total_devices: int,
+) -> Refusal | None:
     """``None`` when ``requested`` GPUs may be given now, else the first reason why not.
 
     ``used_seconds`` is the student's GPU-seconds in this course this term, ``course_held`` the GPUs
@@ -77,17 +84,24 @@ def check_allocation(*, course: str, requested: int, quota: EffectiveQuota, used
     if quota.max_gpus == 0:
         return Refusal(f"GPUs are switched off for you in {course}; ask your instructor", 403)
     if quota.max_gpus is not None and requested > quota.max_gpus:
-        return Refusal(f"you may use at most {_gpus(quota.max_gpus)} at once in {course} and its server needs "
-                       f"{requested}; ask your instructor", 403)
+        return Refusal(
+            f"you may use at most {_gpus(quota.max_gpus)} at once in {course} and its server needs "
+            f"{requested}; ask your instructor",
+            403,
+        )
     if quota.gpu_hours is not None and used_seconds / SECONDS_PER_HOUR >= quota.gpu_hours:
-        return Refusal(f"you have used {_used_hours(used_seconds)} of {quota.gpu_hours:g} GPU-hours this term "
-                       f"in {course}; ask your instructor for more", 403)
+        return Refusal(
+            f"you have used {_used_hours(used_seconds)} of {quota.gpu_hours:g} GPU-hours this term "
+            f"in {course}; ask your instructor for more",
+            403,
+        )
     cap = quota.max_concurrent_gpus
     if cap == 0:
         return Refusal(f"GPUs are switched off for {course}; ask your instructor", 403)
     if cap is not None and requested > cap:
-        return Refusal(f"{course} may hold at most {_gpus(cap)} at once and its server needs {requested}; "
-                       f"ask your instructor", 403)
+        return Refusal(
+            f"{course} may hold at most {_gpus(cap)} at once and its server needs {requested}; ask your instructor", 403
+        )
     if cap is not None and course_held + requested > cap:
         if course_held >= cap:
             in_use = "it is in use" if cap == 1 else f"all {cap} are in use"
@@ -95,15 +109,16 @@ def check_allocation(*, course: str, requested: int, quota: EffectiveQuota, used
             in_use = f"{course_held} {'is' if course_held == 1 else 'are'} in use and its server needs {requested}"
         return Refusal(f"{course} may hold at most {_gpus(cap)} at once and {in_use}; try again later", 429)
     if requested > total_devices:
-        return Refusal(f"this hub has {_gpus(total_devices)} and {course} servers need {requested}; "
-                       f"tell your instructor", 503)
+        return Refusal(f"this hub has {_gpus(total_devices)} and {course} servers need {requested}; tell your instructor", 503)
     if requested > free_devices:
         if free_devices == 0:
             every = "the only GPU is" if total_devices == 1 else f"all {total_devices} GPUs are"
             return Refusal(f"{every} in use; try again later", 503)
         verb = "is" if free_devices == 1 else "are"
-        return Refusal(f"only {free_devices} of {_gpus(total_devices)} {verb} free and {course} servers need "
-                       f"{requested}; try again later", 503)
+        return Refusal(
+            f"only {free_devices} of {_gpus(total_devices)} {verb} free and {course} servers need {requested}; try again later",
+            503,
+        )
     return None
 
 

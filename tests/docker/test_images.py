@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from spawner.catalog import load_course
-from spawner.docker_engine import BuildFailed
-from spawner.imagebuild import ImageBuilder, label
-from spawner.problems import ProblemsError, TeachlabError
-from spawner.publish import publish_course, rollback_course
-from spawner.registry import VersionRegistry
-from spawner.smoke import SmokeTestFailed, run_smoke_test
+from spawner.core.problems import ProblemsError, TeachlabError
+from spawner.engine.build import BuildFailed
+from spawner.images.build import ImageBuilder, label
+from spawner.images.publish import publish_course, rollback_course
+from spawner.images.registry import VersionRegistry
+from spawner.images.smoke import SmokeTestFailed, run_smoke_test
 from support.catalogs import add_pip_requirements, copy_course
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("print_container_logs_on_failure")]
@@ -25,8 +25,11 @@ def test_rootfs_from_debootstrap_runs_python_39(docker_client, base_image, build
     """The offline root filesystem (debootstrap + docker import) starts and runs Debian's Python 3.9."""
     flavor = ImageBuilder(build_settings, client=docker_client).flavor("debian-py39")
     output = docker_client.containers.run(
-        flavor.rootfs_image(build_settings.image_namespace), ["python3", "-c", "import sys; print(sys.version.split()[0])"],
-        remove=True, labels=build_settings.labels, network_mode="none",
+        flavor.rootfs_image(build_settings.image_namespace),
+        ["python3", "-c", "import sys; print(sys.version.split()[0])"],
+        remove=True,
+        labels=build_settings.labels,
+        network_mode="none",
     )
     assert output.decode().strip() == "3.9.2"
 
@@ -41,23 +44,37 @@ def test_base_image_contract(docker_client, base_image):
     assert config["Cmd"] == ["/opt/jupyter/bin/jupyterhub-singleuser"]
     assert image.labels[label("base-flavor")] == "debian-py39"
     script = "id -u; id -un; /opt/jupyter/bin/python -c 'import jupyterhub; print(jupyterhub.__version__)'; stat -c %u /home/jovyan/work; cat /proc/1/comm"
-    output = docker_client.containers.run(base_image, ["bash", "-c", script], remove=True, network_mode="none",
-                                          labels={"org.teachlab.test": "base"}).decode().split()
-    pinned = next(line.split("==")[1] for line in Path("constraints.txt").read_text().splitlines() if line.startswith("jupyterhub=="))
+    output = (
+        docker_client.containers.run(
+            base_image, ["bash", "-c", script], remove=True, network_mode="none", labels={"org.teachlab.test": "base"}
+        )
+        .decode()
+        .split()
+    )
+    pinned = next(
+        line.split("==")[1] for line in Path("constraints.txt").read_text().splitlines() if line.startswith("jupyterhub==")
+    )
     assert output == ["1000", "jovyan", pinned, "1000", "tini"]
 
 
-@pytest.mark.parametrize("slug, packages", [
-    pytest.param("intro-python", ("numpy", "pandas", "matplotlib"), id="intro-python"),
-    pytest.param("data-analysis", ("requests", "tabulate", "python-dateutil"), id="data-analysis"),
-])
-def test_published_example_runs_code_in_its_default_kernel(docker_client, published_examples, build_settings, repo_root, slug, packages):
+@pytest.mark.parametrize(
+    "slug, packages",
+    [
+        pytest.param("intro-python", ("numpy", "pandas", "matplotlib"), id="intro-python"),
+        pytest.param("data-analysis", ("requests", "tabulate", "python-dateutil"), id="data-analysis"),
+    ],
+)
+def test_published_example_runs_code_in_its_default_kernel(
+    docker_client, published_examples, build_settings, repo_root, slug, packages
+):
     result = published_examples[slug]
     assert result.outcome in ("published", "unchanged")
     current = VersionRegistry(build_settings.registry_dir).current_image(slug)
     assert current.image == result.image
     course = load_course(repo_root / "course_envs" / slug)
-    report = run_smoke_test(docker_client, image=current.image, course=course, distributions=packages, labels=build_settings.labels)
+    report = run_smoke_test(
+        docker_client, image=current.image, course=course, distributions=packages, labels=build_settings.labels
+    )
     assert report.python.startswith("3.9.")
     assert report.default_kernel_title == course.title
     assert set(report.imports) == set(packages)
@@ -86,8 +103,10 @@ def scratch_settings(build_settings, tmp_path):
 def _no_session_containers(docker_client, settings):
     """No smoke-test or lock-reading container of this session is left behind."""
     session = "=".join(next(iter(settings.labels.items())))
-    return all(docker_client.containers.list(all=True, filters={"label": [session, label(kind)]}) == []
-               for kind in ("smoke-test", "lock-reader"))
+    return all(
+        docker_client.containers.list(all=True, filters={"label": [session, label(kind)]}) == []
+        for kind in ("smoke-test", "lock-reader")
+    )
 
 
 def test_nonexistent_package_fails_to_publish_and_previous_version_stays(docker_client, scratch_settings, scratch_course):
@@ -155,7 +174,7 @@ def test_rollback_and_republish(docker_client, scratch_settings, scratch_course)
 
 
 def test_version_rebuilt_from_its_lock_has_the_same_packages(docker_client, build_settings, published_examples):
-    from spawner.publish import read_lock
+    from spawner.images.publish import read_lock
 
     registry = VersionRegistry(build_settings.registry_dir)
     current = registry.current_image("data-analysis")
@@ -170,7 +189,10 @@ def test_missing_base_image_is_one_clear_error(docker_client, build_settings, re
     from dataclasses import replace
 
     settings = replace(build_settings, image_namespace="teachlab-missing")
-    with pytest.raises(TeachlabError, match=r"base image teachlab-missing/debian-py39:v1.0.0 is missing \(build it: teachlab image build-base --flavor debian-py39\)"):
+    with pytest.raises(
+        TeachlabError,
+        match=r"base image teachlab-missing/debian-py39:v1.0.0 is missing \(build it: teachlab image build-base --flavor debian-py39\)",
+    ):
         publish_course(load_course(repo_root / "course_envs" / "intro-python"), settings=settings, client=docker_client)
 
 
@@ -180,8 +202,14 @@ def _teachlab(*args: str, env_changes: dict[str, str]) -> subprocess.CompletedPr
 
 
 def test_docker_not_running_is_one_line_and_exit_1(tmp_path):
-    result = _teachlab("course", "publish", "intro-python", "--state-dir", str(tmp_path),
-                       env_changes={"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
+    result = _teachlab(
+        "course",
+        "publish",
+        "intro-python",
+        "--state-dir",
+        str(tmp_path),
+        env_changes={"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"},
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("error: Docker is not running or not reachable")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
@@ -205,3 +233,18 @@ def test_cli_publish_versions_and_rollback(docker_client, build_settings, scratc
     docker_client.images.remove(data["versions"][1]["image"], force=True)
     missing = _teachlab("course", "rollback", "data-analysis", "--to", "v2", *common[2:], env_changes=env)
     assert missing.returncode == 1 and "is gone from this engine" in missing.stderr
+
+
+def test_two_publishes_of_one_course_at_once_make_one_version(docker_client, scratch_settings, scratch_course):
+    """The per-course publish lock: the second publisher waits, then finds the first one's identical version."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    first = publish_course(load_course(scratch_course), settings=scratch_settings, client=docker_client)
+    add_pip_requirements(scratch_course, "six==1.16.0")
+    course = load_course(scratch_course)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: publish_course(course, settings=scratch_settings, client=docker_client), range(2)))
+    assert sorted(result.outcome for result in results) == ["published", "unchanged"]
+    assert results[0].version == results[1].version != first.version
+    record = VersionRegistry(scratch_settings.registry_dir).read("data-analysis")
+    assert [v.version for v in record.versions] == [first.version, results[0].version]

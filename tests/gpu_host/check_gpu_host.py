@@ -30,7 +30,10 @@ def host_uuids() -> list[str]:
 
 def container_uuids(client: docker.DockerClient, image: str, uuid: str) -> list[str]:
     output = client.containers.run(
-        image, ["nvidia-smi", "-L"], remove=True, environment={"NVIDIA_VISIBLE_DEVICES": uuid},
+        image,
+        ["nvidia-smi", "-L"],
+        remove=True,
+        environment={"NVIDIA_VISIBLE_DEVICES": uuid},
         device_requests=[DeviceRequest(driver="nvidia", device_ids=[uuid], capabilities=[["gpu"]])],
     ).decode()
     return UUID.findall(output)
@@ -38,8 +41,9 @@ def container_uuids(client: docker.DockerClient, image: str, uuid: str) -> list[
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", default="teachlab/debian-py39:v1.0.0",
-                        help="any image; the NVIDIA container toolkit mounts nvidia-smi into it")
+    parser.add_argument(
+        "--image", default="teachlab/debian-py39:v1.0.0", help="any image; the NVIDIA container toolkit mounts nvidia-smi into it"
+    )
     args = parser.parse_args()
     failures = 0
 
@@ -50,8 +54,10 @@ def main() -> int:
 
     devices = discover_nvml()
     expected = host_uuids()
-    check(sorted(d.uuid for d in devices) == sorted(expected),
-          f"NVML found {len(devices)} device(s) {[d.uuid for d in devices]}; nvidia-smi lists {expected}")
+    check(
+        sorted(d.uuid for d in devices) == sorted(expected),
+        f"NVML found {len(devices)} device(s) {[d.uuid for d in devices]}; nvidia-smi lists {expected}",
+    )
     client = docker.from_env()
     for device in devices:
         seen = container_uuids(client, args.image, device.uuid)

@@ -9,12 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from spawner import naming
-from spawner.gpuhub import GPU_LABEL, default_ledger_url, ledger_for
+from spawner.core import naming
+from spawner.core.contract import Labels, Scopes, StateLayout
+from spawner.gpu.cache import ledger_for
 from support.accounts import FAKE_GPU_INVENTORY, GPU_STUDENTS
+from support.lab_fixtures import SITE_LABEL
 
-pytestmark = [pytest.mark.hub, pytest.mark.docker,
-              pytest.mark.usefixtures("print_container_logs_on_failure", "hub_log_on_failure")]
+pytestmark = [
+    pytest.mark.hub,
+    pytest.mark.docker,
+    pytest.mark.usefixtures("print_container_logs_on_failure", "hub_log_on_failure"),
+]
 
 FAKE_UUIDS = {device["uuid"] for device in FAKE_GPU_INVENTORY}
 
@@ -53,16 +58,16 @@ def admin(lab):
 
 @pytest.fixture(scope="module")
 def ledger(lab):
-    return ledger_for(default_ledger_url(lab.state_dir))
+    return ledger_for(StateLayout(lab.state_dir).gpu_ledger_url)
 
 
 def _gpu_containers(docker_client, lab) -> dict[str, list[str]]:
     """username -> device IDs of running gpu-course containers, read from Docker and from inside them."""
     seen = {}
-    for container in docker_client.containers.list(filters={"label": [GPU_LABEL, "org.teachlab.course=gpu-course"]}):
+    for container in docker_client.containers.list(filters={"label": [Labels.GPUS, "org.teachlab.course=gpu-course"]}):
         requested = [device for request in container.attrs["HostConfig"]["DeviceRequests"] for device in request["DeviceIDs"]]
         inside = container.exec_run(["bash", "-c", "echo $NVIDIA_VISIBLE_DEVICES"], user="1000:1000").output.decode().strip()
-        assert inside.split(",") == requested == container.labels[GPU_LABEL].split(","), container.name
+        assert inside.split(",") == requested == container.labels[Labels.GPUS].split(","), container.name
         seen[container.labels["org.teachlab.user"]] = requested
     return seen
 
@@ -98,7 +103,7 @@ def test_fifty_concurrent_spawns_on_four_gpus(admin, ledger, docker_client, lab)
         return admin.api("POST", f"/users/{name}/servers/gpu-course")
 
     with ThreadPoolExecutor(len(GPU_STUDENTS)) as pool:
-        responses = dict(zip(GPU_STUDENTS, pool.map(spawn, GPU_STUDENTS)))
+        responses = dict(zip(GPU_STUDENTS, pool.map(spawn, GPU_STUDENTS), strict=True))
     started = sorted(name for name, response in responses.items() if response.status_code in (201, 202))
     refused = {name: response for name, response in responses.items() if name not in started}
     assert len(started) == 4 and len(refused) == 46
@@ -109,6 +114,11 @@ def test_fifty_concurrent_spawns_on_four_gpus(admin, ledger, docker_client, lab)
     admin.wait(lambda: len([s for s in admin.servers("gpu-course").values() if s["ready"]]) == 4, what="4 GPU servers ready")
     containers = _gpu_containers(docker_client, lab)
     assert sorted(containers) == started
+    # The site file of the test lab replaced c.CourseSpawner.extra_labels; the lab label is there all the same,
+    # so the restart below keeps every GPU of a running server.
+    for name in started:
+        labels = docker_client.containers.get(naming.container_name(name, "gpu-course")).labels
+        assert labels[SITE_LABEL] == "tests" and labels[Labels.LAB] == lab.hub_settings().lab_id
     devices = [device for held in containers.values() for device in held]
     assert len(devices) == len(set(devices)) == 4 and set(devices) == FAKE_UUIDS
     assert _ledger_view(ledger) == containers
@@ -158,10 +168,8 @@ def test_quota_refusals_reach_the_student_before_anything_starts(admin, ledger, 
 
 
 def test_gpu_service_scopes_pages_and_audited_quota_changes(users, lab, ledger):
-    from spawner.gpu_service import SERVICE_NAME
-
     admin, prof, gail = users("admin"), users("prof"), users("gpu-gail")
-    api = f"{lab.public_url}/services/{SERVICE_NAME}/api"
+    api = f"{lab.public_url}/services/{Scopes.GPU_SERVICE}/api"
 
     def call(user, method, path, **kwargs):
         return requests.request(method, f"{api}/{path}", headers={"Authorization": f"token {user.token}"}, timeout=30, **kwargs)
@@ -174,21 +182,37 @@ def test_gpu_service_scopes_pages_and_audited_quota_changes(users, lab, ledger):
     assert call(prof, "GET", "usage?course=data-analysis").status_code == 403
     assert call(gail, "GET", "usage?course=gpu-course").status_code == 403
 
+    # Every admin endpoint refuses a student, and the refusal changes nothing.
+    assert call(gail, "POST", "release", json={"username": "gpu01", "server_name": "gpu-course"}).status_code == 403
+    assert call(gail, "PUT", "quotas/courses/gpu-course/users/gpu-gail", json={"gpu_hours": 999}).status_code == 403
+    assert call(gail, "GET", "audit").status_code == 403
+    assert call(prof, "GET", "audit").status_code == 403
+    assert ledger.quota_for("gpu-gail", "gpu-course").gpu_hours is None
+
     changed = call(admin, "PUT", "quotas/courses/gpu-course", json={"max_concurrent_gpus": 3, "gpu_hours_per_student": 20})
     assert changed.status_code == 200, changed.text
     assert call(gail, "PUT", "quotas/courses/gpu-course", json={"max_concurrent_gpus": 99}).status_code == 403
     assert call(admin, "PUT", "quotas/courses/gpu-course", json={"max_concurrent_gpus": -1}).status_code == 400
     entry = ledger.audit_log(limit=1)[0]
-    assert (entry.actor, entry.action, entry.new_value) == ("admin", "set course quota",
-                                                            {"max_concurrent_gpus": 3, "gpu_hours_per_student": 20})
+    assert (entry.actor, entry.action, entry.new_value) == (
+        "admin",
+        "set course quota",
+        {"max_concurrent_gpus": 3, "gpu_hours_per_student": 20},
+    )
+    try:
+        _check_pages_and_own_usage(admin, gail, lab, call)
+    finally:
+        ledger.set_course_quota("gpu-course", max_concurrent_gpus=None, gpu_hours_per_student=None, actor="tests")
+
+
+def _check_pages_and_own_usage(admin, gail, lab, call):
     mine = call(gail, "GET", "me").json()
     assert [(row["course"], row["remaining_gpu_hours"]) for row in mine] == [("gpu-course", 20.0)]
 
-    admin_page = admin.session.get(f"{lab.public_url}/services/{SERVICE_NAME}/")
+    admin_page = admin.session.get(f"{lab.public_url}/services/{Scopes.GPU_SERVICE}/")
     assert admin_page.status_code == 200 and 'id="holdings"' in admin_page.text and "GPU-fa4e0000" in admin_page.text
-    student_page = gail.session.get(f"{lab.public_url}/services/{SERVICE_NAME}/")
+    student_page = gail.session.get(f"{lab.public_url}/services/{Scopes.GPU_SERVICE}/")
     assert student_page.status_code == 200 and 'id="my-gpu-usage"' in student_page.text and "holdings" not in student_page.text
-    ledger.set_course_quota("gpu-course", max_concurrent_gpus=None, gpu_hours_per_student=None, actor="tests")
 
 
 def test_cli_gpu_commands(lab, ledger, admin):
@@ -220,3 +244,25 @@ def test_cli_gpu_commands(lab, ledger, admin):
     assert "holds no GPU" in teachlab("release", "gpu07", "gpu-course").stdout
     assert teachlab("quota", "set", "gpu-course", "--max-concurrent", "none", "--hours", "none").returncode == 0
     assert teachlab("quota", "set", "gpu-course", "--user", "gpu07", "--hours", "none").returncode == 0
+
+
+def test_a_start_that_fails_after_the_reservation_releases_the_gpu(admin, ledger, docker_client, build_settings, lab):
+    """gpu-course's current image disappears from the engine: the reservation succeeds, the container cannot be
+    created, and the GPU goes back at once (not at the next hub start)."""
+    from spawner.images.registry import VersionRegistry
+
+    current = VersionRegistry(build_settings.registry_dir).current_image("gpu-course")
+    spare_tag = f"{current.image}-spare"
+    docker_client.images.get(current.image).tag(spare_tag)
+    docker_client.images.remove(current.image)
+    try:
+        response = admin.api("POST", "/users/gpu09/servers/gpu-course")
+        if response.status_code == 202:  # slow spawn: the failure comes later
+            admin.wait(lambda: "gpu09" not in admin.servers("gpu-course"), what="failed start cleaned up")
+        else:
+            assert response.status_code >= 500, response.text
+        assert ledger.holdings() == []
+        assert [i for i in ledger.usage_report(course="gpu-course") if i.username == "gpu09" and i.gpu_seconds > 5] == []
+    finally:
+        docker_client.images.get(spare_tag).tag(current.image)
+        docker_client.images.remove(spare_tag)

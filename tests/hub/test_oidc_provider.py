@@ -118,9 +118,7 @@ def test_discovery_advertises_endpoints_and_groups_claim(provider, discovery):
         pytest.param(BOB, "client_secret_post", True, id="post-auth-pkce-two-groups"),
     ],
 )
-def test_code_flow_gives_username_and_groups_in_id_token_and_userinfo(
-    provider, discovery, account, client_auth, use_pkce
-):
+def test_code_flow_gives_username_and_groups_in_id_token_and_userinfo(provider, discovery, account, client_auth, use_pkce):
     state, nonce = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     verifier, challenge = pkce_pair()
     pkce_params = {"code_challenge": challenge, "code_challenge_method": "S256"} if use_pkce else {}
@@ -211,7 +209,9 @@ def test_form_accepts_the_right_password_after_a_wrong_one(provider, discovery):
     [
         pytest.param({"client_id": "not-registered"}, "invalid_client", id="unknown-client"),
         pytest.param({"redirect_uri": "http://127.0.0.1:8000/elsewhere"}, "invalid_redirect_uri", id="unregistered-redirect-uri"),
-        pytest.param({"redirect_uri": "http://evil.example/hub/oauth_callback"}, "invalid_redirect_uri", id="foreign-redirect-uri"),
+        pytest.param(
+            {"redirect_uri": "http://evil.example/hub/oauth_callback"}, "invalid_redirect_uri", id="foreign-redirect-uri"
+        ),
     ],
 )
 def test_unknown_client_or_redirect_uri_is_refused_without_code(provider, discovery, overrides, error):
@@ -263,7 +263,9 @@ def test_second_login_in_same_session_skips_the_form(provider, discovery):
     "config, message",
     [
         pytest.param("{not json", "cannot read", id="not-json"),
-        pytest.param({"issuer": "http://127.0.0.1:1", "port": "80", "clients": [], "accounts": []}, '"port"', id="port-not-a-number"),
+        pytest.param(
+            {"issuer": "http://127.0.0.1:1", "port": "80", "clients": [], "accounts": []}, '"port"', id="port-not-a-number"
+        ),
         pytest.param({"issuer": "http://127.0.0.1:1", "port": 1, "clients": [], "accounts": []}, '"clients"', id="no-clients"),
         pytest.param(
             {"issuer": "http://127.0.0.1:1", "port": 1, "clients": [{"client_id": "x", "client_secret": "y"}], "accounts": []},
@@ -288,7 +290,10 @@ def test_bad_config_exits_with_one_line_message(repo_root, tmp_path, config, mes
 
     result = subprocess.run(
         ["node", "deploy/oidc/provider.mjs", "--config", str(config_path)],
-        cwd=repo_root, capture_output=True, text=True, timeout=30,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
     assert result.returncode == 2
@@ -318,16 +323,18 @@ def test_start_failure_raises_with_log_tail(repo_root, tmp_path):
 @pytest.mark.browser
 def test_browser_signs_in_over_plain_http(provider, discovery):
     """Chromium keeps the provider's cookies on http://127.0.0.1, so a student's login works without TLS."""
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    from playwright.sync_api import sync_playwright  # a test dependency: missing means a broken setup, not a skip
+
     chromium = shutil.which("chromium")
     if chromium is None:
-        pytest.skip("chromium is not installed: run `make system-packages`")
+        pytest.fail("chromium is not installed: run `make system-packages` (make test does)")
     state = secrets.token_urlsafe(16)
     callbacks = []
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--no-first-run",
-                                                                             "--disable-background-networking"])
+        browser = playwright.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+        )
         try:
             page = browser.new_page()
             page.on("request", lambda request: callbacks.append(request.url) if request.url.startswith(REDIRECT_URI) else None)

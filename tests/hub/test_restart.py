@@ -7,10 +7,13 @@ import time
 
 import pytest
 
-from spawner import naming
+from spawner.core import naming
 
-pytestmark = [pytest.mark.hub, pytest.mark.docker,
-              pytest.mark.usefixtures("print_container_logs_on_failure", "hub_log_on_failure")]
+pytestmark = [
+    pytest.mark.hub,
+    pytest.mark.docker,
+    pytest.mark.usefixtures("print_container_logs_on_failure", "hub_log_on_failure"),
+]
 
 RUNNING = ("alice", "bob", "carol", "dave", "erin")
 

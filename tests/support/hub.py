@@ -9,7 +9,7 @@ from urllib.parse import urljoin
 
 import requests
 
-from spawner.lab import Lab
+from spawner.devlab.lab import Lab
 from support.oidc import login_with_requests
 
 
@@ -26,8 +26,11 @@ class HubUser:
         assert back.is_redirect, f"login of {username} did not return to the hub: {back.status_code} {back.text[:200]}"
         home = self.session.get(urljoin(back.url, back.headers["Location"]))
         assert home.status_code == 200 and home.url.endswith("/hub/home"), (home.status_code, home.url)
-        token = self.session.post(f"{lab.public_url}/hub/api/users/{username}/tokens",
-                                  headers={"X-XSRFToken": self.session.cookies.get("_xsrf")}, json={"note": "tests"})
+        token = self.session.post(
+            f"{lab.public_url}/hub/api/users/{username}/tokens",
+            headers={"X-XSRFToken": self.session.cookies.get("_xsrf")},
+            json={"note": "tests"},
+        )
         assert token.status_code == 201, token.text
         self.token = token.json()["token"]
 

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from spawner.hubconfig import ensure_student_network
-from spawner.lab import Lab, LabPorts, free_port
+from spawner.devlab.lab import Lab, LabPorts, free_port
+from spawner.hub.startup import HubHost
 from support.accounts import FAKE_GPU_INVENTORY, GPU_STUDENTS, HUB_COURSES, TEST_ACCOUNTS
 from support.catalogs import copy_course
 from support.hub import HubUser
@@ -23,29 +23,72 @@ def hub_catalog(tmp_path_factory, repo_root):
     catalog = tmp_path_factory.mktemp("catalog")
     copy_course(repo_root, "intro-python", catalog)
     copy_course(repo_root, "data-analysis", catalog)
-    copy_course(repo_root, "intro-python", catalog, new_slug="ended-course", title="An Ended Course",
-                term={"start": "2025-01-01", "end": "2025-06-30"})
-    copy_course(repo_root, "intro-python", catalog, new_slug="quick-idle", title="Quick Idle",
-                students={"groups": ["idle-testers"]}, idle_timeout_minutes=1)
-    copy_course(repo_root, "data-analysis", catalog, new_slug="versioned", title="Versioned Course",
-                students={"groups": ["cs101-students"]})
+    copy_course(
+        repo_root,
+        "intro-python",
+        catalog,
+        new_slug="ended-course",
+        title="An Ended Course",
+        term={"start": "2025-01-01", "end": "2025-06-30"},
+    )
+    copy_course(
+        repo_root,
+        "intro-python",
+        catalog,
+        new_slug="quick-idle",
+        title="Quick Idle",
+        students={"groups": ["idle-testers"]},
+        idle_timeout_minutes=1,
+    )
+    copy_course(
+        repo_root,
+        "data-analysis",
+        catalog,
+        new_slug="versioned",
+        title="Versioned Course",
+        students={"groups": ["cs101-students"]},
+    )
     copy_course(repo_root, "intro-python", catalog, new_slug="not-published", title="Not Published")
-    copy_course(repo_root, "intro-python", catalog, new_slug="gpu-course", title="GPU Course", gpu=1,
-                students={"users": list(GPU_STUDENTS), "groups": ["gpu-testers"]}, gpu_idle_timeout_minutes=60)
+    copy_course(
+        repo_root,
+        "intro-python",
+        catalog,
+        new_slug="gpu-course",
+        title="GPU Course",
+        gpu=1,
+        students={"users": list(GPU_STUDENTS), "groups": ["gpu-testers"]},
+        gpu_idle_timeout_minutes=60,
+    )
     return catalog
 
 
 @pytest.fixture(scope="session")
 def hub_courses(docker_client, build_settings, base_image, published_examples, hub_catalog):
     from spawner.catalog import load_catalog
-    from spawner.publish import publish_course
+    from spawner.images.publish import publish_course
 
     catalog = load_catalog(hub_catalog)
     return {slug: publish_course(catalog.courses[slug], settings=build_settings, client=docker_client) for slug in HUB_COURSES}
 
 
+# "Today" for every hub and browser test: inside the example courses' term (2026-09-01 to 2027-08-31), so
+# the tests do not start failing when that term ends.
+TODAY = "2026-11-15"
+SITE_LABEL = "org.example.site"
+
+
 @pytest.fixture(scope="session")
-def lab(docker_client, build_settings, hub_courses, hub_catalog, session_id, session_labels):
+def site_config_dir(tmp_path_factory, session_labels):
+    """A site file that replaces c.CourseSpawner.extra_labels, as the trait's own help example does. The lab's
+    own labels must survive it (GPU reconciliation keys on the lab label)."""
+    folder = tmp_path_factory.mktemp("jupyterhub_config.d")
+    labels = {**session_labels, SITE_LABEL: "tests"}
+    (folder / "50-labels.py").write_text(f"c.CourseSpawner.extra_labels = {labels!r}\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lab(docker_client, build_settings, hub_courses, hub_catalog, session_id, session_labels, site_config_dir):
     """The running lab; its containers, volumes and network carry the session label."""
     lab = Lab(
         state_dir=build_settings.state_dir,
@@ -54,10 +97,15 @@ def lab(docker_client, build_settings, hub_courses, hub_catalog, session_id, ses
         network=f"teachlab-test-{session_id}",
         extra_labels=session_labels,
         accounts=TEST_ACCOUNTS,
-        extra_env={"TEACHLAB_CULL_EVERY": "10", "TEACHLAB_POLL_INTERVAL": "5",
-                   "TEACHLAB_GPU_INVENTORY": json.dumps(FAKE_GPU_INVENTORY)},
+        today=TODAY,
+        extra_env={
+            "TEACHLAB_CULL_EVERY": "10",
+            "TEACHLAB_POLL_INTERVAL": "5",
+            "TEACHLAB_GPU_INVENTORY": json.dumps(FAKE_GPU_INVENTORY),
+            "TEACHLAB_SITE_CONFIG_DIR": str(site_config_dir),
+        },
     )
-    gateway = ensure_student_network(lab.network, session_labels)
+    gateway = HubHost().student_network_gateway(lab.network, session_labels)
     lab.up(gateway)
     lab.gateway = gateway
     yield lab

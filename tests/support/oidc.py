@@ -109,9 +109,7 @@ class OidcProvider:
         exit_code = self._process.poll()
         self.stop(remove_workdir=False)
         what = f"exited with code {exit_code}" if exit_code is not None else f"was not ready after {START_TIMEOUT_S:.0f} s"
-        raise RuntimeError(
-            f"the local OIDC provider ({self.config_path}) {what}; end of {self.log_path}:\n{self.log_tail()}"
-        )
+        raise RuntimeError(f"the local OIDC provider ({self.config_path}) {what}; end of {self.log_path}:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
         """The end of the provider's log, for error messages and failed-test reports."""
@@ -145,9 +143,7 @@ def _same_origin(url: str, other: str) -> bool:
     return (first.scheme, first.netloc) == (second.scheme, second.netloc)
 
 
-def login_with_requests(
-    session: requests.Session, authorize_url: str, username: str, password: str
-) -> requests.Response:
+def login_with_requests(session: requests.Session, authorize_url: str, username: str, password: str) -> requests.Response:
     """Signs in at the local provider the way a browser would, for tests that must not need one.
 
     Follows the provider's redirects to its login form, posts the credentials and follows redirects
@@ -160,9 +156,7 @@ def login_with_requests(
     if action is None:
         return response
     form_url = urljoin(response.url, unescape(action.group(1)))
-    posted = session.post(
-        form_url, data={"username": username, "password": password}, allow_redirects=False
-    )
+    posted = session.post(form_url, data={"username": username, "password": password}, allow_redirects=False)
     return follow_on_provider(session, posted, authorize_url)
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from spawner.catalog import load_catalog
 from spawner.cli import main
-from spawner.problems import ProblemsError
+from spawner.core.problems import ProblemsError
 
 BROKEN = Path(__file__).resolve().parent.parent / "broken_catalogs"
 BROKEN_CASES = sorted(p.name for p in BROKEN.iterdir() if p.is_dir())
@@ -20,7 +20,9 @@ def test_example_catalog_is_valid(repo_root):
     assert intro.resources.memory_bytes == 1 << 30
     assert catalog.courses["deep-learning"].gpu == 1
     assert catalog.courses["data-analysis"].environment.pip_requirements == (
-        "requests>=2.31,<3", "tabulate==0.9.0", "python-dateutil>=2.8",
+        "requests>=2.31,<3",
+        "tabulate==0.9.0",
+        "python-dateutil>=2.8",
     )
 
 
@@ -46,8 +48,17 @@ def test_broken_catalog_gets_its_exact_lines(case, monkeypatch, capsys):
 
 
 def test_at_least_the_issue_cases_are_kept():
-    required = {"yaml-syntax-error", "unknown-root-key", "unknown-nested-key", "wrong-type", "bad-slug",
-                "term-end-before-start", "negative-gpu", "two-python-pins", "pip-not-a-list"}
+    required = {
+        "yaml-syntax-error",
+        "unknown-root-key",
+        "unknown-nested-key",
+        "wrong-type",
+        "bad-slug",
+        "term-end-before-start",
+        "negative-gpu",
+        "two-python-pins",
+        "pip-not-a-list",
+    }
     assert required <= set(BROKEN_CASES)
 
 
@@ -64,18 +75,28 @@ def test_missing_catalog_folder_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith("(pass a catalog folder such as course_envs, or one course folder)")
 
 
-
 @pytest.mark.parametrize(
     "username, groups, today, role, reason",
     [
         pytest.param("student-alice", [], date(2026, 10, 1), "student", "you are enrolled", id="listed-user-in-term"),
         pytest.param("bob", ["cs101-students"], date(2026, 10, 1), "student", "you are enrolled", id="group-member-in-term"),
-        pytest.param("bob", ["cs101-students"], date(2026, 8, 31), None, "the term of 'intro-python' starts on 2026-09-01", id="before-term"),
-        pytest.param("bob", ["cs101-students"], date(2027, 9, 1), None, "the term of 'intro-python' ended on 2027-08-31", id="after-term"),
+        pytest.param(
+            "bob",
+            ["cs101-students"],
+            date(2026, 8, 31),
+            None,
+            "the term of 'intro-python' starts on 2026-09-01",
+            id="before-term",
+        ),
+        pytest.param(
+            "bob", ["cs101-students"], date(2027, 9, 1), None, "the term of 'intro-python' ended on 2027-08-31", id="after-term"
+        ),
         pytest.param("bob", ["cs101-students"], date(2027, 8, 31), "student", "you are enrolled", id="last-day-inclusive"),
         pytest.param("prof-lee", [], date(2030, 1, 1), "instructor", "you teach this course", id="instructor-after-term"),
         pytest.param("ta", ["cs101-staff"], date(2026, 10, 1), "instructor", "you teach this course", id="staff-group"),
-        pytest.param("mallory", ["ds201-students"], date(2026, 10, 1), None, "you are not enrolled in 'intro-python'", id="other-course"),
+        pytest.param(
+            "mallory", ["ds201-students"], date(2026, 10, 1), None, "you are not enrolled in 'intro-python'", id="other-course"
+        ),
     ],
 )
 def test_access(repo_root, username, groups, today, role, reason):
@@ -96,7 +117,8 @@ def test_problems_error_lists_every_problem(tmp_path):
 
 
 def test_course_yaml_reference_is_generated_from_the_schema(repo_root):
-    from spawner.schemadoc import render_course_yaml_reference
+    from spawner.catalog.docs import render_course_yaml_reference
 
-    assert (repo_root / "docs" / "course-yaml.md").read_text() == render_course_yaml_reference(), \
+    assert (repo_root / "docs" / "course-yaml.md").read_text() == render_course_yaml_reference(), (
         "docs/course-yaml.md is stale: run .venv/bin/teachlab course schema-docs"
+    )

@@ -1,8 +1,9 @@
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from packaging.specifiers import SpecifierSet
 
-from spawner.envfile import parse_match_spec
+from spawner.catalog.envfile import parse_match_spec
 
 
 @pytest.mark.parametrize(
@@ -36,8 +37,7 @@ def test_either_or_has_no_pip_equivalent():
         parse_match_spec("numpy=1.2|1.3").to_pep440()
 
 
-@given(st.from_regex(r"[a-z][a-z0-9_\-]{0,20}", fullmatch=True),
-       st.lists(st.integers(0, 99), min_size=1, max_size=3))
+@given(st.from_regex(r"[a-z][a-z0-9_\-]{0,20}", fullmatch=True), st.lists(st.integers(0, 99), min_size=1, max_size=3))
 def test_fuzzy_pin_matches_its_own_releases(name, parts):
     version = ".".join(map(str, parts))
     spec = parse_match_spec(f"{name}={version}")

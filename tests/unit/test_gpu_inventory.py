@@ -1,12 +1,12 @@
 from types import SimpleNamespace
-from typing import Optional
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
+from spawner.core.problems import TeachlabError
+from spawner.core.units import parse_memory
 from spawner.gpu.inventory import GpuDevice, GpuInventoryError, declared_inventory, discover_nvml
-from spawner.units import parse_memory
-from spawner.problems import TeachlabError
 
 GIB = 1 << 30
 
@@ -33,7 +33,7 @@ class FakeNvml:
     NVMLError_NotFound = FakeNotFound
     NVML_DEVICE_MIG_ENABLE = 1
 
-    def __init__(self, gpus: list[dict], init_error: Optional[Exception] = None, broken_call: Optional[str] = None):
+    def __init__(self, gpus: list[dict], init_error: Exception | None = None, broken_call: str | None = None):
         self.gpus = gpus
         self.init_error = init_error
         self.broken_call = broken_call
@@ -103,10 +103,12 @@ def test_a_gpu_in_mig_mode_contributes_its_instances_instead_of_itself():
     fake_nvml = FakeNvml([gpu("GPU-plain"), gpu("GPU-split", mig=(1, 1), slots=slots)])
     assert discover_nvml(fake_nvml) == [
         GpuDevice(uuid="GPU-plain", index=0, model="NVIDIA A100-SXM4-40GB", memory_bytes=40 * GIB),
-        GpuDevice(uuid="MIG-one", index=1, model="NVIDIA A100-SXM4-40GB MIG 1g.5gb", memory_bytes=5 * GIB,
-                  parent_uuid="GPU-split"),
-        GpuDevice(uuid="MIG-three", index=1, model="NVIDIA A100-SXM4-40GB MIG 3g.20gb", memory_bytes=20 * GIB,
-                  parent_uuid="GPU-split"),
+        GpuDevice(
+            uuid="MIG-one", index=1, model="NVIDIA A100-SXM4-40GB MIG 1g.5gb", memory_bytes=5 * GIB, parent_uuid="GPU-split"
+        ),
+        GpuDevice(
+            uuid="MIG-three", index=1, model="NVIDIA A100-SXM4-40GB MIG 3g.20gb", memory_bytes=20 * GIB, parent_uuid="GPU-split"
+        ),
     ]
 
 
@@ -142,10 +144,12 @@ def test_nvml_failing_while_listing_is_reported_and_shut_down():
 
 
 def test_declared_devices_become_gpu_devices():
-    devices = declared_inventory([
-        {"uuid": "GPU-a", "index": 0, "model": "NVIDIA H100", "memory": "80G"},
-        {"uuid": "MIG-b", "index": 1, "model": "NVIDIA A100 MIG 1g.10gb", "memory": 10 * GIB, "parent_uuid": "GPU-p"},
-    ])
+    devices = declared_inventory(
+        [
+            {"uuid": "GPU-a", "index": 0, "model": "NVIDIA H100", "memory": "80G"},
+            {"uuid": "MIG-b", "index": 1, "model": "NVIDIA A100 MIG 1g.10gb", "memory": 10 * GIB, "parent_uuid": "GPU-p"},
+        ]
+    )
     assert devices == [
         GpuDevice("GPU-a", 0, "NVIDIA H100", 80 * GIB),
         GpuDevice("MIG-b", 1, "NVIDIA A100 MIG 1g.10gb", 10 * GIB, parent_uuid="GPU-p"),
@@ -158,18 +162,22 @@ VALID = {"uuid": "GPU-a", "index": 0, "model": "NVIDIA H100", "memory": "80G"}
 @pytest.mark.parametrize(
     "entry, expected",
     [
-        pytest.param({**VALID, "uuid": ""}, "gpu_devices[0].uuid: missing or empty", id="empty-uuid"),
-        pytest.param({k: v for k, v in VALID.items() if k != "uuid"}, "gpu_devices[0].uuid: missing", id="no-uuid"),
-        pytest.param({**VALID, "index": "0"}, "gpu_devices[0].index: must be a whole number >= 0, not '0'", id="index-text"),
-        pytest.param({**VALID, "index": True}, "gpu_devices[0].index: must be a whole number", id="index-bool"),
-        pytest.param({**VALID, "index": -1}, "gpu_devices[0].index: must be a whole number", id="index-negative"),
-        pytest.param({**VALID, "model": 100}, "gpu_devices[0].model: missing or empty", id="model-number"),
-        pytest.param({**VALID, "memory": "80GB"}, "gpu_devices[0].memory: '80GB' is not a memory size", id="memory-unit"),
-        pytest.param({**VALID, "memory": 0}, "gpu_devices[0].memory: 0 is not a memory size", id="memory-zero"),
-        pytest.param({**VALID, "memory": None}, "gpu_devices[0].memory: None is not a memory size", id="memory-missing"),
-        pytest.param({**VALID, "parent_uuid": 3}, "gpu_devices[0].parent_uuid: must be the UUID", id="parent-number"),
-        pytest.param({**VALID, "memroy": "80G"}, "gpu_devices[0].memroy: unknown key (allowed: uuid, index, model, memory, parent_uuid)", id="typo-key"),
-        pytest.param("GPU-a", "gpu_devices[0]: must be a mapping", id="not-a-mapping"),
+        pytest.param({**VALID, "uuid": ""}, "gpu_devices:[0].uuid: missing or empty", id="empty-uuid"),
+        pytest.param({k: v for k, v in VALID.items() if k != "uuid"}, "gpu_devices:[0].uuid: missing", id="no-uuid"),
+        pytest.param({**VALID, "index": "0"}, "gpu_devices:[0].index: must be a whole number >= 0, not '0'", id="index-text"),
+        pytest.param({**VALID, "index": True}, "gpu_devices:[0].index: must be a whole number", id="index-bool"),
+        pytest.param({**VALID, "index": -1}, "gpu_devices:[0].index: must be a whole number", id="index-negative"),
+        pytest.param({**VALID, "model": 100}, "gpu_devices:[0].model: missing or empty", id="model-number"),
+        pytest.param({**VALID, "memory": "80GB"}, "gpu_devices:[0].memory: '80GB' is not a memory size", id="memory-unit"),
+        pytest.param({**VALID, "memory": 0}, "gpu_devices:[0].memory: 0 is not a memory size", id="memory-zero"),
+        pytest.param({**VALID, "memory": None}, "gpu_devices:[0].memory: None is not a memory size", id="memory-missing"),
+        pytest.param({**VALID, "parent_uuid": 3}, "gpu_devices:[0].parent_uuid: must be the UUID", id="parent-number"),
+        pytest.param(
+            {**VALID, "memroy": "80G"},
+            "gpu_devices:[0].memroy: unknown key (allowed: uuid, index, model, memory, parent_uuid)",
+            id="typo-key",
+        ),
+        pytest.param("GPU-a", "gpu_devices:[0]: must be a mapping", id="not-a-mapping"),
     ],
 )
 def test_declared_device_problems_are_one_line_each(entry, expected):
@@ -183,9 +191,9 @@ def test_every_declared_problem_is_reported_with_the_setting_name():
     with pytest.raises(GpuInventoryError) as caught:
         declared_inventory([VALID, {**VALID, "memory": "lots"}, VALID], where="c.CourseSpawner.gpu_devices")
     assert str(caught.value).splitlines() == [
-        "c.CourseSpawner.gpu_devices[1].uuid: 'GPU-a' is declared twice (each device needs its own UUID)",
-        "c.CourseSpawner.gpu_devices[1].memory: 'lots' is not a memory size (write e.g. '80G', or a number of bytes)",
-        "c.CourseSpawner.gpu_devices[2].uuid: 'GPU-a' is declared twice (each device needs its own UUID)",
+        "c.CourseSpawner.gpu_devices:[1].uuid: 'GPU-a' is declared twice (each device needs its own UUID)",
+        "c.CourseSpawner.gpu_devices:[1].memory: 'lots' is not a memory size (write e.g. '80G', or a number of bytes)",
+        "c.CourseSpawner.gpu_devices:[2].uuid: 'GPU-a' is declared twice (each device needs its own UUID)",
     ]
 
 

@@ -1,17 +1,14 @@
-import multiprocessing
 import sqlite3
 import tempfile
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta, timezone
-from typing import Callable, Optional, Union
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from hypothesis import settings, strategies as st
+from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sqlalchemy import create_engine, event
 
@@ -22,19 +19,20 @@ from spawner.gpu import (
     GpuLedger,
     QuotaError,
     UsageRow,
-    declared_inventory,
 )
 from spawner.gpu.ledger import VERSION_TABLE, metadata
+from support.ledger_races import (
+    COURSE,
+    DEVICES,
+    IN_USE,
+    a_course_cap_holds_under_a_race,
+    fifty_threads_never_share_a_device,
+    two_processes_never_share_a_device,
+)
 
-COURSE = "deep-learning"
 TERM = (date(2025, 9, 1), date(2025, 12, 20))
 NEXT_TERM = (date(2026, 1, 15), date(2026, 5, 31))
 START = datetime(2025, 10, 1, 9, 0, tzinfo=timezone.utc)
-DEVICES = declared_inventory([
-    {"uuid": f"GPU-{index}", "index": index, "model": "NVIDIA H100 80GB HBM3", "memory": "80G"}
-    for index in (3, 1, 0, 2)  # listed out of order: allocation still takes the lowest index first
-])
-IN_USE = "all 4 GPUs are in use; try again later"
 
 
 class Clock:
@@ -66,26 +64,35 @@ def ledger(ledger_path, clock):
         yield ledger
 
 
-def allocate(ledger: GpuLedger, username: str, course: str = COURSE, count: int = 1,
-             term: tuple[date, date] = TERM) -> Allocation:
-    return ledger.allocate(username=username, course=course, server_name=course, count=count, devices=DEVICES,
-                           term_start=term[0], term_end=term[1], container_name=f"teachlab-{username}---{course}")
-
-
-def attempt(ledger: GpuLedger, username: str, term: tuple[date, date] = TERM) -> Union[Allocation, AllocationRefused]:
-    try:
-        return allocate(ledger, username, term=term)
-    except AllocationRefused as refused:
-        return refused
+def allocate(
+    ledger: GpuLedger, username: str, course: str = COURSE, count: int = 1, term: tuple[date, date] = TERM
+) -> Allocation:
+    return ledger.allocate(
+        username=username,
+        course=course,
+        server_name=course,
+        count=count,
+        devices=DEVICES,
+        term_start=term[0],
+        term_end=term[1],
+        container_name=f"teachlab-{username}---{course}",
+    )
 
 
 # Schema and migrations
 
+
 def test_open_migrates_an_empty_database_to_head(ledger_path, clock):
     GpuLedger.open(f"sqlite:///{ledger_path}", clock).close()
     tables = {row[0] for row in sqlite3.connect(ledger_path).execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {VERSION_TABLE, "gpu_holdings", "gpu_usage_intervals", "gpu_course_quotas", "gpu_user_overrides",
-                      "gpu_audit_log"}
+    assert tables == {
+        VERSION_TABLE,
+        "gpu_holdings",
+        "gpu_usage_intervals",
+        "gpu_course_quotas",
+        "gpu_user_overrides",
+        "gpu_audit_log",
+    }
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert sqlite3.connect(ledger_path).execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall() == [(head,)]
 
@@ -117,6 +124,7 @@ def _alembic_config() -> Config:
 
 # Allocation
 
+
 def test_lowest_index_first_and_times_are_utc(ledger):
     allocation = allocate(ledger, "alice", count=2)
     assert allocation.device_uuids == ("GPU-0", "GPU-1")
@@ -145,30 +153,49 @@ def test_a_naive_clock_is_refused(ledger_path):
 @pytest.mark.parametrize(
     "steps, requested, expected",
     [
-        pytest.param([("course quota", 2, None), ("holds", "bob", COURSE), ("holds", "carol", COURSE)], 1,
-                     (429, "deep-learning may hold at most 2 GPUs at once and all 2 are in use; try again later"),
-                     id="course-cap-reached"),
-        pytest.param([("course quota", 2, None), ("holds", "bob", "vision"), ("holds", "carol", "vision")], 1, None,
-                     id="course-cap-counts-only-its-course"),
-        pytest.param([("override", None, 1)], 2,
-                     (403, "you may use at most 1 GPU at once in deep-learning and its server needs 2; ask your instructor"),
-                     id="user-override-max-gpus"),
-        pytest.param([("override", None, 0)], 1,
-                     (403, "GPUs are switched off for you in deep-learning; ask your instructor"),
-                     id="user-override-switched-off"),
-        pytest.param([("course quota", None, 1), ("override", 10, None), ("uses", "alice", 2)], 1, None,
-                     id="user-override-more-hours"),
-        pytest.param([("course quota", None, 10), ("override", 1, None), ("uses", "alice", 2)], 1,
-                     (403, "you have used 2 of 1 GPU-hours this term in deep-learning; ask your instructor for more"),
-                     id="user-override-fewer-hours"),
+        pytest.param(
+            [("course quota", 2, None), ("holds", "bob", COURSE), ("holds", "carol", COURSE)],
+            1,
+            (429, "deep-learning may hold at most 2 GPUs at once and all 2 are in use; try again later"),
+            id="course-cap-reached",
+        ),
+        pytest.param(
+            [("course quota", 2, None), ("holds", "bob", "vision"), ("holds", "carol", "vision")],
+            1,
+            None,
+            id="course-cap-counts-only-its-course",
+        ),
+        pytest.param(
+            [("override", None, 1)],
+            2,
+            (403, "you may use at most 1 GPU at once in deep-learning and its server needs 2; ask your instructor"),
+            id="user-override-max-gpus",
+        ),
+        pytest.param(
+            [("override", None, 0)],
+            1,
+            (403, "GPUs are switched off for you in deep-learning; ask your instructor"),
+            id="user-override-switched-off",
+        ),
+        pytest.param(
+            [("course quota", None, 1), ("override", 10, None), ("uses", "alice", 2)], 1, None, id="user-override-more-hours"
+        ),
+        pytest.param(
+            [("course quota", None, 10), ("override", 1, None), ("uses", "alice", 2)],
+            1,
+            (403, "you have used 2 of 1 GPU-hours this term in deep-learning; ask your instructor for more"),
+            id="user-override-fewer-hours",
+        ),
         pytest.param([("course quota", None, 20), ("uses", "alice", 19.5)], 1, None, id="hours-left-mid-term"),
-        pytest.param([("course quota", None, 20), ("uses", "alice", 19.5), ("uses", "alice", 1)], 1,
-                     (403, "you have used 20.5 of 20 GPU-hours this term in deep-learning; ask your instructor for more"),
-                     id="hours-exhausted-mid-term"),
+        pytest.param(
+            [("course quota", None, 20), ("uses", "alice", 19.5), ("uses", "alice", 1)],
+            1,
+            (403, "you have used 20.5 of 20 GPU-hours this term in deep-learning; ask your instructor for more"),
+            id="hours-exhausted-mid-term",
+        ),
         pytest.param([("course quota", None, 1), ("uses", "bob", 5)], 1, None, id="classmates-hours-not-counted"),
         pytest.param([("course quota", None, 20), ("uses", "alice", 25), ("new term",)], 1, None, id="term-rollover"),
-        pytest.param([("holds", user, "vision") for user in ("bob", "carol", "dan", "erin")], 1, (503, IN_USE),
-                     id="host-full"),
+        pytest.param([("holds", user, "vision") for user in ("bob", "carol", "dan", "erin")], 1, (503, IN_USE), id="host-full"),
     ],
 )
 def test_quotas(ledger, clock, steps, requested, expected):
@@ -201,12 +228,13 @@ def test_open_usage_counts_up_to_now_and_only_inside_the_term(ledger, clock):
     clock.now = datetime(2026, 1, 14, 20, 0, tzinfo=timezone.utc)
     allocate(ledger, "alice", count=2)
     clock.now = datetime(2026, 1, 15, 2, 0, tzinfo=timezone.utc)
-    assert ledger.remaining_gpu_hours(username="alice", course=COURSE, term_start=NEXT_TERM[0],
-                                      term_end=NEXT_TERM[1]) == pytest.approx(10 - 2 * 2)
-    assert ledger.usage_seconds(username="alice", course=COURSE, since=datetime(2026, 1, 14, tzinfo=timezone.utc),
-                                until=clock.now) == pytest.approx(2 * 6 * 3600)
-    assert ledger.remaining_gpu_hours(username="bob", course="vision", term_start=NEXT_TERM[0],
-                                      term_end=NEXT_TERM[1]) is None
+    assert ledger.remaining_gpu_hours(
+        username="alice", course=COURSE, term_start=NEXT_TERM[0], term_end=NEXT_TERM[1]
+    ) == pytest.approx(10 - 2 * 2)
+    assert ledger.usage_seconds(
+        username="alice", course=COURSE, since=datetime(2026, 1, 14, tzinfo=timezone.utc), until=clock.now
+    ) == pytest.approx(2 * 6 * 3600)
+    assert ledger.remaining_gpu_hours(username="bob", course="vision", term_start=NEXT_TERM[0], term_end=NEXT_TERM[1]) is None
 
 
 def test_usage_report_sums_per_course_and_student(ledger, clock):
@@ -217,7 +245,11 @@ def test_usage_report_sums_per_course_and_student(ledger, clock):
     allocate(ledger, "carol")
     clock.advance(hours=1)
     assert [(row.course, row.username, row.gpu_seconds) for row in ledger.usage_report()] == [
-        (COURSE, "alice", 7200.0), (COURSE, "bob", 3600.0), (COURSE, "carol", 3600.0), ("vision", "alice", 1800.0)]
+        (COURSE, "alice", 7200.0),
+        (COURSE, "bob", 3600.0),
+        (COURSE, "carol", 3600.0),
+        ("vision", "alice", 1800.0),
+    ]
     assert [row.username for row in ledger.usage_report(course="vision")] == ["alice"]
     assert ledger.usage_report(since=clock.now - timedelta(minutes=30)) == [UsageRow(COURSE, "carol", 1800.0)]
 
@@ -234,8 +266,10 @@ def test_the_unique_device_constraint_stops_a_writer_that_skips_the_lock(ledger)
 
     def sneak_in(connection, cursor, statement, parameters, context, executemany):
         if statement.startswith("INSERT INTO gpu_holdings"):
-            cursor.execute("INSERT INTO gpu_holdings (device_uuid, username, course, server_name, since) "
-                           "VALUES ('GPU-0', 'intruder', 'vision', 'vision', '2025-10-01 09:00:00')")
+            cursor.execute(
+                "INSERT INTO gpu_holdings (device_uuid, username, course, server_name, since) "
+                "VALUES ('GPU-0', 'intruder', 'vision', 'vision', '2025-10-01 09:00:00')"
+            )
 
     event.listen(ledger._engine, "before_cursor_execute", sneak_in)
     with pytest.raises(AllocationRefused) as refused:
@@ -246,6 +280,7 @@ def test_the_unique_device_constraint_stops_a_writer_that_skips_the_lock(ledger)
 
 
 # Release
+
 
 def test_release_is_idempotent_and_closes_usage(ledger, clock):
     allocate(ledger, "alice", count=2)
@@ -265,23 +300,27 @@ def test_a_manual_release_is_audited_once(ledger, clock):
         ledger.release(username="alice", server_name=COURSE, reason="kernel hung on the GPU", actor="admin-ann")
     [entry] = ledger.audit_log()
     assert (entry.at, entry.actor, entry.action, entry.target) == (
-        START + timedelta(minutes=10), "admin-ann", "release", "alice/deep-learning")
+        START + timedelta(minutes=10),
+        "admin-ann",
+        "release",
+        "alice/deep-learning",
+    )
     assert (entry.old_value, entry.new_value, entry.reason) == (["GPU-0"], None, "kernel hung on the GPU")
 
 
 # Reconcile
 
+
 def test_reconcile_releases_holdings_no_container_confirms(ledger, clock):
-    allocate(ledger, "alice")                       # GPU-0: container gone
-    allocate(ledger, "bob")                         # GPU-1: container now has GPU-3 instead
-    allocate(ledger, "carol")                       # GPU-2: confirmed
+    allocate(ledger, "alice")  # GPU-0: container gone
+    allocate(ledger, "bob")  # GPU-1: container now has GPU-3 instead
+    allocate(ledger, "carol")  # GPU-2: confirmed
     clock.advance(hours=1)
-    allocate(ledger, "dan", course="vision")        # GPU-3: just allocated, container not created yet
+    allocate(ledger, "dan", course="vision")  # GPU-3: just allocated, container not created yet
     report = ledger.reconcile({("bob", COURSE): ["GPU-3"], ("carol", COURSE): ["GPU-2"]})
     assert [(h.username, h.device_uuid) for h in report.released] == [("alice", "GPU-0"), ("bob", "GPU-1")]
     assert [(h.username, h.device_uuid) for h in report.pending] == [("dan", "GPU-3")]
-    assert [(c.device_uuid, c.servers) for c in report.conflicts] == [
-        ("GPU-3", (("bob", COURSE), ("dan", "vision")))]
+    assert [(c.device_uuid, c.servers) for c in report.conflicts] == [("GPU-3", (("bob", COURSE), ("dan", "vision")))]
     assert report.added == () and report.changed
     assert sorted((h.username, h.device_uuid) for h in ledger.holdings()) == [("carol", "GPU-2"), ("dan", "GPU-3")]
     assert ledger.usage_seconds(username="alice", course=COURSE, since=START, until=clock.now + timedelta(hours=5)) == 3600
@@ -290,11 +329,17 @@ def test_reconcile_releases_holdings_no_container_confirms(ledger, clock):
 def test_reconcile_adds_what_containers_hold(ledger, clock):
     allocate(ledger, "alice")
     clock.advance(hours=1)
-    running = {("alice", COURSE): ["GPU-0"], ("bob", "vision"): ["GPU-2", "GPU-3"], ("carol", COURSE): ["GPU-1"],
-               ("dan", COURSE): ["GPU-1"]}
+    running = {
+        ("alice", COURSE): ["GPU-0"],
+        ("bob", "vision"): ["GPU-2", "GPU-3"],
+        ("carol", COURSE): ["GPU-1"],
+        ("dan", COURSE): ["GPU-1"],
+    }
     report = ledger.reconcile(running)
     assert [(h.username, h.course, h.device_uuid, h.since) for h in report.added] == [
-        ("bob", "vision", "GPU-2", clock.now), ("bob", "vision", "GPU-3", clock.now)]
+        ("bob", "vision", "GPU-2", clock.now),
+        ("bob", "vision", "GPU-3", clock.now),
+    ]
     assert [(c.device_uuid, c.servers) for c in report.conflicts] == [("GPU-1", (("carol", COURSE), ("dan", COURSE)))]
     assert report.released == () and report.pending == ()
     assert sorted(h.device_uuid for h in ledger.holdings()) == ["GPU-0", "GPU-2", "GPU-3"]
@@ -313,6 +358,7 @@ def test_reconcile_releases_an_old_holding_without_a_container(ledger, clock):
 
 # Quotas and audit
 
+
 def test_quota_for_combines_course_and_override(ledger, clock):
     assert ledger.quota_for("alice", COURSE) == EffectiveQuota()
     ledger.set_course_quota(COURSE, max_concurrent_gpus=4, gpu_hours_per_student=20, actor="ann")
@@ -328,11 +374,21 @@ def test_quota_for_combines_course_and_override(ledger, clock):
     ledger.set_course_quota(COURSE, max_concurrent_gpus=None, gpu_hours_per_student=30, actor="ann")
     assert ledger.quota_for("alice", COURSE) == EffectiveQuota(gpu_hours=30)
     assert [(e.actor, e.action, e.target, e.old_value, e.new_value) for e in ledger.audit_log()] == [
-        ("ann", "set course quota", "course deep-learning",
-         {"max_concurrent_gpus": 4, "gpu_hours_per_student": 20}, {"max_concurrent_gpus": None, "gpu_hours_per_student": 30}),
+        (
+            "ann",
+            "set course quota",
+            "course deep-learning",
+            {"max_concurrent_gpus": 4, "gpu_hours_per_student": 20},
+            {"max_concurrent_gpus": None, "gpu_hours_per_student": 30},
+        ),
         ("ben", "set user override", "alice in deep-learning", {"gpu_hours": 50, "max_gpus": None}, None),
-        ("ben", "set user override", "alice in deep-learning", {"gpu_hours": None, "max_gpus": 1},
-         {"gpu_hours": 50, "max_gpus": None}),
+        (
+            "ben",
+            "set user override",
+            "alice in deep-learning",
+            {"gpu_hours": None, "max_gpus": 1},
+            {"gpu_hours": 50, "max_gpus": None},
+        ),
         ("ann", "set user override", "alice in deep-learning", None, {"gpu_hours": None, "max_gpus": 1}),
         ("ann", "set course quota", "course deep-learning", None, {"max_concurrent_gpus": 4, "gpu_hours_per_student": 20}),
     ]
@@ -357,18 +413,33 @@ def test_stored_quotas_are_listed_as_rows(ledger):
 @pytest.mark.parametrize(
     "change, message",
     [
-        pytest.param(lambda l: l.set_course_quota(COURSE, max_concurrent_gpus=-1, gpu_hours_per_student=None, actor="a"),
-                     "max_concurrent_gpus for deep-learning must be a whole number >= 0, or empty for no limit, not -1",
-                     id="negative-cap"),
-        pytest.param(lambda l: l.set_course_quota(COURSE, max_concurrent_gpus=1.5, gpu_hours_per_student=None, actor="a"),
-                     "max_concurrent_gpus for deep-learning must be a whole number", id="fractional-cap"),
-        pytest.param(lambda l: l.set_course_quota(COURSE, max_concurrent_gpus=None, gpu_hours_per_student=float("inf"),
-                                                  actor="a"),
-                     "gpu_hours_per_student for deep-learning must be a number of hours >= 0", id="infinite-hours"),
-        pytest.param(lambda l: l.set_user_override("alice", COURSE, gpu_hours="10", max_gpus=None, actor="a"),
-                     "gpu_hours for deep-learning must be a number of hours", id="hours-text"),
-        pytest.param(lambda l: l.set_user_override("alice", "Deep Learning", gpu_hours=1, max_gpus=None, actor="a"),
-                     "'Deep Learning' is not a course slug", id="not-a-slug"),
+        pytest.param(
+            lambda ledger: ledger.set_course_quota(COURSE, max_concurrent_gpus=-1, gpu_hours_per_student=None, actor="a"),
+            "max_concurrent_gpus for deep-learning must be a whole number >= 0, or empty for no limit, not -1",
+            id="negative-cap",
+        ),
+        pytest.param(
+            lambda ledger: ledger.set_course_quota(COURSE, max_concurrent_gpus=1.5, gpu_hours_per_student=None, actor="a"),
+            "max_concurrent_gpus for deep-learning must be a whole number",
+            id="fractional-cap",
+        ),
+        pytest.param(
+            lambda ledger: ledger.set_course_quota(
+                COURSE, max_concurrent_gpus=None, gpu_hours_per_student=float("inf"), actor="a"
+            ),
+            "gpu_hours_per_student for deep-learning must be a number of hours >= 0",
+            id="infinite-hours",
+        ),
+        pytest.param(
+            lambda ledger: ledger.set_user_override("alice", COURSE, gpu_hours="10", max_gpus=None, actor="a"),
+            "gpu_hours for deep-learning must be a number of hours",
+            id="hours-text",
+        ),
+        pytest.param(
+            lambda ledger: ledger.set_user_override("alice", "Deep Learning", gpu_hours=1, max_gpus=None, actor="a"),
+            "'Deep Learning' is not a course slug",
+            id="not-a-slug",
+        ),
     ],
 )
 def test_invalid_quotas_are_refused_with_the_fix(ledger, change, message):
@@ -378,90 +449,22 @@ def test_invalid_quotas_are_refused_with_the_fix(ledger, change, message):
     assert ledger.audit_log() == []
 
 
-# Concurrency
-
-def _race(ledger_for: Callable[[], GpuLedger], usernames: list[str]) -> list[Union[Allocation, AllocationRefused]]:
-    """Every user asks for one GPU at the same moment, each from its own thread."""
-    barrier = threading.Barrier(len(usernames))
-
-    def one(username: str) -> Union[Allocation, AllocationRefused]:
-        try:
-            ledger = ledger_for()
-        except BaseException:
-            barrier.abort()  # the others would otherwise wait for this thread forever
-            raise
-        barrier.wait()
-        return attempt(ledger, username, term=(date.today() - timedelta(days=30), date.today() + timedelta(days=30)))
-
-    with ThreadPoolExecutor(max_workers=len(usernames)) as pool:
-        return list(pool.map(one, usernames))
+# Concurrency (the same races run on PostgreSQL in tests/db)
 
 
-def _assert_four_granted(outcomes: list, holdings_uuids: list[str]) -> None:
-    granted = [o for o in outcomes if isinstance(o, Allocation)]
-    refused = [o for o in outcomes if isinstance(o, AllocationRefused)]
-    assert len(granted) == 4 and len(refused) == len(outcomes) - 4
-    assert {(r.status, r.reason) for r in refused} == {(503, IN_USE)}
-    given = sorted(uuid for allocation in granted for uuid in allocation.device_uuids)
-    assert given == sorted(holdings_uuids) == ["GPU-0", "GPU-1", "GPU-2", "GPU-3"]
-
-
-@pytest.mark.parametrize("one_ledger_per_thread", [pytest.param(False, id="shared-ledger"),
-                                                   pytest.param(True, id="ledger-per-thread")])
+@pytest.mark.parametrize(
+    "one_ledger_per_thread", [pytest.param(False, id="shared-ledger"), pytest.param(True, id="ledger-per-thread")]
+)
 def test_fifty_threads_never_share_a_device(ledger_path, one_ledger_per_thread):
-    url = f"sqlite:///{ledger_path}"
-    shared = GpuLedger.open(url)
-    opened: list[GpuLedger] = []
-
-    def ledger_for() -> GpuLedger:
-        if not one_ledger_per_thread:
-            return shared
-        ledger = GpuLedger.open(url)
-        opened.append(ledger)
-        return ledger
-
-    outcomes = _race(ledger_for, [f"student-{n}" for n in range(50)])
-    _assert_four_granted(outcomes, [h.device_uuid for h in shared.holdings()])
-    for ledger in [shared, *opened]:
-        ledger.close()
-
-
-def _race_in_process(url: str, usernames: list[str], start: "multiprocessing.synchronize.Barrier",
-                     results: "multiprocessing.Queue") -> None:
-    """Runs in a child process: open the ledger, wait for the other process, race from threads.
-    Puts the outcomes on ``results``, or the error, so the parent fails at once instead of timing out."""
-    try:
-        with GpuLedger.open(url) as ledger:
-            start.wait(timeout=60)
-            outcomes = _race(lambda: ledger, usernames)
-    except Exception as exc:
-        start.abort()
-        results.put(repr(exc))
-        raise
-    results.put([o.device_uuids if isinstance(o, Allocation) else (o.status, o.reason) for o in outcomes])
+    fifty_threads_never_share_a_device(f"sqlite:///{ledger_path}", one_ledger_per_thread=one_ledger_per_thread)
 
 
 def test_two_processes_never_share_a_device(ledger_path):
-    url = f"sqlite:///{ledger_path}"
-    context = multiprocessing.get_context("spawn")
-    start, results = context.Barrier(2), context.Queue()
-    processes = [context.Process(target=_race_in_process,
-                                 args=(url, [f"p{p}-student-{n}" for n in range(25)], start, results))
-                 for p in range(2)]
-    for process in processes:
-        process.start()
-    reports = [results.get(timeout=120) for _ in processes]
-    assert all(isinstance(report, list) for report in reports), reports
-    outcomes = [outcome for report in reports for outcome in report]
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
-    granted = [o for o in outcomes if isinstance(o, tuple) and isinstance(o[0], str)]
-    refused = [o for o in outcomes if o not in granted]
-    assert len(granted) == 4 and set(refused) == {(503, IN_USE)} and len(refused) == 46
-    with GpuLedger.open(url) as ledger:
-        held = [h.device_uuid for h in ledger.holdings()]
-    assert sorted(held) == sorted(uuid for uuids in granted for uuid in uuids) == ["GPU-0", "GPU-1", "GPU-2", "GPU-3"]
+    two_processes_never_share_a_device(f"sqlite:///{ledger_path}")
+
+
+def test_a_course_cap_holds_under_a_race(ledger_path):
+    a_course_cap_holds_under_a_race(f"sqlite:///{ledger_path}")
 
 
 # Random sequences
@@ -483,7 +486,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(username=st.sampled_from(USERS), course=st.sampled_from(COURSES), count=st.integers(1, 3))
     def allocate(self, username: str, course: str, count: int) -> None:
         free = len(DEVICES) - sum(len(uuids) for uuids in self.held.values())
-        outcome: Optional[Allocation] = None
+        outcome: Allocation | None = None
         try:
             outcome = allocate(self.ledger, username, course=course, count=count)
         except AllocationRefused as refused:

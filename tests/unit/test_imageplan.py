@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from spawner.catalog import load_course
-from spawner.docker_engine import summarize_build_failure
-from spawner.imageplan import (
+from spawner.core.problems import ProblemsError, TeachlabError
+from spawner.engine.build import summarize_build_failure
+from spawner.images.plan import (
     CA_FILE,
     PipSettings,
     environment_hash,
@@ -20,7 +21,6 @@ from spawner.imageplan import (
     render_course_context,
     venv_requirements,
 )
-from spawner.problems import ProblemsError, TeachlabError
 
 REPO = Path(__file__).resolve().parents[2]
 CONSTRAINTS = (REPO / "constraints.txt").read_text()
@@ -52,8 +52,13 @@ def _final_stage(dockerfile: str) -> str:
 
 
 def test_miniconda_base_plan(miniconda):
-    files = render_base_context(miniconda, rootfs_image="teachlab/rootfs-bullseye-minbase:abc", constraints=CONSTRAINTS,
-                                pip=MIRROR, installer_bytes=INSTALLER)
+    files = render_base_context(
+        miniconda,
+        rootfs_image="teachlab/rootfs-bullseye-minbase:abc",
+        constraints=CONSTRAINTS,
+        pip=MIRROR,
+        installer_bytes=INSTALLER,
+    )
     dockerfile = _text(files, "Dockerfile")
     installer = miniconda.installer
     assert installer.file.startswith("Miniconda3-py39_") and re.fullmatch(r"[0-9a-f]{64}", installer.sha256)
@@ -89,8 +94,14 @@ def test_miniconda_base_needs_its_installer(miniconda):
 
 def test_miniconda_course_plan_uses_conda_with_the_instructors_file(miniconda):
     course = load_course(REPO / "course_envs" / "deep-learning")
-    plan = render_course_context(course, miniconda, base_image="teachlab/miniconda-py39:v1.0.0", base_image_id="sha256:1",
-                                 constraints=CONSTRAINTS, pip=MIRROR)
+    plan = render_course_context(
+        course,
+        miniconda,
+        base_image="teachlab/miniconda-py39:v1.0.0",
+        base_image_id="sha256:1",
+        constraints=CONSTRAINTS,
+        pip=MIRROR,
+    )
     dockerfile = _text(plan.files, "Dockerfile")
     assert "conda env create -p /opt/course-env -f /tmp/teachlab-build/environment.yml" in dockerfile
     assert "conda list -p /opt/course-env --explicit --md5" in dockerfile and "conda clean --all --yes" in dockerfile
@@ -105,8 +116,9 @@ def test_miniconda_course_plan_uses_conda_with_the_instructors_file(miniconda):
 def test_miniconda_course_rebuilt_from_its_lock(miniconda):
     course = load_course(REPO / "course_envs" / "deep-learning")
     lock = "@EXPLICIT\nhttps://conda-mirror.example.edu/x/numpy-1.26.4.conda#abc\n# pip\nwandb==0.18.0\n"
-    plan = render_course_context(course, miniconda, base_image="b", base_image_id="sha256:1", constraints=CONSTRAINTS,
-                                 pip=MIRROR, lock=lock)
+    plan = render_course_context(
+        course, miniconda, base_image="b", base_image_id="sha256:1", constraints=CONSTRAINTS, pip=MIRROR, lock=lock
+    )
     dockerfile = _text(plan.files, "Dockerfile")
     assert "conda create --yes -p /opt/course-env --file /tmp/teachlab-build/conda-lock.txt" in dockerfile
     assert _text(plan.files, "build/conda-lock.txt").startswith("@EXPLICIT")
@@ -116,15 +128,24 @@ def test_miniconda_course_rebuilt_from_its_lock(miniconda):
 def test_debian_course_plan_translates_conda_pins_for_pip(debian):
     course = load_course(REPO / "course_envs" / "intro-python")
     assert venv_requirements(course, debian, ipykernel_pin="ipykernel==6.31.0") == [
-        "numpy==1.26.*", "pandas==2.2.*", "matplotlib==3.9.*", "ipykernel==6.31.0",
+        "numpy==1.26.*",
+        "pandas==2.2.*",
+        "matplotlib==3.9.*",
+        "ipykernel==6.31.0",
     ]
 
 
 def test_build_settings_stay_out_of_the_environment_hash(debian):
     course = load_course(REPO / "course_envs" / "data-analysis")
-    plain = render_course_context(course, debian, base_image="b", base_image_id="sha256:1", constraints=CONSTRAINTS, pip=PipSettings())
-    mirrored = render_course_context(course, debian, base_image="b", base_image_id="sha256:1", constraints=CONSTRAINTS, pip=MIRROR)
-    other_base = render_course_context(course, debian, base_image="b", base_image_id="sha256:2", constraints=CONSTRAINTS, pip=MIRROR)
+    plain = render_course_context(
+        course, debian, base_image="b", base_image_id="sha256:1", constraints=CONSTRAINTS, pip=PipSettings()
+    )
+    mirrored = render_course_context(
+        course, debian, base_image="b", base_image_id="sha256:1", constraints=CONSTRAINTS, pip=MIRROR
+    )
+    other_base = render_course_context(
+        course, debian, base_image="b", base_image_id="sha256:2", constraints=CONSTRAINTS, pip=MIRROR
+    )
     assert plain.environment_hash == mirrored.environment_hash != other_base.environment_hash
     assert CA_FILE in mirrored.files and CA_FILE not in plain.files
     assert "ca.crt" not in _final_stage(_text(mirrored.files, "Dockerfile"))
@@ -151,18 +172,36 @@ def test_unknown_flavor_names_the_known_ones():
         load_flavor(REPO / "images", "ubuntu")
 
 
-@pytest.mark.parametrize("log, error, expected", [
-    pytest.param(["Step 4/9 : RUN pip install", "ERROR: Could not find a version that satisfies the requirement nope-pkg (from versions: none)",
-                  "ERROR: No matching distribution found for nope-pkg"], "returned a non-zero code: 1",
-                 "Could not find a version that satisfies the requirement nope-pkg (from versions: none); No matching distribution found for nope-pkg",
-                 id="missing-package"),
-    pytest.param(["ERROR: Ignored the following versions that require a different python version: 2.0 Requires-Python >=3.10",
-                  "ERROR: Cannot install requests==2.31.0 and urllib3==1.20 because these package versions have conflicting dependencies.",
-                  "The conflict is caused by:", "    The user requested urllib3==1.20", "    requests 2.31.0 depends on urllib3<3 and >=1.21.1"],
-                 "x", "Cannot install requests==2.31.0 and urllib3==1.20 because these package versions have conflicting dependencies.; "
-                      "The conflict is caused by:; The user requested urllib3==1.20; requests 2.31.0 depends on urllib3<3 and >=1.21.1",
-                 id="conflict"),
-    pytest.param(["Step 1/3 : FROM nothing"], "pull access denied for nothing\n", "pull access denied for nothing", id="no-pip-lines"),
-])
+@pytest.mark.parametrize(
+    "log, error, expected",
+    [
+        pytest.param(
+            [
+                "Step 4/9 : RUN pip install",
+                "ERROR: Could not find a version that satisfies the requirement nope-pkg (from versions: none)",
+                "ERROR: No matching distribution found for nope-pkg",
+            ],
+            "returned a non-zero code: 1",
+            "Could not find a version that satisfies the requirement nope-pkg (from versions: none); No matching distribution found for nope-pkg",
+            id="missing-package",
+        ),
+        pytest.param(
+            [
+                "ERROR: Ignored the following versions that require a different python version: 2.0 Requires-Python >=3.10",
+                "ERROR: Cannot install requests==2.31.0 and urllib3==1.20 because these package versions have conflicting dependencies.",
+                "The conflict is caused by:",
+                "    The user requested urllib3==1.20",
+                "    requests 2.31.0 depends on urllib3<3 and >=1.21.1",
+            ],
+            "x",
+            "Cannot install requests==2.31.0 and urllib3==1.20 because these package versions have conflicting dependencies.; "
+            "The conflict is caused by:; The user requested urllib3==1.20; requests 2.31.0 depends on urllib3<3 and >=1.21.1",
+            id="conflict",
+        ),
+        pytest.param(
+            ["Step 1/3 : FROM nothing"], "pull access denied for nothing\n", "pull access denied for nothing", id="no-pip-lines"
+        ),
+    ],
+)
 def test_build_failure_summary(log, error, expected):
     assert summarize_build_failure(log, error) == expected

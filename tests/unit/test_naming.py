@@ -1,16 +1,40 @@
 import re
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from spawner import naming
+from spawner.core import naming
 
 DOCKER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 slugs = st.from_regex(naming.COURSE_SLUG_PATTERN, fullmatch=True)
 nasty_text = st.one_of(
     st.text(min_size=1, max_size=300),
-    st.sampled_from(["@", ".", "..", "/", "{username}", "{}", " ", "\t", "a b", "..//..", "-", "--", "---",
-                     "ALICE", "alice", "al--ice", "a" * 400, "Ünïcødé", "用户", "a.b@c.d", "x-"]),
+    st.sampled_from(
+        [
+            "@",
+            ".",
+            "..",
+            "/",
+            "{username}",
+            "{}",
+            " ",
+            "\t",
+            "a b",
+            "..//..",
+            "-",
+            "--",
+            "---",
+            "ALICE",
+            "alice",
+            "al--ice",
+            "a" * 400,
+            "Ünïcødé",
+            "用户",
+            "a.b@c.d",
+            "x-",
+        ]
+    ),
     st.text(alphabet="ab-", min_size=1, max_size=60),
 )
 

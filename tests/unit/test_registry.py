@@ -7,13 +7,21 @@ import threading
 
 import pytest
 
-from spawner.problems import TeachlabError
-from spawner.registry import CourseVersion, VersionRegistry
+from spawner.core.problems import TeachlabError
+from spawner.images.registry import CourseVersion, VersionRegistry
 
 
 def _version(tag: str, env_hash: str = "h") -> CourseVersion:
-    return CourseVersion(version=tag, image=f"teachlab/course-c1:{tag}", image_id=f"sha256:{tag}", environment_hash=env_hash,
-                         created="2026-11-25T12:00:00+00:00", size_bytes=1, base_image="b", flavor="debian-py39")
+    return CourseVersion(
+        version=tag,
+        image=f"teachlab/course-c1:{tag}",
+        image_id=f"sha256:{tag}",
+        environment_hash=env_hash,
+        created="2026-11-25T12:00:00+00:00",
+        size_bytes=1,
+        base_image="b",
+        flavor="debian-py39",
+    )
 
 
 def test_add_make_current_and_read_back(tmp_path):
@@ -48,7 +56,7 @@ def test_readers_never_see_a_half_written_file(tmp_path):
         while not stop.is_set():
             try:
                 seen.add(json.loads((tmp_path / "c1.json").read_text())["current"])
-            except Exception as exc:  # a torn write would show up here
+            except Exception as exc:  # noqa: BLE001 - a torn write would show up here
                 errors.append(exc)
 
     reader = threading.Thread(target=read_forever)

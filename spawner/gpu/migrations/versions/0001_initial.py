@@ -8,8 +8,8 @@ Written out in full rather than imported from ``spawner.gpu.ledger``, so later c
 models never change what this migration creates.
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 revision = "0001"
 down_revision = None

@@ -1,0 +1,182 @@
+"""Facts that several parts of Teachlab must agree on, each defined once.
+
+* Label keys on containers, volumes, networks and images (``Labels``).
+* The layout of the state folder the CLI, the hub and its services share (``StateLayout``).
+* The image contract every course image keeps (``ImageContract``): the student's uid, where the Jupyter
+  server and the course environment live, where work and course data are mounted, the kernel name.
+* Custom scopes the hub grants and its services check.
+
+A test greps the package for these literals outside this module: a fact spelled twice drifts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+LABEL_PREFIX: Final = "org.teachlab."
+
+
+class Labels:
+    """Docker label keys. Values are plain text; keys never change between releases (reconciliation
+    and cleanup find old containers by them)."""
+
+    USER: Final = LABEL_PREFIX + "user"
+    SERVER: Final = LABEL_PREFIX + "server"
+    COURSE: Final = LABEL_PREFIX + "course"
+    LAB: Final = LABEL_PREFIX + "lab"  # which lab (state folder) started a container: GPU reconciliation keys on it
+    GPUS: Final = LABEL_PREFIX + "gpus"  # comma-separated device UUIDs a container holds
+    NETWORK: Final = LABEL_PREFIX + "network"
+    HELPER: Final = LABEL_PREFIX + "helper"  # short-lived containers the platform runs (never a student's)
+    SMOKE_TEST: Final = LABEL_PREFIX + "smoke-test"
+    LOCK_READER: Final = LABEL_PREFIX + "lock-reader"
+    TEST_CACHE: Final = LABEL_PREFIX + "test-cache"  # images tests keep between sessions
+    TEST_SESSION: Final = LABEL_PREFIX + "test-session"  # objects one test session made, removed at its end
+
+    @staticmethod
+    def image(name: str) -> str:
+        """An image label key, e.g. ``image("env-hash")`` -> ``org.teachlab.env-hash``."""
+        return LABEL_PREFIX + name
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Where things live under a lab's state folder (``$TEACHLAB_STATE_DIR``, ``.teachlab`` by default)."""
+
+    root: Path
+
+    @property
+    def courses(self) -> Path:
+        """Version registry: ``<slug>.json`` and ``<slug>/<version>.lock.txt``."""
+        return self.root / "courses"
+
+    @property
+    def logs(self) -> Path:
+        """Image build logs."""
+        return self.root / "logs"
+
+    @property
+    def lab(self) -> Path:
+        """The running lab's own files: databases, secrets, process logs and pids."""
+        return self.root / "lab"
+
+    @property
+    def hub_database(self) -> Path:
+        return self.lab / "jupyterhub.sqlite"
+
+    @property
+    def cookie_secret(self) -> Path:
+        return self.lab / "jupyterhub_cookie_secret"
+
+    @property
+    def gpu_ledger(self) -> Path:
+        return self.lab / "gpu-ledger.sqlite"
+
+    @property
+    def gpu_ledger_url(self) -> str:
+        return f"sqlite:///{self.gpu_ledger}"
+
+    @property
+    def lab_secrets(self) -> Path:
+        """Proxy token, OIDC client secret, CLI token and demo passwords of ``teachlab lab up`` (0600)."""
+        return self.lab / "secrets.json"
+
+    @property
+    def lab_description(self) -> Path:
+        """Ports, network and catalog of the lab last started here, so ``lab down`` finds it."""
+        return self.lab / "lab.json"
+
+    @property
+    def admin_token(self) -> Path:
+        return self.lab / "admin-token"
+
+
+@dataclass(frozen=True)
+class ImageContract:
+    """What every course image provides and every student container relies on."""
+
+    uid: int = 1000
+    gid: int = 1000
+    username: str = "jovyan"
+    home: str = "/home/jovyan"
+    jupyter_env: str = "/opt/jupyter"
+    course_env: str = "/opt/course-env"
+    kernel_name: str = "course"
+
+    @property
+    def user(self) -> str:
+        """``uid:gid`` as Docker's ``user`` option takes it."""
+        return f"{self.uid}:{self.gid}"
+
+    @property
+    def work_mount(self) -> str:
+        return f"{self.home}/work"
+
+    @property
+    def data_mount(self) -> str:
+        return f"{self.home}/data"
+
+    @property
+    def singleuser_command(self) -> list[str]:
+        return [f"{self.jupyter_env}/bin/jupyterhub-singleuser"]
+
+    @property
+    def jupyter_python(self) -> str:
+        return f"{self.jupyter_env}/bin/python"
+
+    @property
+    def init(self) -> list[str]:
+        """PID 1 of every container: tini reaps zombies and forwards signals to the whole group."""
+        return ["/usr/bin/tini", "-g", "--"]
+
+    @property
+    def pip_lock(self) -> str:
+        """``pip freeze`` of the course environment, written at build time."""
+        return f"{self.course_env}/teachlab-lock.txt"
+
+    @property
+    def conda_lock(self) -> str:
+        return f"{self.course_env}/teachlab-conda-lock.txt"
+
+    def template_values(self) -> Mapping[str, object]:
+        """What Dockerfile and kernel templates see as ``contract``."""
+        return {
+            "uid": self.uid,
+            "gid": self.gid,
+            "username": self.username,
+            "home": self.home,
+            "jupyter_env": self.jupyter_env,
+            "course_env": self.course_env,
+            "kernel_name": self.kernel_name,
+            "work_mount": self.work_mount,
+            "data_mount": self.data_mount,
+            "pip_lock": self.pip_lock,
+            "conda_lock": self.conda_lock,
+            "init": self.init,
+            "singleuser_command": self.singleuser_command,
+        }
+
+
+IMAGE: Final = ImageContract()
+
+
+class Scopes:
+    """Custom scopes (``c.JupyterHub.custom_scopes``) that the hub grants and its services check."""
+
+    GPU_SERVICE: Final = "teachlab-gpu"
+    GPU_ADMIN: Final = "custom:teachlab-gpu:admin"
+
+    @staticmethod
+    def gpu_usage(course: str) -> str:
+        return f"custom:teachlab-gpu:usage:{course}"
+
+
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
+STATE_DIR_VARIABLE: Final = "TEACHLAB_STATE_DIR"
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    """``$TEACHLAB_STATE_DIR``, else ``.teachlab`` at the repository root (git ignores it)."""
+    return Path(environ.get(STATE_DIR_VARIABLE) or REPO_ROOT / ".teachlab")

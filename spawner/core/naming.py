@@ -1,0 +1,98 @@
+"""Docker-safe names for users, courses and their containers, volumes and images.
+
+Guarantees (tested with hypothesis in tests/unit/test_naming.py):
+
+* Every name matches Docker's ``[a-zA-Z0-9][a-zA-Z0-9_.-]*`` and is at most ``MAX_NAME_LENGTH``
+  characters; image repositories are lowercase and tags at most 128 characters.
+* ``user_slug`` keeps a username that is already safe (lowercase letters, digits, single dashes,
+  at most ``MAX_USER_SLUG_LENGTH``) as it is. Any other username becomes a readable safe prefix plus
+  ``--`` and 16 hex digits of its SHA-256, so two different usernames get different slugs (up to a
+  64-bit hash collision) and no safe slug ever equals a hashed one (safe slugs never contain ``--``).
+* A user slug never contains ``---`` and course slugs never contain ``--``, so the pair separator
+  ``---`` is unambiguous: two different (user, course) pairs never share a container or a volume.
+* The functions are pure and their output for a given input never changes between releases: a
+  student's volume is found again after any upgrade. The spawner also stores the names it used in
+  its state, so even a changed template never renames an existing volume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+MAX_NAME_LENGTH = 128
+MAX_USER_SLUG_LENGTH = 40
+MAX_COURSE_SLUG_LENGTH = 32
+PAIR_SEPARATOR = "---"
+
+COURSE_SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-)){0,30}[a-z0-9]$")
+_SAFE_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-))*$")
+_UNSAFE_RUN = re.compile(r"[^a-z0-9]+")
+_HASH_DIGITS = 16
+
+
+def is_course_slug(text: str) -> bool:
+    """A course slug: 2-32 lowercase letters, digits and single dashes, no dash at either end."""
+    return bool(COURSE_SLUG_PATTERN.match(text))
+
+
+def suggest_course_slug(text: str) -> str:
+    """A valid slug close to ``text``, for error messages (``'Intro_Python'`` -> ``'intro-python'``)."""
+    slug = _UNSAFE_RUN.sub("-", text.lower()).strip("-")[:MAX_COURSE_SLUG_LENGTH].strip("-")
+    return slug if is_course_slug(slug) else "my-course"
+
+
+def user_slug(username: str) -> str:
+    """Safe, stable, injective slug for a hub username (see the module docstring)."""
+    if len(username) <= MAX_USER_SLUG_LENGTH and _SAFE_SLUG.match(username) and not username.endswith("-"):
+        return username
+    digest = hashlib.sha256(username.encode("utf-8")).hexdigest()[:_HASH_DIGITS]
+    prefix_length = MAX_USER_SLUG_LENGTH - len(digest) - 2
+    prefix = _UNSAFE_RUN.sub("-", username.lower()).strip("-")[:prefix_length].strip("-")
+    return f"{prefix}--{digest}" if prefix else f"u--{digest}"
+
+
+def _require_course_slug(course_slug: str) -> str:
+    if not is_course_slug(course_slug):
+        raise ValueError(f"{course_slug!r} is not a course slug")
+    return course_slug
+
+
+def container_name(username: str, course_slug: str) -> str:
+    """The container of ``username``'s server for ``course_slug``."""
+    return f"teachlab-{user_slug(username)}{PAIR_SEPARATOR}{_require_course_slug(course_slug)}"
+
+
+def home_volume_name(username: str, course_slug: str) -> str:
+    """The persistent volume mounted as the student's work folder for this student in this course."""
+    return f"teachlab-home-{user_slug(username)}{PAIR_SEPARATOR}{_require_course_slug(course_slug)}"
+
+
+def data_volume_name(course_slug: str, volume: str) -> str:
+    """The shared data volume ``volume`` (a schema-checked short name) of a course."""
+    return f"teachlab-data-{_require_course_slug(course_slug)}{PAIR_SEPARATOR}{volume}"
+
+
+def course_image_repository(course_slug: str, namespace: str = "teachlab") -> str:
+    """Repository of a course's images; one tag per published version."""
+    return f"{namespace}/course-{_require_course_slug(course_slug)}"
+
+
+def course_image(course_slug: str, version: str, namespace: str = "teachlab") -> str:
+    """Image reference of one version of a course, e.g. ``teachlab/course-intro-python:v3``."""
+    return f"{course_image_repository(course_slug, namespace)}:{version}"
+
+
+def version_tag(number: int) -> str:
+    """Version numbers count up from 1 per course: ``v1``, ``v2``, ..."""
+    if number < 1:
+        raise ValueError("version numbers start at 1")
+    return f"v{number}"
+
+
+def version_number(tag: str) -> int:
+    """Inverse of ``version_tag``; ValueError for anything else."""
+    match = re.fullmatch(r"v([1-9][0-9]*)", tag)
+    if not match:
+        raise ValueError(f"{tag!r} is not a version (expected v1, v2, ...)")
+    return int(match.group(1))

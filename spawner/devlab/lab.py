@@ -1,0 +1,361 @@
+"""Run the whole lab on one machine: the login provider, the proxy and the hub, as background processes.
+
+``python -m spawner.devlab up`` (what ``make up`` runs) and the end-to-end tests both use ``Lab``: the tests get
+the same processes a newcomer gets, with their own ports, state folder and catalog. Each process
+writes its log and pid under ``<state>/lab/``; ``down`` stops them and keeps every volume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.contract import REPO_ROOT, Scopes, StateLayout
+from ..core.problems import TeachlabError
+from ..hub.settings import HubSettings
+
+NODE_MODULES = REPO_ROOT / "deploy" / "node_modules"
+OIDC_SCRIPT = REPO_ROOT / "deploy" / "oidc" / "provider.mjs"
+CHP_SCRIPT = NODE_MODULES / "configurable-http-proxy" / "bin" / "configurable-http-proxy"
+HUB_CONFIG = REPO_ROOT / "jupyterhub_config.py"
+OIDC_READY = "oidc-provider ready at "
+OIDC_CLIENT_ID = "teachlab-hub"
+
+DEMO_ACCOUNTS = (
+    {"username": "student-alice", "name": "Alice Student", "groups": ["cs101-students", "ds201-students"]},
+    {"username": "student-bob", "name": "Bob Student", "groups": ["cs101-students"]},
+    {"username": "prof-lee", "name": "Professor Lee", "groups": ["cs101-staff"]},
+    {"username": "admin-ada", "name": "Ada Admin", "groups": ["lab-admins"]},
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status < 500
+    except urllib.error.HTTPError as error:
+        return error.code < 500
+    except OSError:
+        return False
+
+
+def _descendants(pid: int) -> list[int]:
+    """Child processes of ``pid``, recursively, from /proc (services the hub started run in their own sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+@dataclass
+class ManagedProcess:
+    """A background process with a log and a pid file; it outlives the command that started it."""
+
+    name: str
+    folder: Path
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / f"{self.name}.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.folder / f"{self.name}.pid"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_path.read_text())
+            os.kill(pid, 0)
+            return pid
+        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+            return None
+
+    def start(self, command: list[str], env: Mapping[str, str], ready: Callable[[], bool], timeout: float = 90) -> None:
+        if self.pid():
+            raise TeachlabError(f"{self.name} is already running (pid {self.pid()}); stop the lab first")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            process = subprocess.Popen(
+                command,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.folder,
+                start_new_session=True,
+            )
+        self.pid_path.write_text(str(process.pid))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise TeachlabError(
+                    f"{self.name} exited with code {process.returncode}; last lines of {self.log_path}:\n{self.tail()}"
+                )
+            if ready():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise TeachlabError(f"{self.name} was not ready after {timeout:.0f} s; last lines of {self.log_path}:\n{self.tail()}")
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        """Stop the process; SIGKILL kills its whole tree at once, as a crash of its machine or cgroup would."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_path.unlink(missing_ok=True)
+            return
+        for victim in [pid, *_descendants(pid)] if sig == signal.SIGKILL else [pid]:
+            try:
+                os.kill(victim, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.pid() is not None:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.1)
+        if self.pid() is not None:
+            for victim in [pid, *_descendants(pid)]:
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.pid_path.unlink(missing_ok=True)
+
+
+@dataclass
+class LabPorts:
+    public: int = 8000
+    proxy_api: int = 8001
+    hub: int = 8081
+    oidc: int = 8082
+    gpu_service: int = 8083
+
+
+@dataclass
+class Lab:
+    """One lab's processes and settings. Secrets and demo passwords persist in ``<state>/lab/secrets.json``."""
+
+    state_dir: Path
+    catalog_path: Path = REPO_ROOT / "course_envs"
+    ports: LabPorts = field(default_factory=LabPorts)
+    network: str = "teachlab-students"
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+    accounts: tuple[Mapping[str, object], ...] = DEMO_ACCOUNTS
+    today: str | None = None
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir).resolve()
+        self.catalog_path = Path(self.catalog_path).resolve()
+        self.layout = StateLayout(self.state_dir)
+        self.folder = self.layout.lab
+        self.oidc = ManagedProcess("oidc-provider", self.folder)
+        self.proxy = ManagedProcess("proxy", self.folder)
+        self.hub = ManagedProcess("hub", self.folder)
+
+    @property
+    def public_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.public}"
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.ports.oidc}"
+
+    def secrets(self) -> dict:
+        """Tokens and demo passwords, made once per state folder (mode 0600)."""
+        path = self.layout.lab_secrets
+        if path.exists():
+            return json.loads(path.read_text())
+        self.folder.mkdir(parents=True, exist_ok=True)
+        values = {
+            "proxy_token": secrets.token_hex(32),
+            "oidc_client_secret": secrets.token_hex(32),
+            "cli_token": secrets.token_hex(32),
+            "passwords": {account["username"]: secrets.token_urlsafe(9) for account in self.accounts},
+        }
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(values, indent=2))
+        return values
+
+    def password(self, username: str) -> str:
+        return self.secrets()["passwords"][username]
+
+    def _node(self) -> str:
+        node = shutil.which("node")
+        if node is None or not CHP_SCRIPT.exists():
+            raise TeachlabError("node or the npm packages are missing; run 'make node-env' (npm ci in deploy/)")
+        return node
+
+    def hub_settings(self) -> HubSettings:
+        """What the hub of this lab is told (through ``TEACHLAB_*`` variables)."""
+        values = self.secrets()
+        return HubSettings(
+            state_dir=self.state_dir,
+            catalog_path=self.catalog_path,
+            public_url=self.public_url,
+            hub_port=self.ports.hub,
+            gpu_service_port=self.ports.gpu_service,
+            proxy_api_url=f"http://127.0.0.1:{self.ports.proxy_api}",
+            network=self.network,
+            oidc_issuer=self.issuer,
+            oidc_client_id=OIDC_CLIENT_ID,
+            oidc_client_secret=values["oidc_client_secret"],
+            cli_token=values["cli_token"],
+            extra_labels=dict(self.extra_labels),
+            today=self.today,
+        )
+
+    def hub_environment(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            **self.hub_settings().to_environment(),
+            "CONFIGPROXY_AUTH_TOKEN": self.secrets()["proxy_token"],
+            **self.extra_env,
+        }
+
+    def start_oidc(self) -> None:
+        values = self.secrets()
+        config = {
+            "issuer": self.issuer,
+            "port": self.ports.oidc,
+            "host": "127.0.0.1",
+            "clients": [
+                {
+                    "client_id": OIDC_CLIENT_ID,
+                    "client_secret": values["oidc_client_secret"],
+                    "redirect_uris": [f"{self.public_url}/hub/oauth_callback"],
+                }
+            ],
+            "accounts": [
+                {**account, "password": values["passwords"][account["username"]], "email": f"{account['username']}@example.edu"}
+                for account in self.accounts
+            ],
+        }
+        config_path = self.folder / "oidc-provider.json"
+        config_path.touch(mode=0o600)
+        config_path.write_text(json.dumps(config, indent=2))
+        self.oidc.log_path.unlink(missing_ok=True)
+        self.oidc.start(
+            [self._node(), str(OIDC_SCRIPT), "--config", str(config_path)],
+            os.environ,
+            ready=lambda: OIDC_READY in self.oidc.log_path.read_text(errors="replace"),
+            timeout=30,
+        )
+
+    def start_proxy(self, hub_gateway: str) -> None:
+        command = [
+            self._node(),
+            str(CHP_SCRIPT),
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.ports.public),
+            "--api-ip",
+            "127.0.0.1",
+            "--api-port",
+            str(self.ports.proxy_api),
+            "--default-target",
+            f"http://{hub_gateway}:{self.ports.hub}",
+            "--error-target",
+            f"http://{hub_gateway}:{self.ports.hub}/hub/error",
+        ]
+        env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": self.secrets()["proxy_token"]}
+        self.proxy.start(command, env, ready=lambda: _http_ok(f"http://127.0.0.1:{self.ports.proxy_api}/api/routes"), timeout=30)
+
+    def start_hub(self) -> None:
+        command = [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)]
+        self.hub.start(
+            command,
+            self.hub_environment(),
+            timeout=120,
+            ready=lambda: _http_ok(f"{self.public_url}/hub/api/") and f"/services/{Scopes.GPU_SERVICE}" in self.proxy_routes(),
+        )
+
+    def proxy_routes(self) -> dict:
+        """The proxy's routing table (the hub adds a service's route once the service answers)."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.ports.proxy_api}/api/routes",
+            headers={"Authorization": f"token {self.secrets()['proxy_token']}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.load(response)
+        except OSError:
+            return {}
+
+    def save(self) -> None:
+        """Remember where this lab listens, so ``down`` (another process, later) finds it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.layout.lab_description.write_text(
+            json.dumps(
+                {
+                    "ports": vars(self.ports),
+                    "network": self.network,
+                    "catalog_path": str(self.catalog_path),
+                },
+                indent=2,
+            )
+        )
+
+    @classmethod
+    def load(cls, state_dir: Path, **defaults) -> Lab:
+        """The lab last started with this state folder (or one with ``defaults`` if none was)."""
+        path = StateLayout(Path(state_dir)).lab_description
+        if not path.exists():
+            return cls(state_dir=state_dir, **defaults)
+        saved = json.loads(path.read_text())
+        return cls(
+            state_dir=state_dir,
+            ports=LabPorts(**saved["ports"]),
+            network=saved["network"],
+            catalog_path=Path(saved["catalog_path"]),
+        )
+
+    def up(self, hub_gateway: str) -> None:
+        """Start whatever is not running yet."""
+        self.save()
+        if not self.oidc.pid():
+            self.start_oidc()
+        if not self.proxy.pid():
+            self.start_proxy(hub_gateway)
+        if not self.hub.pid():
+            self.start_hub()
+
+    def down(self) -> None:
+        for process in (self.hub, self.proxy, self.oidc):
+            process.stop()

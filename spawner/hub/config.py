@@ -1,0 +1,166 @@
+"""The hub's configuration as a tested function: ``apply(settings, c)``.
+
+``jupyterhub_config.py`` reads the deployment settings (``TEACHLAB_*``), calls ``apply`` and then a
+site's ``jupyterhub_config.d/``. Everything the hub needs from its machine at start (the students'
+network, the provider's endpoints, group members, GPU reconciliation) comes from a ``HubHost``;
+unit tests pass a stand-in and assert on the traits (tests/unit/test_hub_config.py).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from ..catalog.cache import CatalogCache
+from ..core.contract import Scopes
+from ..core.problems import ProblemsError
+from .home import TEMPLATES_DIR, course_rows
+from .roles import CLI_SERVICE, IDLE_CULLER, all_roles, custom_scopes, instructor_scopes_hook
+from .settings import HubSettings
+from .startup import HubHost, load_catalog_or_stop, stop_hub
+
+START_TIMEOUT_SECONDS = 120
+HTTP_TIMEOUT_SECONDS = 90
+IDLE_FALLBACK_TIMEOUT_SECONDS = 3600
+
+
+def today_function(settings: HubSettings) -> Callable[[], date]:
+    """``date.today``, or the fixed day of ``TEACHLAB_TODAY``."""
+    if settings.today:
+        fixed = date.fromisoformat(settings.today)
+        return lambda: fixed
+    return date.today
+
+
+def idle_culler_service(settings: HubSettings) -> dict:
+    """jupyterhub-idle-culler as a hub-managed service; the per-course limits come from the arbiter hook."""
+    config_file = Path(__file__).with_name("idle_culler_config.py")
+    return {
+        "name": IDLE_CULLER,
+        "command": [
+            sys.executable,
+            "-m",
+            "jupyterhub_idle_culler",
+            f"--timeout={IDLE_FALLBACK_TIMEOUT_SECONDS}",
+            f"--cull-every={settings.cull_every_seconds}",
+            f"--config={config_file}",
+        ],
+        "environment": {"TEACHLAB_CATALOG": str(settings.catalog_path)},
+    }
+
+
+def gpu_service(settings: HubSettings, scopes: dict[str, dict]) -> dict:
+    """teachlab-gpu as a hub-managed service; its OAuth sessions may carry its custom scopes."""
+    environment = {
+        "TEACHLAB_GPU_LEDGER_URL": settings.ledger_url,
+        "TEACHLAB_GPU_INVENTORY": settings.gpu_inventory,
+        "TEACHLAB_CATALOG": str(settings.catalog_path),
+    }
+    if settings.today:
+        environment["TEACHLAB_TODAY"] = settings.today
+    return {
+        "name": Scopes.GPU_SERVICE,
+        "url": f"http://127.0.0.1:{settings.gpu_service_port}",
+        "command": [sys.executable, "-m", "spawner.services.gpu"],
+        "oauth_no_confirm": True,
+        "oauth_client_allowed_scopes": sorted(scopes),
+        "environment": environment,
+    }
+
+
+def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
+    """Configure JupyterHub (``c``) for this lab. Stops the hub, with one line per problem, when the
+    catalog, the students' network, the provider or the GPU inventory is broken."""
+    host = host or HubHost()
+    layout = settings.layout
+    layout.lab.mkdir(parents=True, exist_ok=True)
+    # The catalog is checked before anything starts: a broken catalog stops the hub with one line per problem.
+    catalog = load_catalog_or_stop(settings.catalog_path)
+    today = today_function(settings)
+
+    # Hub, proxy and database. The proxy runs on its own, so restarting the hub never interrupts students;
+    # servers keep running across hub restarts.
+    gateway = host.student_network_gateway(settings.network, settings.extra_labels)
+    c.JupyterHub.bind_url = settings.public_url
+    c.JupyterHub.hub_bind_url = f"http://{gateway}:{settings.hub_port}"
+    hub_db_url = f"sqlite:///{layout.hub_database}"
+    c.JupyterHub.db_url = hub_db_url
+    c.JupyterHub.cookie_secret_file = str(layout.cookie_secret)
+    c.JupyterHub.cleanup_servers = False
+    c.JupyterHub.cleanup_proxy = False
+    c.ConfigurableHTTPProxy.should_start = False
+    c.ConfigurableHTTPProxy.api_url = settings.proxy_api_url
+
+    # One named server per course: /user/<name>/<course>/. The home page lists the user's courses.
+    c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.redirect_to_server = False
+    c.JupyterHub.template_paths = [str(TEMPLATES_DIR)]
+    cache = CatalogCache.for_root(settings.catalog_path)
+    c.JupyterHub.template_vars = {"courses": course_rows(cache, layout.courses, today)}
+
+    c.JupyterHub.spawner_class = "teachlab"
+    c.CourseSpawner.catalog_path = str(settings.catalog_path)
+    c.CourseSpawner.state_dir = str(settings.state_dir)
+    c.CourseSpawner.lab_id = settings.lab_id
+    c.CourseSpawner.extra_labels = dict(settings.extra_labels)
+    c.CourseSpawner.today = today
+    c.CourseSpawner.network_name = settings.network
+    c.CourseSpawner.use_internal_ip = True
+    c.CourseSpawner.start_timeout = START_TIMEOUT_SECONDS
+    c.CourseSpawner.http_timeout = HTTP_TIMEOUT_SECONDS
+    c.CourseSpawner.poll_interval = settings.poll_interval_seconds
+
+    # GPUs: discovered with NVML ("nvml") or declared (a JSON list); the ledger is made equal to what this
+    # lab's containers hold before the hub takes any request.
+    c.CourseSpawner.gpu_inventory = host.gpu_inventory(settings.gpu_inventory)
+    c.CourseSpawner.gpu_ledger_url = settings.ledger_url
+    host.reconcile_gpus(settings.ledger_url, settings.lab_id)
+
+    # Login through the university's OpenID Connect provider; its groups claim becomes hub groups
+    # (course membership) and admin rights.
+    c.JupyterHub.authenticator_class = "generic-oauth"
+    if settings.oidc_issuer:
+        endpoints = host.oidc_endpoints(settings.oidc_issuer)
+        c.GenericOAuthenticator.authorize_url = endpoints["authorization_endpoint"]
+        c.GenericOAuthenticator.token_url = endpoints["token_endpoint"]
+        c.GenericOAuthenticator.userdata_url = endpoints["userinfo_endpoint"]
+    c.GenericOAuthenticator.login_service = "University login"
+    c.GenericOAuthenticator.client_id = settings.oidc_client_id
+    c.GenericOAuthenticator.client_secret = settings.oidc_client_secret
+    c.GenericOAuthenticator.oauth_callback_url = f"{settings.public_url.rstrip('/')}/hub/oauth_callback"
+    c.GenericOAuthenticator.scope = ["openid", "profile", "email", "groups"]
+    c.GenericOAuthenticator.username_claim = "preferred_username"
+    c.GenericOAuthenticator.manage_groups = True
+    c.GenericOAuthenticator.auth_state_groups_key = "oauth_user.groups"
+    c.GenericOAuthenticator.admin_groups = set(settings.admin_groups)
+    c.GenericOAuthenticator.allow_all = True
+    c.GenericOAuthenticator.enable_pkce = True
+    c.GenericOAuthenticator.post_auth_hook = instructor_scopes_hook(cache)
+
+    # Roles: instructors manage their course's students' servers; services get the least scopes they need.
+    scopes = custom_scopes(catalog)
+    c.JupyterHub.custom_scopes = scopes
+    c.JupyterHub.load_roles = all_roles(
+        catalog, host.group_members(hub_db_url), settings.admin_groups, with_cli=settings.cli_token is not None
+    )
+    c.JupyterHub.services = [idle_culler_service(settings), gpu_service(settings, scopes)]
+    if settings.cli_token:
+        c.JupyterHub.services.append({"name": CLI_SERVICE, "api_token": settings.cli_token})
+
+
+def settings_or_stop() -> HubSettings:
+    """The deployment settings from the environment; a setting that cannot be read stops the hub."""
+    try:
+        return HubSettings.from_environment()
+    except ProblemsError as problems:
+        stop_hub(str(problem) for problem in problems.problems)
+
+
+def site_config_files(settings: HubSettings, config_file: str) -> list[Path]:
+    """A site's ``*.py`` overrides, in name order: from ``TEACHLAB_SITE_CONFIG_DIR``, else ``jupyterhub_config.d``
+    beside the config file (as The Littlest JupyterHub reads its ``jupyterhub_config.d``)."""
+    folder = settings.site_config_dir or Path(config_file).with_name("jupyterhub_config.d")
+    return sorted(folder.glob("*.py"))

@@ -1,0 +1,228 @@
+"""Deployment settings of one hub, read from ``TEACHLAB_*`` variables when the hub loads its config.
+
+``teachlab lab up``, the tests and a production stack set these variables when they start the hub.
+Each field names its variable and says what it is for; ``docs/configuration.md`` is generated from
+them. Read only when ``HubSettings.from_environment()`` is called, never at import. A value that
+cannot be read is a one-line problem naming the variable, never a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..core.contract import REPO_ROOT, STATE_DIR_VARIABLE, StateLayout, default_state_dir
+from ..core.problems import Problem, ProblemsError
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _labels(text: str) -> dict[str, str]:
+    value = json.loads(text)
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("must be a JSON object of text keys and values")
+    return value
+
+
+def _optional(text: str) -> str | None:
+    return text or None
+
+
+def setting(variable: str, default: Any, help: str, *, parse: Callable[[str], Any] = str, example: str = "") -> Any:
+    """A field read from ``variable`` (``parse`` turns its text into the value)."""
+    metadata = {"variable": variable, "help": help, "parse": parse, "example": example}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _default(spec: Any) -> Any:
+    return spec.default_factory() if spec.default is MISSING else spec.default
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """Everything a deployment decides about its hub; the defaults run the demo lab on one machine."""
+
+    state_dir: Path = setting(
+        STATE_DIR_VARIABLE,
+        REPO_ROOT / ".teachlab",
+        "State folder shared with the `teachlab` CLI: published versions, the hub database, the GPU ledger, secrets.",
+        parse=Path,
+        example="/srv/teachlab/state",
+    )
+    catalog_path: Path = setting(
+        "TEACHLAB_CATALOG",
+        REPO_ROOT / "course_envs",
+        "Course catalog folder (`<slug>/course.yaml` + `environment.yml`); re-read when it changes.",
+        parse=Path,
+        example="/srv/teachlab/course_envs",
+    )
+    public_url: str = setting(
+        "TEACHLAB_PUBLIC_URL",
+        "http://127.0.0.1:8000",
+        "Where people open the lab (the proxy's public address).",
+        example="https://lab.example.edu",
+    )
+    hub_port: int = setting(
+        "TEACHLAB_HUB_PORT",
+        8081,
+        "Port of the hub's own API, bound on the students' network gateway so that servers reach it.",
+        parse=int,
+    )
+    proxy_api_url: str = setting(
+        "TEACHLAB_PROXY_API_URL", "http://127.0.0.1:8001", "The proxy's REST API (configurable-http-proxy), which the hub drives."
+    )
+    network: str = setting(
+        "TEACHLAB_NETWORK",
+        "teachlab-students",
+        "Docker network of student containers (created with container-to-container traffic off).",
+    )
+    oidc_issuer: str | None = setting(
+        "TEACHLAB_OIDC_ISSUER",
+        None,
+        "The university's OpenID Connect issuer; its discovery document gives the login endpoints.",
+        parse=_optional,
+        example="https://login.example.edu/realms/university",
+    )
+    oidc_client_id: str = setting(
+        "TEACHLAB_OIDC_CLIENT_ID", "teachlab-hub", "Client id the lab is registered under at the provider."
+    )
+    oidc_client_secret: str = setting("TEACHLAB_OIDC_CLIENT_SECRET", "", "That client's secret.")
+    admin_groups: tuple[str, ...] = setting(
+        "TEACHLAB_ADMIN_GROUPS",
+        ("lab-admins",),
+        "Provider groups whose members are hub admins (comma separated).",
+        parse=_names,
+        example="lab-admins,it-staff",
+    )
+    cli_token: str | None = setting(
+        "TEACHLAB_CLI_TOKEN", None, "API token of the `teachlab` CLI's hub service (none: no CLI service).", parse=_optional
+    )
+    cull_every_seconds: int = setting(
+        "TEACHLAB_CULL_EVERY", 60, "How often the idle culler looks for idle servers (seconds).", parse=int
+    )
+    poll_interval_seconds: int = setting(
+        "TEACHLAB_POLL_INTERVAL", 30, "How often the hub checks that each server's container still runs (seconds).", parse=int
+    )
+    extra_labels: Mapping[str, str] = setting(
+        "TEACHLAB_EXTRA_LABELS",
+        {},
+        "Labels added to every container, volume and network the lab creates (a JSON object).",
+        parse=_labels,
+        example='{"org.example.lab": "cs-department"}',
+    )
+    today: str | None = setting(
+        "TEACHLAB_TODAY",
+        None,
+        'Fixes "today" for course terms (ISO date; tests and demos).',
+        parse=_optional,
+        example="2026-11-15",
+    )
+    gpu_inventory: str = setting(
+        "TEACHLAB_GPU_INVENTORY",
+        "",
+        "The GPUs this hub gives out: `nvml` discovers them, a JSON list declares them, empty means none.",
+        example="nvml",
+    )
+    gpu_ledger_url: str | None = setting(
+        "TEACHLAB_GPU_LEDGER_URL",
+        None,
+        "SQLAlchemy URL of the GPU ledger (default: SQLite in the state folder).",
+        parse=_optional,
+        example="postgresql://teachlab@db/teachlab",
+    )
+    gpu_service_port: int = setting(
+        "TEACHLAB_GPU_SERVICE_PORT", 8083, "Port of the `teachlab-gpu` service on 127.0.0.1.", parse=int
+    )
+    site_config_dir: Path | None = setting(
+        "TEACHLAB_SITE_CONFIG_DIR",
+        None,
+        "Folder of the site's own "
+        "`*.py` config files, read last in name order (default: "
+        "`jupyterhub_config.d` beside `jupyterhub_config.py`).",
+        parse=lambda text: Path(text) if text else None,
+        example="/etc/teachlab/jupyterhub_config.d",
+    )
+
+    @property
+    def layout(self) -> StateLayout:
+        return StateLayout(self.state_dir)
+
+    @property
+    def lab_id(self) -> str:
+        """Labels this lab's containers, so two labs on one engine never count each other's GPUs."""
+        return hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
+
+    @property
+    def ledger_url(self) -> str:
+        return self.gpu_ledger_url or self.layout.gpu_ledger_url
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> HubSettings:
+        """Read every ``TEACHLAB_*`` variable that is set; ProblemsError names each one that cannot be read."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        problems = []
+        for spec in fields(cls):
+            variable, parse = spec.metadata["variable"], spec.metadata["parse"]
+            if variable not in env or (env[variable] == "" and parse not in (str, _optional)):
+                continue  # unset, or set to nothing: the default
+            try:
+                values[spec.name] = parse(env[variable])
+            except (ValueError, TypeError) as exc:
+                example = spec.metadata["example"] or _default(spec)
+                problems.append(Problem(variable, "(value)", f"{env[variable]!r} cannot be read: {exc}", f"write e.g. {example}"))
+        if problems:
+            raise ProblemsError(problems)
+        values["state_dir"] = default_state_dir(env).resolve()
+        values["catalog_path"] = Path(values.get("catalog_path", cls.catalog_path)).resolve()
+        return cls(**values)
+
+    def to_environment(self) -> dict[str, str]:
+        """The ``TEACHLAB_*`` variables that ``from_environment`` reads back as these settings."""
+        return {
+            spec.metadata["variable"]: _as_text(getattr(self, spec.name))
+            for spec in fields(self)
+            if getattr(self, spec.name) is not None
+        }
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, Mapping):
+        return json.dumps(dict(value))
+    return str(value)
+
+
+def settings_reference() -> list[dict[str, str]]:
+    """Every setting: variable, default and help, for the generated configuration reference."""
+    rows = []
+    for spec in fields(HubSettings):
+        default = _default(spec)
+        shown = (
+            ",".join(default)
+            if isinstance(default, tuple)
+            else json.dumps(dict(default))
+            if isinstance(default, Mapping)
+            else default
+        )
+        if isinstance(default, Path):
+            shown = f"<repository>/{default.relative_to(REPO_ROOT)}"
+        rows.append(
+            {
+                "variable": spec.metadata["variable"],
+                "default": "" if shown is None else str(shown),
+                "help": spec.metadata["help"],
+                "example": spec.metadata["example"],
+            }
+        )
+    return rows

@@ -1,0 +1,499 @@
+"""CourseSpawner: DockerSpawner glue that starts a student's server for one course.
+
+The server name is the course slug. ``start()`` checks who may use the course (the catalog, the hub
+groups, the term), resolves the course's current published image, reserves GPUs in the ledger,
+prepares the work and data volumes, then builds the container with the pure
+``make_container_spec`` and hands it to the engine in ``create_object`` (DockerSpawner's hook).
+Everything a student sends (``user_options``, the server name) is checked against the catalog before
+it is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import jinja2
+from dockerspawner import DockerSpawner
+from tornado import web
+from traitlets import Any as AnyTrait
+from traitlets import Dict, List, Unicode, Union, default
+
+from ..catalog import Access, Course
+from ..catalog.cache import CatalogCache
+from ..core import naming
+from ..core.blocking import FILES, LEDGER, run_blocking
+from ..core.contract import IMAGE, Labels, StateLayout
+from ..core.hardening import STUDENT_HARDENING
+from ..gpu import AllocationRefused, GpuInventoryError
+from ..gpu.cache import inventory_for, ledger_for
+from ..images.registry import CourseVersion, VersionRegistry
+from .container_spec import ContainerSpec, make_container_spec
+from .home import TEMPLATES_DIR, user_group_names
+
+STATE_VERSION = 1
+ALLOWED_OPTION_KEYS = ("course",)
+MAX_OPTION_LENGTH = 64
+
+
+class CourseSpawner(DockerSpawner):
+    """One container per (student, course), from the course's current published image."""
+
+    catalog_path = Unicode(
+        help="""Folder of the course catalog (course_envs/<slug>/course.yaml + environment.yml).
+
+        Re-read when its files change; no hub restart needed.
+        c.CourseSpawner.catalog_path = "/srv/teachlab/course_envs"
+        """,
+    ).tag(config=True)
+
+    state_dir = Unicode(
+        help="""Teachlab state folder shared with the `teachlab` CLI; published versions live in <state_dir>/courses.
+
+        c.CourseSpawner.state_dir = "/srv/teachlab/state"
+        """,
+    ).tag(config=True)
+
+    lab_id = Unicode(
+        help="""Id of this lab, put on every container it starts (its lab label); GPU reconciliation at hub start
+        counts only this lab's containers. Set by apply() from the state folder.
+
+        c.CourseSpawner.lab_id = "3f9c2a1b7d4e"
+        """,
+    ).tag(config=True)
+
+    extra_labels = Dict(
+        value_trait=Unicode(),
+        help="""Labels added to every container and volume this spawner creates (e.g. a deployment or test id).
+
+        The platform's own labels (user, server, course, lab, GPUs) are always set and cannot be replaced here.
+        c.CourseSpawner.extra_labels = {"org.example.lab": "cs-department"}
+        """,
+    ).tag(config=True)
+
+    gpu_inventory = Union(
+        [Unicode(), List(Dict())],
+        default_value="",
+        help="""The GPUs this hub gives out: "nvml" discovers them on this host, a list declares them, "" means none.
+
+        c.CourseSpawner.gpu_inventory = "nvml"
+        c.CourseSpawner.gpu_inventory = [{"uuid": "GPU-5f1e...", "index": 0, "model": "NVIDIA A100", "memory": "40G"}]
+        """,
+    ).tag(config=True)
+
+    gpu_ledger_url = Unicode(
+        help="""SQLAlchemy URL of the GPU ledger (who holds which GPU, usage, quotas). SQLite in the state folder by default.
+
+        c.CourseSpawner.gpu_ledger_url = "postgresql://teachlab@db/teachlab"
+        """,
+    ).tag(config=True)
+
+    gpu_driver = Unicode(
+        "nvidia",
+        help="""Docker device driver of GPU device requests.
+
+        c.CourseSpawner.gpu_driver = "nvidia"
+        """,
+    ).tag(config=True)
+
+    form_template_paths = List(
+        Unicode(),
+        help="""Folders searched before the built-in templates for course_form.html (the spawn form of GPU courses).
+
+        c.CourseSpawner.form_template_paths = ["/srv/teachlab/templates"]
+        """,
+    ).tag(config=True)
+
+    today = AnyTrait(
+        help="""Callable returning today's date, used for course terms (tests pass a fixed day).
+
+        c.CourseSpawner.today = lambda: datetime.date(2027, 1, 15)
+        """,
+    ).tag(config=True)
+
+    user_options = AnyTrait(help="Options from the spawn form or the REST API: untrusted, checked in start().")
+
+    course_slug = Unicode(None, allow_none=True, help="Course of this server (persisted in the state).")
+    image_version = Unicode(None, allow_none=True, help="Published version the running server was started from.")
+    home_volume = Unicode(None, allow_none=True, help="Name of the student's work volume (persisted, never renamed).")
+    gpu_devices = List(Unicode(), help="UUIDs of the GPUs this server holds (persisted).")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._progress_events: list[dict] = []
+        self._start_finished = True
+        self._gpus_requested = False
+        self._spec: ContainerSpec | None = None
+
+    @default("user_options")
+    def _default_user_options(self):
+        return {}
+
+    @default("today")
+    def _default_today(self):
+        return date.today
+
+    @default("remove")
+    def _default_remove(self):
+        return True
+
+    @default("cmd")
+    def _default_cmd(self):
+        return list(IMAGE.singleuser_command)
+
+    @default("pull_policy")
+    def _default_pull_policy(self):
+        return "never"
+
+    @default("notebook_dir")
+    def _default_notebook_dir(self):
+        return IMAGE.work_mount
+
+    @default("gpu_ledger_url")
+    def _default_gpu_ledger_url(self):
+        return StateLayout(Path(self.state_dir)).gpu_ledger_url
+
+    @default("options_form")
+    def _default_options_form(self):
+        return _course_form
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return _single_values
+
+    @default("object_name")
+    def _object_name_default(self):
+        if self.name and naming.is_course_slug(self.name):
+            return naming.container_name(self.user.name, self.name)
+        return ""
+
+    # -- state --------------------------------------------------------------------------------------
+    def get_state(self) -> dict:
+        state = super().get_state()
+        state["teachlab_state_version"] = STATE_VERSION
+        for key in ("course_slug", "image_version", "home_volume", "gpu_devices"):
+            value = getattr(self, key)
+            if value:
+                state[key] = list(value) if key == "gpu_devices" else value
+        return state
+
+    def load_state(self, state: dict) -> None:
+        """Read back what ``get_state`` wrote; older states upgrade (see ``upgrade_state``)."""
+        super().load_state(state)
+        state = upgrade_state(state, server_name=self.name, log=self.log)
+        self.course_slug = state.get("course_slug") or self.course_slug
+        self.image_version = state.get("image_version") or self.image_version
+        self.home_volume = state.get("home_volume") or self.home_volume
+        self.gpu_devices = state.get("gpu_devices") or self.gpu_devices
+
+    def clear_state(self) -> None:
+        """Forget the running container, its version and GPUs; keep the course and the volume name."""
+        super().clear_state()
+        self.image_version = None
+        self.gpu_devices = []
+
+    # -- catalog and access -------------------------------------------------------------------------
+    @property
+    def catalog_cache(self) -> CatalogCache:
+        return CatalogCache.for_root(Path(self.catalog_path))
+
+    @property
+    def registry(self) -> VersionRegistry:
+        return VersionRegistry(StateLayout(Path(self.state_dir)).courses)
+
+    def _bad_request(self, message: str, choices: list[str]) -> web.HTTPError:
+        listing = ", ".join(choices) if choices else "none (ask your instructor to add you to a course)"
+        return web.HTTPError(400, f"{message}. Your courses: {listing}")
+
+    def _check_user_options(self, choices: list[str]) -> None:
+        options = self.user_options
+        if options is None:
+            return
+        if not isinstance(options, dict):
+            raise self._bad_request('Server options must be a JSON object such as {"course": "<slug>"}', choices)
+        unknown = sorted(str(key)[:MAX_OPTION_LENGTH] for key in options if key not in ALLOWED_OPTION_KEYS)
+        if unknown:
+            self.log.warning("refusing unknown server options from %s: %s", self.user.name, unknown)
+            raise self._bad_request(
+                f"Unknown server option(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(ALLOWED_OPTION_KEYS)}", choices
+            )
+        course = options.get("course")
+        if course is not None and (not isinstance(course, str) or len(course) > MAX_OPTION_LENGTH or course != self.name):
+            raise self._bad_request(f"Option 'course' must name this server's course '{self.name[:MAX_OPTION_LENGTH]}'", choices)
+
+    async def _resolve_course(self) -> tuple[Course, Access]:
+        """The course of this server and the user's access, or an HTTP 400 that lists the valid choices."""
+        catalog = await self.catalog_cache.refresh()
+        groups = user_group_names(self.user)
+        today = self.today()
+        choices = [course.slug for course, _ in catalog.available_to(self.user.name, groups, today)]
+        self._check_user_options(choices)
+        if not self.name:
+            raise self._bad_request("Start a course, not a default server: each course is its own server named after it", choices)
+        course = catalog.courses.get(self.name)
+        if course is None:
+            raise self._bad_request(f"There is no course named {self.name[:MAX_OPTION_LENGTH]!r}", choices)
+        access = course.access(self.user.name, groups, today)
+        if not access.allowed:
+            raise self._bad_request(f"You cannot use {course.slug}: {access.reason}", choices)
+        return course, access
+
+    # -- progress -----------------------------------------------------------------------------------
+    def _report(self, progress: int, message: str) -> None:
+        self._progress_events.append({"progress": progress, "message": message})
+
+    async def progress(self):
+        sent = 0
+        while True:
+            events = self._progress_events
+            while sent < len(events):
+                yield events[sent]
+                sent += 1
+            if self._start_finished:
+                return
+            await asyncio.sleep(0.3)
+
+    # -- storage ------------------------------------------------------------------------------------
+    async def _ensure_volume(self, name: str, labels: dict[str, str]) -> bool:
+        """Create the named volume when missing; True when it was created now."""
+        try:
+            await self.docker("inspect_volume", name)
+            return False
+        except docker.errors.NotFound:
+            await self.docker("create_volume", name=name, labels=labels)
+            return True
+
+    async def _prepare_storage(self, course: Course, image: str) -> None:
+        """The work volume and the course's data volumes exist and belong to the student uid; if that fails,
+        the volumes made now are removed again, so the next start begins from nothing half-done."""
+        volume_labels = {**self.extra_labels, Labels.COURSE: course.slug}
+        wanted = [(self.home_volume, {**volume_labels, Labels.USER: self.user.name})]
+        wanted += [(naming.data_volume_name(course.slug, name), volume_labels) for name in course.data_volumes]
+        created: list[str] = []
+        try:
+            for name, labels in wanted:
+                if await self._ensure_volume(name, labels):
+                    created.append(name)
+            if created:
+                await self._give_volumes_to_student_uid(image, created)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, nothing half-prepared may stay
+            for name in created:
+                try:
+                    await self.docker("remove_volume", name)
+                except docker.errors.APIError as cleanup_error:
+                    self.log.error("could not remove the half-prepared volume %s: %s", name, cleanup_error)
+            self.log.error("preparing storage for %s failed: %s", self._log_name, exc)
+            raise web.HTTPError(503, f"Could not prepare your storage for {course.title}; please try again")
+
+    async def _give_volumes_to_student_uid(self, image: str, volumes: list[str]) -> None:
+        """New volumes belong to root; hand them to the student uid once, with a short root container."""
+        binds = {volume: {"bind": f"/mnt/{index}", "mode": "rw"} for index, volume in enumerate(volumes)}
+        hardening = replace(STUDENT_HARDENING, capabilities_kept=("CHOWN",))
+        host_config = self.client.create_host_config(binds=binds, network_mode="none", **hardening.docker_py_kwargs())
+        container = await self.docker(
+            "create_container",
+            image=image,
+            user="0:0",
+            entrypoint=["/bin/chown"],
+            command=[IMAGE.user] + [f"/mnt/{index}" for index in range(len(volumes))],
+            host_config=host_config,
+            labels={**self.extra_labels, Labels.HELPER: "chown"},
+        )
+        try:
+            await self.docker("start", container["Id"])
+            result = await self.docker("wait", container["Id"], timeout=60)
+            if result.get("StatusCode") != 0:
+                raise RuntimeError(f"chown exited with {result.get('StatusCode')}")
+        finally:
+            await self.docker("remove_container", container["Id"], force=True)
+
+    # -- GPUs ---------------------------------------------------------------------------------------
+    async def _reserve_gpus(self, course: Course) -> None:
+        """Take the course's GPUs in the ledger, or refuse with the reason before anything starts."""
+        try:
+            devices = await run_blocking(LEDGER, inventory_for, self.gpu_inventory)
+        except GpuInventoryError as exc:
+            self.log.error("GPU inventory: %s", exc)
+            raise web.HTTPError(
+                503, f"{course.title} needs a GPU, but this lab cannot see its GPUs right now; tell the lab's admins"
+            )
+        if not devices:
+            raise web.HTTPError(503, f"{course.title} needs a GPU, but this lab has none")
+        ledger = await run_blocking(LEDGER, ledger_for, self.gpu_ledger_url)
+        self._gpus_requested = True  # from here on a cancelled start may leave a holding: release it then
+        try:
+            allocation = await run_blocking(
+                LEDGER,
+                ledger.allocate,
+                username=self.user.name,
+                course=course.slug,
+                server_name=self.name,
+                count=course.gpu,
+                devices=devices,
+                term_start=course.term.start,
+                term_end=course.term.end,
+                container_name=self.object_name,
+            )
+        except AllocationRefused as refusal:
+            raise web.HTTPError(refusal.status, refusal.reason)
+        self.gpu_devices = list(allocation.device_uuids)
+
+    async def _release_gpus(self, reason: str, *, held: bool | None = None) -> None:
+        """Release this server's GPUs in the ledger (idempotent); ``held`` overrides the in-memory record."""
+        if self.gpu_devices if held is None else held:
+            ledger = await run_blocking(LEDGER, ledger_for, self.gpu_ledger_url)
+            released = await run_blocking(LEDGER, ledger.release, username=self.user.name, server_name=self.name, reason=reason)
+            self.log.info("released GPUs %s of %s (%s)", ",".join(released), self._log_name, reason)
+            self.gpu_devices = []
+
+    # -- start / stop -------------------------------------------------------------------------------
+    async def _current_version(self, course: Course) -> CourseVersion:
+        current = await run_blocking(FILES, self.registry.current_image, course.slug)
+        if current is None:
+            raise web.HTTPError(503, f"{course.title} has no published environment yet; ask your instructor to publish it")
+        return current
+
+    async def start(self):
+        self._progress_events = []
+        self._start_finished = False
+        self._gpus_requested = False
+        try:
+            self._report(5, "Checking your access to the course")
+            course, access = await self._resolve_course()
+            self.course_slug = course.slug
+            version = await self._current_version(course)
+            self.image = version.image
+            self.image_version = version.version
+            self.object_name = naming.container_name(self.user.name, course.slug)
+            self.home_volume = self.home_volume or naming.home_volume_name(self.user.name, course.slug)
+            if course.gpu:
+                self._report(15, f"Reserving {course.gpu} GPU(s) for {course.title}")
+                await self._reserve_gpus(course)
+            self._report(20, f"Preparing storage for {course.title}")
+            await self._prepare_storage(course, version.image)
+            self.mem_limit = course.resources.memory_bytes  # also tells the server its limits (MEM_LIMIT, CPU_LIMIT)
+            self.cpu_limit = course.resources.cpu
+            self._spec = make_container_spec(
+                course=course,
+                image=version.image,
+                version=version.version,
+                role=access.role or "student",
+                username=self.user.name,
+                home_volume=self.home_volume,
+                lab_id=self.lab_id,
+                gpu_device_ids=self.gpu_devices,
+                gpu_driver=self.gpu_driver,
+                extra_labels=self.extra_labels,
+                extra_host_config=self.extra_host_config if isinstance(self.extra_host_config, dict) else None,
+            )
+            self._report(50, f"Creating your container from {course.title} {version.version}")
+            ip_port = await super().start()
+            self._report(80, "Waiting for JupyterLab to start")
+            return ip_port
+        except BaseException:
+            await self._release_gpus("the start failed", held=self._gpus_requested or bool(self.gpu_devices))
+            raise
+        finally:
+            self._start_finished = True
+
+    async def create_object(self):
+        """Create the container from the spec ``start()`` built (DockerSpawner's hook for this)."""
+        spec = self._spec
+        if spec is None:
+            raise RuntimeError("create_object() runs only inside start(), after the container spec is built")
+        host_config = self.client.create_host_config(**spec.host_config(network=self.network_name, auto_remove=self.remove))
+        return await self.docker(
+            "create_container",
+            image=spec.image,
+            name=spec.name,
+            command=await self.get_command(),
+            user=spec.user,
+            environment=self.get_env(),
+            labels=dict(spec.labels),
+            volumes=[mount.path for mount in spec.mounts],
+            ports={f"{self.port}/tcp": None},
+            host_config=host_config,
+        )
+
+    def get_env(self) -> dict:
+        env = super().get_env()
+        if self._spec is not None:
+            env.update(self._spec.environment)
+        return env
+
+    async def poll(self):
+        if not self.object_name:
+            return 0  # start() refused before naming a container: nothing runs
+        status = await super().poll()
+        if status is not None and not self._spawn_pending:
+            await self._release_gpus("its container is gone")
+        return status
+
+    async def stop(self, now: bool = False):
+        held = bool(self.gpu_devices)  # DockerSpawner.stop clears the state; release only once the container is gone
+        if self.object_name:
+            await super().stop(now=now)
+        await self._release_gpus("the server stopped", held=held)
+        self.clear_state()
+
+
+def upgrade_state(state: dict, *, server_name: str, log: Any = None) -> dict:
+    """A stored state as the current ``STATE_VERSION`` reads it.
+
+    Version 0 (no ``teachlab_state_version``: plain DockerSpawner, or the lab's first release) knew no
+    course or volume: the server name is the course, and the volume keeps the name it always had.
+    A state from a newer release is read as it is, with a warning (its keys are a superset).
+    """
+    version = state.get("teachlab_state_version", 0)
+    if not isinstance(version, int) or version > STATE_VERSION:
+        if log is not None:
+            log.warning(
+                "server %s has state version %r, newer than %s: reading the keys this release knows",
+                server_name,
+                version,
+                STATE_VERSION,
+            )
+        return state
+    upgraded = dict(state)
+    if version < 1 and naming.is_course_slug(server_name or ""):
+        upgraded.setdefault("course_slug", server_name)
+    upgraded["teachlab_state_version"] = STATE_VERSION
+    return upgraded
+
+
+def _single_values(form_data: dict) -> dict:
+    """Form fields arrive as lists; one value each is all the course form sends."""
+    return {key: values[0] if isinstance(values, list) and len(values) == 1 else values for key, values in form_data.items()}
+
+
+_form_environments: dict[tuple[str, ...], jinja2.Environment] = {}
+
+
+def _form_environment(paths: tuple[str, ...]) -> jinja2.Environment:
+    if paths not in _form_environments:
+        loader = jinja2.FileSystemLoader([*paths, str(TEMPLATES_DIR)])
+        _form_environments[paths] = jinja2.Environment(loader=loader, autoescape=True)
+    return _form_environments[paths]
+
+
+async def _course_form(spawner: CourseSpawner) -> str:
+    """The spawn form: only GPU courses have one, showing the student's remaining GPU-hours."""
+    catalog = await spawner.catalog_cache.refresh()
+    course = catalog.courses.get(spawner.name)
+    if course is None or not course.gpu:
+        return ""
+    ledger = await run_blocking(LEDGER, ledger_for, spawner.gpu_ledger_url)
+    remaining = await run_blocking(
+        LEDGER,
+        ledger.remaining_gpu_hours,
+        username=spawner.user.name,
+        course=course.slug,
+        term_start=course.term.start,
+        term_end=course.term.end,
+    )
+    template = _form_environment(tuple(spawner.form_template_paths)).get_template("course_form.html")
+    return template.render(course=course, remaining_gpu_hours=remaining)

@@ -1,0 +1,168 @@
+"""What a hub start needs from its machine, and the checks that stop a broken start.
+
+``HubHost`` is the hub's view of the outside world at start: the Docker engine (students' network,
+GPU reconciliation), the login provider (discovery), the hub database (group members) and the GPU
+inventory. Each method stops the hub with one line per problem, never a traceback, when what it
+needs is broken. ``spawner.hub.config.apply`` takes a host, so its unit tests pass a stand-in.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import NoReturn
+
+from ..catalog import Catalog, load_catalog
+from ..core.contract import Labels
+from ..core.problems import ProblemsError, TeachlabError
+from ..engine import DockerUnavailable, connect
+from ..gpu.cache import InventorySetting, inventory_for, parse_inventory_setting
+from ..gpu.ledger import ReconcileReport
+
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+
+
+def stop_hub(lines: Iterable[str]) -> NoReturn:
+    """Refuse to start: print the reasons (one line each) and exit without a traceback."""
+    for line in lines:
+        print(line, file=sys.stderr)
+    print("teachlab: the hub did not start; fix the lines above and start it again", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def _problem_lines(error: TeachlabError) -> list[str]:
+    if isinstance(error, ProblemsError):
+        return [str(problem) for problem in error.problems]
+    return [f"teachlab: {line}" for line in str(error).splitlines()]
+
+
+def load_catalog_or_stop(path: Path) -> Catalog:
+    try:
+        return load_catalog(path)
+    except ProblemsError as problems:
+        stop_hub(_problem_lines(problems))
+
+
+class HubHost:
+    """The real machine: Docker, the provider's discovery document, the hub's database, NVML."""
+
+    def student_network_gateway(self, name: str, labels: Mapping[str, str]) -> str:
+        """Create (once) the bridge network of student containers, with container-to-container traffic off.
+
+        Returns the gateway address: the hub listens there so containers can reach it, while
+        ``enable_icc=false`` keeps one student's container from reaching another's.
+        """
+        import docker.errors
+
+        try:
+            client = connect()
+        except DockerUnavailable as exc:
+            stop_hub(_problem_lines(exc))
+        try:
+            network = client.networks.get(name)
+        except docker.errors.NotFound:
+            network = client.networks.create(
+                name, driver="bridge", labels={Labels.NETWORK: name, **labels}, options={ICC_OPTION: "false"}
+            )
+            network.reload()
+        if network.attrs.get("Options", {}).get(ICC_OPTION) != "false":
+            stop_hub(
+                [
+                    f"teachlab: docker network {name} lets containers reach each other (enable_icc is not false); "
+                    f"remove it (docker network rm {name}) and start the hub again to recreate it"
+                ]
+            )
+        configs = network.attrs.get("IPAM", {}).get("Config") or []
+        gateways = [config["Gateway"] for config in configs if config.get("Gateway")]
+        if not gateways:
+            stop_hub([f"teachlab: docker network {name} has no gateway address (remove it and start the hub again)"])
+        return gateways[0]
+
+    def oidc_endpoints(self, issuer: str) -> dict:
+        """The provider's discovery document (authorize, token and userinfo endpoints)."""
+        url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+        try:
+            with urllib.request.urlopen(url, timeout=15) as response:
+                return json.load(response)
+        except (OSError, ValueError) as exc:
+            stop_hub(
+                [
+                    f"teachlab: cannot read the login provider's discovery document at {url}: {exc} "
+                    "(check TEACHLAB_OIDC_ISSUER and that the provider is up)"
+                ]
+            )
+
+    def group_members(self, db_url: str) -> dict[str, set[str]]:
+        """Group -> members as recorded in the hub's database (empty before the hub's first start)."""
+        import sqlalchemy
+
+        url = sqlalchemy.engine.make_url(db_url)
+        if url.get_backend_name() == "sqlite" and not Path(url.database or "").exists():
+            return {}  # the hub's first start: nobody is in any group yet
+        engine = sqlalchemy.create_engine(url)
+        try:
+            with engine.connect() as connection:
+                rows = connection.execute(
+                    sqlalchemy.text(
+                        "SELECT groups.name, users.name FROM groups JOIN user_group_map ON groups.id = user_group_map.group_id "
+                        "JOIN users ON users.id = user_group_map.user_id"
+                    )
+                )
+                members: dict[str, set[str]] = {}
+                for group, user in rows:
+                    members.setdefault(group, set()).add(user)
+                return members
+        except sqlalchemy.exc.OperationalError:
+            return {}  # no database or no tables yet
+        finally:
+            engine.dispose()
+
+    def gpu_inventory(self, text: str) -> InventorySetting:
+        """The GPU inventory setting, checked now (declared devices validated, NVML loaded) rather than
+        at the first GPU spawn."""
+        try:
+            setting = parse_inventory_setting(text)
+            inventory_for(setting, where="TEACHLAB_GPU_INVENTORY")
+        except TeachlabError as exc:
+            stop_hub(_problem_lines(exc))
+        return setting
+
+    def reconcile_gpus(self, ledger_url: str, lab_id: str) -> ReconcileReport:
+        """Make the GPU ledger equal to the labels of this lab's running containers (at hub start)."""
+        from .gpus import reconcile_with_containers
+
+        try:
+            report = reconcile_with_containers(ledger_url, connect(), lab_id)
+        except (TeachlabError, ValueError) as exc:
+            stop_hub(_problem_lines(exc) if isinstance(exc, TeachlabError) else [f"teachlab: {exc}"])
+        for line in reconcile_report_lines(report):
+            print(line, file=sys.stderr)
+        return report
+
+
+def reconcile_report_lines(report: ReconcileReport) -> list[str]:
+    """What reconciliation changed or left for an admin, one line each."""
+    lines = []
+    for conflict in report.conflicts:
+        claimants = ", ".join(f"{user}/{server}" for user, server in conflict.servers)
+        lines.append(
+            f"teachlab: GPU {conflict.device_uuid} is claimed by several containers ({claimants}); the ledger "
+            "keeps it as it was: stop all but one of them (teachlab gpu status shows the holder)"
+        )
+    for holding in report.protected:
+        lines.append(
+            f"teachlab: GPU {holding.device_uuid} stays with {holding.username}/{holding.server_name}: a running "
+            "container without this lab's label holds it"
+        )
+    for holding in report.released:
+        lines.append(
+            f"teachlab: GPU {holding.device_uuid} released from {holding.username}/{holding.server_name}: its container is gone"
+        )
+    for holding in report.added:
+        lines.append(
+            f"teachlab: GPU {holding.device_uuid} recorded for {holding.username}/{holding.server_name} from its container"
+        )
+    return lines

@@ -1,0 +1,242 @@
+"""Builds images on the local engine from the plans of ``spawner.imageplan``.
+
+Three layers, each reused when already present: the root filesystem (debootstrap + ``docker
+import``, no registry needed), the flavor's base image, and one image per course environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import ssl
+import subprocess
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from ..catalog import Course
+from ..core import naming
+from ..core.contract import Labels
+from ..core.problems import TeachlabError
+from ..core.progress import Progress
+from ..engine import connect
+from ..engine.build import BuildFailed, build_image, tar_context
+from .plan import Flavor, PipSettings, environment_hash, load_flavor, render_base_context, render_course_context
+from .settings import BuildSettings
+
+label = Labels.image
+
+
+@dataclass(frozen=True)
+class CandidateImage:
+    """A built, not yet published, course image."""
+
+    slug: str
+    image_id: str
+    tag: str
+    environment_hash: str
+    flavor: Flavor
+    base_image: str
+    top_level_distributions: tuple[str, ...]
+
+
+class ImageBuilder:
+    def __init__(self, settings: BuildSettings, progress: Progress | None = None, client: docker.DockerClient | None = None):
+        self.settings = settings
+        self.progress = progress or Progress(quiet=True)
+        self.client = client or connect()
+
+    def pip_settings(self) -> PipSettings:
+        ca = self.settings.ca_bundle.read_bytes() if self.settings.ca_bundle else None
+        return PipSettings(
+            index_url=self.settings.pip_index_url,
+            extra_index_urls=self.settings.pip_extra_index_urls,
+            ca_bundle=ca,
+            conda_channels=self.settings.conda_channels,
+            conda_channel_alias=self.settings.conda_channel_alias,
+        )
+
+    def flavor(self, name: str) -> Flavor:
+        return load_flavor(self.settings.images_dir, name)
+
+    def _labels(self, **values: str) -> dict[str, str]:
+        return {**self.settings.labels, **{label(key.replace("_", "-")): value for key, value in values.items()}}
+
+    def _image_id(self, reference: str) -> str | None:
+        try:
+            return self.client.images.get(reference).id
+        except docker.errors.ImageNotFound:
+            return None
+
+    def _log_path(self, name: str) -> Path:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        return self.settings.log_dir / f"{name}-{stamp}.log"
+
+    # -- root filesystem ------------------------------------------------------------------------
+    def ensure_rootfs(self, flavor: Flavor) -> str:
+        """The flavor's root filesystem image, made with debootstrap when missing."""
+        reference = flavor.rootfs_image(self.settings.image_namespace)
+        if self._image_id(reference):
+            return reference
+        if shutil.which("debootstrap") is None:
+            raise TeachlabError("debootstrap is not installed; install it (apt-get install debootstrap) or run 'make setup'")
+        with (
+            self.progress.step(f"debootstrap {flavor.rootfs_variant} {flavor.rootfs_suite} root filesystem"),
+            tempfile.TemporaryDirectory(prefix="teachlab-rootfs-") as root,
+        ):
+            command = [
+                "debootstrap",
+                f"--variant={flavor.rootfs_variant}",
+                f"--include={','.join(flavor.rootfs_packages)}",
+                flavor.rootfs_suite,
+                root,
+            ]
+            if self.settings.debian_mirror:
+                command.append(self.settings.debian_mirror)
+            log_path = self._log_path(f"rootfs-{flavor.rootfs_suite}")
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with log_path.open("w") as log:
+                result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+            if result.returncode != 0:
+                tail = log_path.read_text().strip().splitlines()[-1:] or ["no output"]
+                raise TeachlabError(f"debootstrap failed: {tail[0]} (full log: {log_path})")
+            self._import_rootfs(Path(root), reference, flavor)
+        return reference
+
+    def _import_rootfs(self, root: Path, reference: str, flavor: Flavor) -> None:
+        repository, tag = reference.rsplit(":", 1)
+        labels = self._labels(rootfs=f"{flavor.rootfs_suite}-{flavor.rootfs_variant}")
+        changes = ['CMD ["/bin/bash"]'] + [f'LABEL {key}="{value}"' for key, value in labels.items()]
+        tar = subprocess.Popen(
+            ["tar", "-C", str(root), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            self.client.api.import_image_from_stream(tar.stdout, repository=repository, tag=tag, changes=changes)
+        finally:
+            tar.stdout.close()
+            failed = tar.wait() != 0
+        if failed:
+            self.client.images.remove(reference, force=True)  # never cache a truncated root filesystem
+            raise TeachlabError(f"tar of the root filesystem failed: {tar.stderr.read().decode(errors='replace').strip()[:300]}")
+
+    # -- base images ----------------------------------------------------------------------------
+    def build_base(self, flavor_name: str) -> str:
+        """Build (or reuse from cache) the base image of a flavor; returns its reference."""
+        flavor = self.flavor(flavor_name)
+        rootfs = self.ensure_rootfs(flavor)
+        reference = flavor.base_image(self.settings.image_namespace)
+        installer = self._download_installer(flavor) if flavor.installer else None
+        context = render_base_context(
+            flavor,
+            rootfs_image=rootfs,
+            constraints=self.settings.constraints_file.read_text(),
+            pip=self.pip_settings(),
+            installer_bytes=installer,
+        )
+        recipe_hash = environment_hash(context, self._image_id(rootfs) or rootfs)
+        existing = self._image_labels(reference)
+        if existing.get(label("recipe-hash")) == recipe_hash:
+            self.progress.info(f"{reference} is up to date (built {existing.get(label('build-time'), '?')})")
+            return reference
+        with self.progress.step(f"build base image {reference}") as step:
+            build_image(
+                self.client,
+                context=tar_context(context),
+                tag=reference,
+                labels=self._labels(
+                    base_flavor=flavor.name,
+                    base_version=flavor.version,
+                    recipe_hash=recipe_hash,
+                    build_time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                ),
+                log_path=self._log_path(f"base-{flavor.name}"),
+                on_line=step.detail,
+            )
+        return reference
+
+    def _image_labels(self, reference: str) -> dict[str, str]:
+        try:
+            return self.client.images.get(reference).labels or {}
+        except docker.errors.ImageNotFound:
+            return {}
+
+    def _download_installer(self, flavor: Flavor) -> bytes:
+        assert flavor.installer is not None
+        mirror = self.settings.miniconda_mirror
+        if not mirror:
+            raise TeachlabError(
+                f"set TEACHLAB_MINICONDA_MIRROR to the URL of a folder holding {flavor.installer.file} "
+                "(the Miniconda download site or a university mirror)"
+            )
+        url = f"{mirror.rstrip('/')}/{flavor.installer.file}"
+        context = ssl.create_default_context(cafile=str(self.settings.ca_bundle) if self.settings.ca_bundle else None)
+        with self.progress.step(f"download {flavor.installer.file}"):
+            try:
+                with urllib.request.urlopen(url, context=context, timeout=60) as response:
+                    data = response.read()
+            except OSError as exc:
+                raise TeachlabError(f"cannot download {url}: {exc} (check TEACHLAB_MINICONDA_MIRROR and the network)") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != flavor.installer.sha256:
+            raise TeachlabError(
+                f"{flavor.installer.file} from {mirror} has sha256 {digest}, expected {flavor.installer.sha256} "
+                "(the mirror serves a different file; fix the mirror or update images/miniconda-py39/flavor.yaml)"
+            )
+        return data
+
+    # -- course images --------------------------------------------------------------------------
+    def build_course(self, course: Course, *, lock: str | None = None) -> CandidateImage:
+        """Build a course image candidate on its flavor's base (must exist); cached when unchanged."""
+        flavor = self.flavor(course.image_flavor)
+        base = flavor.base_image(self.settings.image_namespace)
+        base_id = self._image_id(base)
+        if base_id is None:
+            raise TeachlabError(f"base image {base} is missing (build it: teachlab image build-base --flavor {flavor.name})")
+        plan = render_course_context(
+            course,
+            flavor,
+            base_image=base,
+            base_image_id=base_id,
+            constraints=self.settings.constraints_file.read_text(),
+            pip=self.pip_settings(),
+            lock=lock,
+        )
+        tag = f"{naming.course_image_repository(course.slug, self.settings.image_namespace)}:build-{plan.environment_hash[:12]}"
+        with self.progress.step(f"build {course.slug} environment on {base}") as step:
+            try:
+                image_id = build_image(
+                    self.client,
+                    context=tar_context(plan.files),
+                    tag=tag,
+                    labels=self._labels(
+                        course=course.slug,
+                        env_hash=plan.environment_hash,
+                        base_flavor=flavor.name,
+                        base_version=flavor.version,
+                        base_image=base,
+                    ),
+                    log_path=self._log_path(f"course-{course.slug}"),
+                    on_line=step.detail,
+                )
+            except BuildFailed as failure:
+                raise BuildFailed(f"{course.slug}: the environment did not build: {failure.cause}", failure.log_path) from None
+        return CandidateImage(course.slug, image_id, tag, plan.environment_hash, flavor, base, plan.top_level_distributions)
+
+    def tag_version(self, candidate: CandidateImage, version: str) -> tuple[str, str]:
+        """Stamp the version and build time on a candidate as labels; returns (reference, image ID)."""
+        reference = naming.course_image(candidate.slug, version, self.settings.image_namespace)
+        dockerfile = f"FROM {candidate.image_id}\n"
+        with self.progress.step(f"tag {reference}"):
+            image_id = build_image(
+                self.client,
+                context=tar_context({"Dockerfile": dockerfile}),
+                tag=reference,
+                labels=self._labels(version=version, build_time=datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                log_path=self._log_path(f"tag-{candidate.slug}"),
+            )
+        return reference, image_id

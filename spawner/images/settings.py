@@ -1,0 +1,99 @@
+"""Where Teachlab keeps its state, and the package mirrors and trust its image builds use.
+
+Nothing here is read at import time. ``BuildSettings.from_environment()`` is called by the CLI when a
+command runs; mirrors and the extra CA bundle come from ``TEACHLAB_*`` variables first and otherwise
+from this host's own pip settings, so the repository never names a package registry.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.contract import REPO_ROOT, StateLayout, default_state_dir
+
+
+def _host_pip_config(environ: Mapping[str, str]) -> dict[str, str]:
+    """The ``[global]`` settings of this host's pip configuration files, later files winning."""
+    parser = configparser.ConfigParser(interpolation=None)
+    candidates = [
+        Path("/etc/pip.conf"),
+        Path("/etc/xdg/pip/pip.conf"),
+        Path.home() / ".pip" / "pip.conf",
+        Path.home() / ".config" / "pip" / "pip.conf",
+    ]
+    if environ.get("PIP_CONFIG_FILE"):
+        candidates.append(Path(environ["PIP_CONFIG_FILE"]))
+    parser.read([str(path) for path in candidates if path.is_file()])
+    merged: dict[str, str] = {}
+    for section in ("global", "install"):
+        if parser.has_section(section):
+            merged.update(parser.items(section))
+    return merged
+
+
+def _network_urls(text: str) -> tuple[str, ...]:
+    """Keep only http(s) URLs: a ``file://`` index on the host is not reachable inside a build."""
+    return tuple(url for url in text.split() if url.startswith(("http://", "https://")))
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """Settings of image builds and of the version registry shared by the CLI and the hub."""
+
+    state_dir: Path
+    images_dir: Path = REPO_ROOT / "images"
+    constraints_file: Path = REPO_ROOT / "constraints.txt"
+    image_namespace: str = "teachlab"
+    pip_index_url: str | None = None
+    pip_extra_index_urls: tuple[str, ...] = ()
+    ca_bundle: Path | None = None
+    conda_channels: tuple[str, ...] = ()
+    conda_channel_alias: str | None = None
+    miniconda_mirror: str | None = None
+    debian_mirror: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> StateLayout:
+        return StateLayout(self.state_dir)
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.layout.courses
+
+    @property
+    def log_dir(self) -> Path:
+        return self.layout.logs
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None, **overrides) -> BuildSettings:
+        """Read ``TEACHLAB_*`` variables, falling back to the host's pip settings for mirrors and trust.
+
+        TEACHLAB_STATE_DIR, TEACHLAB_IMAGE_NAMESPACE, TEACHLAB_PIP_INDEX_URL,
+        TEACHLAB_PIP_EXTRA_INDEX_URLS (space separated), TEACHLAB_CA_BUNDLE,
+        TEACHLAB_CONDA_CHANNELS (space separated), TEACHLAB_CONDA_CHANNEL_ALIAS, TEACHLAB_MINICONDA_MIRROR,
+        TEACHLAB_DEBIAN_MIRROR (for debootstrap; its default mirror when unset).
+        """
+        env = os.environ if environ is None else environ
+        pip = _host_pip_config(env)
+        index_url = env.get("TEACHLAB_PIP_INDEX_URL") or env.get("PIP_INDEX_URL") or pip.get("index-url")
+        extra = env.get("TEACHLAB_PIP_EXTRA_INDEX_URLS") or env.get("PIP_EXTRA_INDEX_URL") or pip.get("extra-index-url", "")
+        ca_text = env.get("TEACHLAB_CA_BUNDLE") or env.get("PIP_CERT") or pip.get("cert") or env.get("REQUESTS_CA_BUNDLE")
+        ca_bundle = Path(ca_text) if ca_text and Path(ca_text).is_file() else None
+        values = dict(
+            state_dir=default_state_dir(env),
+            image_namespace=env.get("TEACHLAB_IMAGE_NAMESPACE", "teachlab"),
+            pip_index_url=index_url if index_url and _network_urls(index_url) else None,
+            pip_extra_index_urls=_network_urls(extra),
+            ca_bundle=ca_bundle,
+            conda_channels=tuple(env.get("TEACHLAB_CONDA_CHANNELS", "").split()),
+            conda_channel_alias=env.get("TEACHLAB_CONDA_CHANNEL_ALIAS") or None,
+            miniconda_mirror=env.get("TEACHLAB_MINICONDA_MIRROR") or None,
+            debian_mirror=env.get("TEACHLAB_DEBIAN_MIRROR") or None,
+        )
+        values.update(overrides)
+        return cls(**values)

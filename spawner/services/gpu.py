@@ -1,0 +1,289 @@
+"""teachlab-gpu: the hub-managed service for GPU quotas, holdings and usage (REST API and small pages).
+
+Who may do what is decided by JupyterHub scopes on the caller's token or OAuth session:
+``custom:teachlab-gpu:admin`` (admins: read everything, set quotas, release devices),
+``custom:teachlab-gpu:usage:<course>`` (instructors: their course's usage); every signed-in user reads
+their own usage. Started by the hub (``python -m spawner.gpu_service``) with the JUPYTERHUB_* variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import jinja2
+from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, check_scopes
+from jupyterhub.utils import url_path_join
+from tornado import ioloop, web
+
+from ..catalog import Catalog
+from ..catalog.cache import CatalogCache
+from ..core.blocking import LEDGER, run_blocking
+from ..core.contract import Scopes
+from ..gpu import GpuDevice, GpuLedger, QuotaError, term_window
+from ..gpu.cache import inventory_for, ledger_for, parse_inventory_setting
+
+ADMIN_SCOPE = Scopes.GPU_ADMIN
+usage_scope = Scopes.gpu_usage
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+class GpuHandler(HubOAuthenticated, web.RequestHandler):
+    """Base: the ledger, the inventory and the catalog, and scope checks on the signed-in caller."""
+
+    @property
+    def ledger(self) -> GpuLedger:
+        return self.settings["ledger"]
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.settings["catalog_cache"].catalog
+
+    async def blocking(self, function: Callable, /, **kwargs) -> Any:
+        return await run_blocking(LEDGER, function, **kwargs)
+
+    def has(self, scope: str) -> bool:
+        return bool(check_scopes(scope, set(self.current_user.get("scopes", ()))))
+
+    def require(self, scope: str) -> None:
+        if not self.has(scope):
+            raise web.HTTPError(403, f"this needs the scope {scope}")
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(payload, default=_json_default))
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        error = kwargs.get("exc_info", (None, None))[1]
+        message = error.log_message if isinstance(error, web.HTTPError) and error.log_message else self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+    def known_course(self, course: str) -> None:
+        if course not in self.catalog.courses:
+            raise web.HTTPError(404, f"no course {course!r}; courses: {', '.join(sorted(self.catalog.courses))}")
+
+    async def change_quota(self, setter: Callable, *, keys: tuple[str, ...], course: str, **fixed: str) -> dict:
+        """An admin's quota change: the body's ``keys`` and the ``fixed`` arguments go to the ledger's ``setter``,
+        which audits it; a bad value is a 400 that says how to fix it. Returns the values from the body."""
+        self.require(ADMIN_SCOPE)
+        self.known_course(course)
+        body = self.body()
+        values = {key: body.get(key) for key in keys}
+        try:
+            await self.blocking(setter, course=course, **fixed, **values, actor=self.current_user["name"])
+        except QuotaError as exc:
+            raise web.HTTPError(400, str(exc))
+        return values
+
+    def body(self) -> dict:
+        try:
+            payload = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the body must be JSON")
+        if not isinstance(payload, dict):
+            raise web.HTTPError(400, "the body must be a JSON object")
+        return payload
+
+    async def my_usage(self) -> list[dict]:
+        """Per GPU course of the caller's: GPU-hours used and left this term."""
+        username = self.current_user["name"]
+        today: Callable[[], date] = self.settings["today"]
+        rows = []
+        for course in sorted(self.catalog.courses.values(), key=lambda c: c.slug):
+            if not course.gpu or not course.access(username, self.current_user.get("groups", ()), today()).allowed:
+                continue
+            remaining = await self.blocking(
+                self.ledger.remaining_gpu_hours,
+                username=username,
+                course=course.slug,
+                term_start=course.term.start,
+                term_end=course.term.end,
+            )
+            term_start, term_end = term_window(course.term.start, course.term.end)
+            used = await self.blocking(
+                self.ledger.usage_seconds,
+                username=username,
+                course=course.slug,
+                since=term_start,
+                until=min(datetime.now(timezone.utc), term_end),
+            )
+            quota = await self.blocking(self.ledger.quota_for, username=username, course=course.slug)
+            rows.append(
+                {
+                    "course": course.slug,
+                    "title": course.title,
+                    "used_gpu_hours": round(used / 3600, 2),
+                    "remaining_gpu_hours": None if remaining is None else round(remaining, 2),
+                    "gpu_hours_quota": quota.gpu_hours,
+                }
+            )
+        return rows
+
+
+class HoldingsHandler(GpuHandler):
+    @web.authenticated
+    async def get(self):
+        self.require(ADMIN_SCOPE)
+        devices: list[GpuDevice] = self.settings["devices"]
+        holdings = {h.device_uuid: h for h in await self.blocking(self.ledger.holdings)}
+        self.write_json(
+            [
+                {**asdict(device), "holder": asdict(holdings[device.uuid]) if device.uuid in holdings else None}
+                for device in devices
+            ]
+        )
+
+
+class UsageHandler(GpuHandler):
+    @web.authenticated
+    async def get(self):
+        course = self.get_query_argument("course", None)
+        if not self.has(ADMIN_SCOPE):
+            if course is None:
+                raise web.HTTPError(400, "name your course: ?course=<slug> (only admins see every course)")
+            self.require(usage_scope(course))
+        rows = await self.blocking(self.ledger.usage_report, course=course)
+        self.write_json([{"course": r.course, "username": r.username, "gpu_hours": round(r.gpu_seconds / 3600, 4)} for r in rows])
+
+
+class MyUsageHandler(GpuHandler):
+    @web.authenticated
+    async def get(self):
+        self.write_json(await self.my_usage())
+
+
+class QuotasHandler(GpuHandler):
+    @web.authenticated
+    async def get(self):
+        self.require(ADMIN_SCOPE)
+        self.write_json(
+            {"courses": await self.blocking(self.ledger.course_quotas), "users": await self.blocking(self.ledger.user_overrides)}
+        )
+
+
+class CourseQuotaHandler(GpuHandler):
+    @web.authenticated
+    async def put(self, course: str):
+        body = await self.change_quota(
+            self.ledger.set_course_quota, keys=("max_concurrent_gpus", "gpu_hours_per_student"), course=course
+        )
+        self.write_json({"course": course, **body})
+
+
+class UserQuotaHandler(GpuHandler):
+    @web.authenticated
+    async def put(self, course: str, username: str):
+        await self.change_quota(self.ledger.set_user_override, keys=("gpu_hours", "max_gpus"), course=course, username=username)
+        quota = await self.blocking(self.ledger.quota_for, username=username, course=course)
+        self.write_json({"course": course, "username": username, "quota": asdict(quota)})
+
+
+class ReleaseHandler(GpuHandler):
+    @web.authenticated
+    async def post(self):
+        self.require(ADMIN_SCOPE)
+        body = self.body()
+        if not isinstance(body.get("username"), str) or not isinstance(body.get("server_name"), str):
+            raise web.HTTPError(400, 'send {"username": ..., "server_name": ..., "reason": ...}')
+        released = await self.blocking(
+            self.ledger.release,
+            username=body["username"],
+            server_name=body["server_name"],
+            reason=str(body.get("reason") or "released by an admin"),
+            actor=self.current_user["name"],
+        )
+        self.write_json({"released": released})
+
+
+class AuditHandler(GpuHandler):
+    @web.authenticated
+    async def get(self):
+        self.require(ADMIN_SCOPE)
+        self.write_json([asdict(entry) for entry in await self.blocking(self.ledger.audit_log, limit=200)])
+
+
+class PageHandler(GpuHandler):
+    """The admin page (holdings, quotas, usage) or, for everyone else, the student's own usage."""
+
+    @web.authenticated
+    async def get(self):
+        templates: jinja2.Environment = self.settings["templates"]
+        if self.has(ADMIN_SCOPE):
+            holdings = {h.device_uuid: h for h in await self.blocking(self.ledger.holdings)}
+            html = templates.get_template("gpu_admin.html").render(
+                user=self.current_user,
+                devices=self.settings["devices"],
+                holdings=holdings,
+                courses=await self.blocking(self.ledger.course_quotas),
+                overrides=await self.blocking(self.ledger.user_overrides),
+                usage=await self.blocking(self.ledger.usage_report),
+                audit=await self.blocking(self.ledger.audit_log, limit=20),
+            )
+        else:
+            html = templates.get_template("gpu_student.html").render(user=self.current_user, rows=await self.my_usage())
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(html)
+
+
+def make_app(
+    *,
+    prefix: str,
+    ledger: GpuLedger,
+    devices: list[GpuDevice],
+    catalog_cache: CatalogCache,
+    today: Callable[[], date] = date.today,
+) -> web.Application:
+    api = url_path_join(prefix, "api")
+    templates = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).with_name("templates"))), autoescape=True)
+    return web.Application(
+        [
+            (prefix, PageHandler),
+            (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
+            (url_path_join(api, "holdings"), HoldingsHandler),
+            (url_path_join(api, "usage"), UsageHandler),
+            (url_path_join(api, "me"), MyUsageHandler),
+            (url_path_join(api, "quotas"), QuotasHandler),
+            (url_path_join(api, r"quotas/courses/([a-z0-9-]+)"), CourseQuotaHandler),
+            (url_path_join(api, r"quotas/courses/([a-z0-9-]+)/users/([^/]+)"), UserQuotaHandler),
+            (url_path_join(api, "release"), ReleaseHandler),
+            (url_path_join(api, "audit"), AuditHandler),
+        ],
+        cookie_secret=os.urandom(32),
+        ledger=ledger,
+        devices=devices,
+        catalog_cache=catalog_cache,
+        templates=templates,
+        today=today,
+    )
+
+
+def main(environ: dict | None = None) -> None:
+    env = os.environ if environ is None else environ
+    prefix = env["JUPYTERHUB_SERVICE_PREFIX"]
+    app = make_app(
+        prefix=prefix,
+        ledger=ledger_for(env["TEACHLAB_GPU_LEDGER_URL"]),
+        devices=inventory_for(parse_inventory_setting(env.get("TEACHLAB_GPU_INVENTORY"))),
+        catalog_cache=CatalogCache.for_root(Path(env["TEACHLAB_CATALOG"])),
+        today=(lambda: date.fromisoformat(env["TEACHLAB_TODAY"])) if env.get("TEACHLAB_TODAY") else date.today,
+    )
+    url = urlparse(env["JUPYTERHUB_SERVICE_URL"])
+    app.listen(url.port, url.hostname)
+    ioloop.IOLoop.current().start()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""apply(settings, c) against a traitlets Config, with a stand-in for the machine (TLJH's apply_mock_config pattern).
+
+The stand-in host answers what Docker, the provider and the databases would; the real ones are exercised by
+tests/hub. Every key apply() sets must be a configurable trait of its class, so a misspelled trait fails here.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+from traitlets.config import Config
+
+from spawner.core.contract import Scopes
+from spawner.gpu.ledger import ReconcileReport
+from spawner.hub.config import apply
+from spawner.hub.settings import HubSettings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class StandInHost:
+    """Records what apply() asked of the machine and answers as a healthy one would."""
+
+    def __init__(self, members=None):
+        self.calls: list[tuple] = []
+        self.members = members or {}
+
+    def student_network_gateway(self, name, labels):
+        self.calls.append(("network", name, dict(labels)))
+        return "172.30.0.1"
+
+    def oidc_endpoints(self, issuer):
+        self.calls.append(("oidc", issuer))
+        return {
+            "authorization_endpoint": f"{issuer}/auth",
+            "token_endpoint": f"{issuer}/token",
+            "userinfo_endpoint": f"{issuer}/me",
+        }
+
+    def group_members(self, db_url):
+        self.calls.append(("members", db_url))
+        return self.members
+
+    def gpu_inventory(self, text):
+        self.calls.append(("inventory", text))
+        return text
+
+    def reconcile_gpus(self, ledger_url, lab_id):
+        self.calls.append(("reconcile", ledger_url, lab_id))
+        return ReconcileReport((), (), (), ())
+
+
+def settings(tmp_path, **changes) -> HubSettings:
+    values = dict(
+        state_dir=tmp_path / "state",
+        catalog_path=REPO / "course_envs",
+        oidc_issuer="https://login.example.edu",
+        oidc_client_secret="s3cret",
+        extra_labels={"org.example.lab": "cs"},
+    )
+    values.update(changes)
+    return HubSettings(**values)
+
+
+def configured(tmp_path, host=None, **changes) -> tuple[Config, HubSettings, StandInHost]:
+    host = host or StandInHost()
+    lab = settings(tmp_path, **changes)
+    c = Config()
+    apply(lab, c, host)
+    return c, lab, host
+
+
+def test_the_spawner_is_teachlabs_and_knows_its_lab(tmp_path):
+    c, lab, _ = configured(tmp_path)
+    assert c.JupyterHub.spawner_class == "teachlab"
+    (spawner_entry,) = [e for e in entry_points(group="jupyterhub.spawners") if e.name == "teachlab"]
+    assert spawner_entry.load().__name__ == "CourseSpawner"
+    assert c.CourseSpawner.lab_id == lab.lab_id and len(lab.lab_id) == 12
+    assert c.CourseSpawner.extra_labels == {"org.example.lab": "cs"}
+    assert c.CourseSpawner.catalog_path == str(REPO / "course_envs")
+    assert c.CourseSpawner.network_name == "teachlab-students" and c.CourseSpawner.use_internal_ip is True
+
+
+def test_the_hub_listens_on_the_students_gateway_and_keeps_servers_across_restarts(tmp_path):
+    c, lab, host = configured(tmp_path)
+    assert ("network", "teachlab-students", {"org.example.lab": "cs"}) in host.calls
+    assert c.JupyterHub.hub_bind_url == "http://172.30.0.1:8081"
+    assert c.JupyterHub.cleanup_servers is False and c.JupyterHub.cleanup_proxy is False
+    assert c.ConfigurableHTTPProxy.should_start is False
+    assert c.JupyterHub.db_url == f"sqlite:///{lab.state_dir / 'lab' / 'jupyterhub.sqlite'}"
+
+
+def test_login_uses_the_providers_discovered_endpoints(tmp_path):
+    c, _, host = configured(tmp_path)
+    assert ("oidc", "https://login.example.edu") in host.calls
+    oauth = c.GenericOAuthenticator
+    assert (oauth.authorize_url, oauth.token_url, oauth.userdata_url) == (
+        "https://login.example.edu/auth",
+        "https://login.example.edu/token",
+        "https://login.example.edu/me",
+    )
+    assert oauth.client_secret == "s3cret" and oauth.enable_pkce is True and oauth.manage_groups is True
+    assert oauth.admin_groups == {"lab-admins"}
+    assert oauth.oauth_callback_url == "http://127.0.0.1:8000/hub/oauth_callback"
+
+
+def test_gpus_are_reconciled_for_this_lab_before_requests(tmp_path):
+    c, lab, host = configured(tmp_path, gpu_inventory="nvml")
+    assert ("reconcile", lab.ledger_url, lab.lab_id) in host.calls
+    assert c.CourseSpawner.gpu_inventory == "nvml"
+    assert c.CourseSpawner.gpu_ledger_url == f"sqlite:///{lab.state_dir / 'lab' / 'gpu-ledger.sqlite'}"
+
+
+def test_roles_scopes_and_services(tmp_path):
+    members = {"cs101-students": {"bob"}}
+    c, _, _ = configured(tmp_path, host=StandInHost(members))
+    roles = {role["name"]: role for role in c.JupyterHub.load_roles}
+    assert "servers!server=bob/intro-python" in roles["instructor-intro-python"]["scopes"]
+    assert roles["idle-culler"]["scopes"] == ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+    assert roles["gpu-admins"]["groups"] == ["lab-admins"]
+    assert "teachlab-cli" not in roles
+    assert Scopes.GPU_ADMIN in c.JupyterHub.custom_scopes
+    services = {service["name"]: service for service in c.JupyterHub.services}
+    assert set(services) == {"idle-culler", Scopes.GPU_SERVICE}
+    assert services[Scopes.GPU_SERVICE]["oauth_client_allowed_scopes"] == sorted(c.JupyterHub.custom_scopes)
+
+
+def test_the_cli_service_exists_only_with_a_token(tmp_path):
+    c, _, _ = configured(tmp_path, cli_token="t0ken")
+    assert {"name": "teachlab-cli", "api_token": "t0ken"} in c.JupyterHub.services
+    assert "teachlab-cli" in {role["name"] for role in c.JupyterHub.load_roles}
+
+
+def test_a_fixed_today_reaches_the_spawner_and_the_gpu_service(tmp_path):
+    c, _, _ = configured(tmp_path, today="2026-11-15")
+    assert c.CourseSpawner.today().isoformat() == "2026-11-15"
+    (gpu,) = [s for s in c.JupyterHub.services if s["name"] == Scopes.GPU_SERVICE]
+    assert gpu["environment"]["TEACHLAB_TODAY"] == "2026-11-15"
+
+
+def test_a_broken_catalog_stops_before_anything_is_asked_of_the_machine(tmp_path, capsys):
+    host = StandInHost()
+    broken = REPO / "tests" / "broken_catalogs" / "unknown-root-key"
+    with pytest.raises(SystemExit) as stopped:
+        apply(settings(tmp_path, catalog_path=broken), Config(), host)
+    assert stopped.value.code == 1
+    assert host.calls == []
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1] == "teachlab: the hub did not start; fix the lines above and start it again"
+    assert "unknown key" in lines[0] and "Traceback" not in "\n".join(lines)
+
+
+def test_every_key_apply_sets_is_a_configurable_trait(tmp_path):
+    from jupyterhub.app import JupyterHub
+    from jupyterhub.proxy import ConfigurableHTTPProxy
+    from oauthenticator.generic import GenericOAuthenticator
+
+    from spawner.hub.spawner import CourseSpawner
+
+    c, _, _ = configured(tmp_path, cli_token="t")
+    classes = {
+        "JupyterHub": JupyterHub,
+        "CourseSpawner": CourseSpawner,
+        "GenericOAuthenticator": GenericOAuthenticator,
+        "ConfigurableHTTPProxy": ConfigurableHTTPProxy,
+    }
+    assert set(c) == set(classes)
+    for section, cls in classes.items():
+        for key in c[section]:
+            assert cls.class_traits(config=True).get(key) is not None, f"c.{section}.{key} is not a configurable trait"
+
+
+def test_the_config_file_is_a_few_lines(repo_root=REPO):
+    lines = (repo_root / "jupyterhub_config.py").read_text().splitlines()
+    code = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    assert len(code) <= 25, code
+    assert not any(re.search(r"sys\.path|exec\(", line) for line in code)

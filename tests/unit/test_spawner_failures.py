@@ -1,0 +1,159 @@
+"""CourseSpawner.start() when something fails half-way: nothing half-done stays (GPUs, volumes).
+
+No Docker daemon: ``StandInDocker`` answers the spawner's Docker calls from memory and fails where a test says
+(it names the fake; tests/hub runs the same paths on the real engine). The catalog, the version registry and
+the GPU ledger (SQLite) are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+
+import docker
+import docker.errors
+import pytest
+from tornado import web
+from traitlets.config import Config
+
+from spawner.core.contract import StateLayout
+from spawner.gpu.cache import ledger_for
+from spawner.hub.spawner import CourseSpawner
+from spawner.images.registry import CourseVersion, VersionRegistry
+from support.catalogs import copy_course
+
+GPUS = [{"uuid": f"GPU-{n}", "index": n, "model": "Fake GPU (tests)", "memory": "16G"} for n in range(2)]
+
+
+class StandInDocker:
+    """In-memory answers to ``spawner.docker(method, ...)``; ``fail_on`` makes one method raise."""
+
+    def __init__(self, fail_on: str = ""):
+        self.fail_on = fail_on
+        self.volumes: set[str] = set()
+        self.calls: list[str] = []
+
+    async def __call__(self, method: str, *args, **kwargs):
+        self.calls.append(method)
+        if method == self.fail_on:
+            raise docker.errors.APIError(f"{method} failed (stand-in)")
+        if method == "inspect_volume":
+            if args[0] not in self.volumes:
+                raise docker.errors.NotFound("no such volume")
+            return {"Name": args[0]}
+        if method == "create_volume":
+            self.volumes.add(kwargs["name"])
+            return {"Name": kwargs["name"]}
+        if method == "remove_volume":
+            self.volumes.discard(args[0])
+            return None
+        if method == "create_container":
+            return {"Id": "helper-1"}
+        if method == "wait":
+            return {"StatusCode": 0}
+        return None
+
+
+@pytest.fixture
+def lab_state(tmp_path, repo_root):
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    copy_course(repo_root, "intro-python", catalog)
+    copy_course(
+        repo_root, "intro-python", catalog, new_slug="gpu-course", title="GPU Course", gpu=1, students={"users": ["alice"]}
+    )
+    state = tmp_path / "state"
+    registry = VersionRegistry(StateLayout(state).courses)
+    for slug in ("intro-python", "gpu-course"):
+        registry.add_current(
+            slug,
+            CourseVersion(
+                version="v1",
+                image=f"teachlab-test/course-{slug}:v1",
+                image_id="sha256:0",
+                environment_hash="0",
+                created="2026-11-01T00:00:00+00:00",
+                size_bytes=1,
+                base_image="b",
+                flavor="debian-py39",
+            ),
+            "lock",
+        )
+    return catalog, state
+
+
+@pytest.fixture(autouse=True)
+def offline_client(monkeypatch):
+    """A docker-py client that never connects: create_host_config() is a pure computation."""
+    monkeypatch.setattr(CourseSpawner, "_client", docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41"))
+
+
+def make_spawner(lab_state, name: str, stand_in: StandInDocker) -> CourseSpawner:
+    catalog, state = lab_state
+    config = Config()
+    config.CourseSpawner.catalog_path = str(catalog)
+    config.CourseSpawner.state_dir = str(state)
+    config.CourseSpawner.gpu_inventory = GPUS
+    config.CourseSpawner.lab_id = "lab-1"
+    config.CourseSpawner.today = lambda: __import__("datetime").date(2026, 11, 15)
+    user = SimpleNamespace(
+        name="alice",
+        url="/user/alice/",
+        groups=[SimpleNamespace(name="cs101-students")],
+        server_url=lambda name: f"/user/alice/{name}/",
+    )
+    spawner = CourseSpawner(
+        config=config,
+        user=user,
+        orm_spawner=SimpleNamespace(name=name, server=None, state=None),
+        hub=SimpleNamespace(api_url="http://hub:8081/hub/api", public_host="", url="/hub/", base_url="/hub/"),
+    )
+    spawner.docker = stand_in
+    spawner.api_token = "t"
+    return spawner
+
+
+def test_a_gpu_start_that_fails_after_the_reservation_releases_the_gpu(lab_state):
+    stand_in = StandInDocker(fail_on="create_volume")
+    spawner = make_spawner(lab_state, "gpu-course", stand_in)
+    ledger = ledger_for(spawner.gpu_ledger_url)
+    with pytest.raises(web.HTTPError) as failed:
+        asyncio.run(spawner.start())
+    assert failed.value.status_code == 503 and "Could not prepare your storage" in failed.value.log_message
+    assert ledger.holdings() == []
+    assert spawner.gpu_devices == []
+    # The reservation did happen (and was closed): usage has an interval for alice that has ended.
+    assert [row.username for row in ledger.usage_report(course="gpu-course")] == ["alice"]
+
+
+def test_volumes_made_for_a_start_whose_storage_failed_are_removed(lab_state):
+    stand_in = StandInDocker(fail_on="start")  # the helper that hands new volumes to the student uid fails
+    spawner = make_spawner(lab_state, "intro-python", stand_in)
+    with pytest.raises(web.HTTPError) as failed:
+        asyncio.run(spawner.start())
+    assert failed.value.status_code == 503
+    assert stand_in.calls.count("create_volume") == 2  # the work volume and the course's data volume
+    assert stand_in.volumes == set()
+    assert stand_in.calls.count("remove_volume") == 2
+    assert "remove_container" in stand_in.calls  # the helper container does not stay either
+
+
+def test_volumes_that_existed_before_are_kept_when_storage_fails(lab_state):
+    stand_in = StandInDocker(fail_on="start")
+    stand_in.volumes.add("teachlab-home-alice---intro-python")  # last week's work
+    spawner = make_spawner(lab_state, "intro-python", stand_in)
+    with pytest.raises(web.HTTPError):
+        asyncio.run(spawner.start())
+    assert stand_in.volumes == {"teachlab-home-alice---intro-python"}
+
+
+def test_a_start_refused_for_access_creates_nothing(lab_state):
+    stand_in = StandInDocker()
+    spawner = make_spawner(lab_state, "gpu-course", stand_in)
+    spawner.user.name = "mallory"
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(spawner.start())
+    assert refused.value.status_code == 400 and "not enrolled" in refused.value.log_message
+    assert stand_in.calls == []
+    assert json.dumps(ledger_for(spawner.gpu_ledger_url).holdings()) == "[]"
