@@ -24,7 +24,6 @@ import requests
 from spawner.catalog import load_catalog
 from spawner.devlab.lab import Lab, LabPorts, free_port
 from spawner.engine import connect
-from spawner.hub.startup import HubHost
 from spawner.images.build import ImageBuilder
 from spawner.images.publish import publish_course
 from spawner.images.settings import BuildSettings
@@ -130,7 +129,7 @@ def main() -> None:
             extra_labels=LABEL,
             ports=LabPorts(public=free_port(), proxy_api=free_port(), hub=free_port(), oidc=free_port(), gpu_service=free_port()),
         )
-        lab.up(HubHost().student_network_gateway(lab.network, LABEL))
+        lab.up()
         try:
             ours = measure_lab(lab, users)
         finally:

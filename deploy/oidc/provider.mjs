@@ -296,6 +296,18 @@ async function main() {
   for (const signal of ['SIGINT', 'SIGTERM']) {
     process.on(signal, () => process.exit(0));
   }
+  // SIGHUP re-reads the accounts (a university changing someone's groups, or removing them): the next
+  // userinfo request, such as a lab refreshing a sign-in, sees the change. A bad file keeps the old accounts.
+  process.on('SIGHUP', () => {
+    try {
+      const fresh = loadConfig(values.config);
+      accounts.clear();
+      for (const account of fresh.accounts) accounts.set(account.username, account);
+      console.error(`oidc-provider: accounts reloaded (${accounts.size})`);
+    } catch (error) {
+      console.error(`oidc-provider: accounts not reloaded: ${error.message}`);
+    }
+  });
 }
 
 await main();

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ..core.blocking import FILES, run_blocking
@@ -47,6 +47,7 @@ class CatalogCache:
         self._signature = _signature(root)
         self._refresher: asyncio.Task | None = None
         self._listeners: list[Callable[[Catalog], None]] = []
+        self._async_listeners: list[Callable[[Catalog], Awaitable[None]]] = []
 
     @classmethod
     def for_root(cls, root: Path) -> CatalogCache:
@@ -64,6 +65,15 @@ class CatalogCache:
     def on_reload(self, listener: Callable[[Catalog], None]) -> None:
         """Call ``listener(catalog)`` after every refresh (blocking work is fine: it runs off the event loop)."""
         self._listeners.append(listener)
+
+    def on_reload_async(self, listener: Callable[[Catalog], Awaitable[None]]) -> None:
+        """Await ``listener(catalog)`` on the event loop after every background refresh (for work that must run
+        there, such as the hub's database)."""
+        self._async_listeners.append(listener)
+
+    def start_background_refresh(self) -> None:
+        """Refresh every ``REFRESH_SECONDS`` from now on, when an event loop runs (the hub loads its config in one)."""
+        self._ensure_background_refresh()
 
     def refresh_now(self) -> Catalog:
         """Blocking: reload when the files changed (keep the last good catalog if they are broken or
@@ -100,4 +110,9 @@ class CatalogCache:
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(REFRESH_SECONDS)
-            await self.refresh()
+            catalog = await self.refresh()
+            for listener in self._async_listeners:
+                try:
+                    await listener(catalog)
+                except Exception:
+                    log.exception("a catalog listener failed")

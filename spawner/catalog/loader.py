@@ -32,6 +32,14 @@ def course_schema() -> dict:
     return json.loads(resources.files("spawner.catalog").joinpath("schema/course.schema.json").read_text())
 
 
+def schema_default(*path: str) -> object:
+    """The ``default`` the course.yaml schema gives for a key (the schema is the one source of defaults)."""
+    node = course_schema()
+    for key in path:
+        node = node["properties"][key]
+    return node["default"]
+
+
 def _members(data: Mapping[str, Any]) -> Members:
     return Members(groups=tuple(data.get("groups", ())), users=tuple(data.get("users", ())))
 
@@ -83,12 +91,18 @@ def load_course(folder: Path) -> Course:
         term=Term(date.fromisoformat(term["start"]), date.fromisoformat(term["end"])),
         students=_members(data["students"]),
         instructors=_members(data["instructors"]),
-        resources=Resources(cpu=float(data["resources"]["cpu"]), memory=data["resources"]["memory"]),
+        resources=Resources(
+            cpu=float(data["resources"]["cpu"]),
+            memory=data["resources"]["memory"],
+            disk=data["resources"].get("disk", schema_default("resources", "disk")),
+        ),
         gpu=data.get("gpu", 0),
         idle_timeout_minutes=data.get("idle_timeout_minutes", 60),
         gpu_idle_timeout_minutes=data.get("gpu_idle_timeout_minutes", data.get("idle_timeout_minutes", 60)),
+        gpu_max_server_hours=float(data.get("gpu_max_server_hours", schema_default("gpu_max_server_hours"))),
         image_flavor=data["image_flavor"],
         data_volumes=tuple(volume["name"] for volume in data.get("data_volumes", ())),
+        network=data.get("network", schema_default("network")),
         environment=environment,
         folder=folder,
     )

@@ -37,10 +37,15 @@ class Term:
 class Resources:
     cpu: float
     memory: str
+    disk: str
 
     @property
     def memory_bytes(self) -> int:
         return parse_memory(self.memory)
+
+    @property
+    def disk_bytes(self) -> int:
+        return parse_memory(self.disk)
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,10 @@ class Course:
     gpu: int
     idle_timeout_minutes: int
     gpu_idle_timeout_minutes: int
+    gpu_max_server_hours: float
     image_flavor: str
     data_volumes: tuple[str, ...]
+    network: str  # "open" or "off": may servers reach the public internet
     environment: CondaEnvironment
     folder: Path
 

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..core.contract import StateLayout, default_state_dir
 from ..core.problems import TeachlabError
+from ..core.spreadsheets import neutralise
 from ..gpu import GpuLedger
 from ..gpu.cache import inventory_for, ledger_for, parse_inventory_setting
 
@@ -119,7 +120,7 @@ def usage(args: argparse.Namespace, console: Console) -> int:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["course", "username", "gpu_hours"])
         for row in rows:
-            writer.writerow([row.course, row.username, f"{row.gpu_seconds / 3600:.4f}"])
+            writer.writerow([neutralise(row.course), neutralise(row.username), f"{row.gpu_seconds / 3600:.4f}"])
         console.out(buffer.getvalue(), end="", highlight=False)
         return 0
     table = Table("course", "student", "GPU-hours", box=None, header_style="bold")

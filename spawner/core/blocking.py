@@ -21,7 +21,8 @@ T = TypeVar("T")
 LEDGER: Final = "ledger"
 FILES: Final = "files"
 DOCKER_HELPERS: Final = "docker-helpers"
-_POOL_SIZES: Final = {LEDGER: 4, FILES: 1, DOCKER_HELPERS: 4}
+DISKS: Final = "disks"  # mkfs and mount of size-limited volumes: seconds each, never on the files pool
+_POOL_SIZES: Final = {LEDGER: 4, FILES: 1, DOCKER_HELPERS: 4, DISKS: 2}
 
 _pools: dict[str, ThreadPoolExecutor] = {}
 _lock = threading.Lock()

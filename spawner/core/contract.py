@@ -92,6 +92,16 @@ class StateLayout:
     def admin_token(self) -> Path:
         return self.lab / "admin-token"
 
+    @property
+    def auth_state_key(self) -> Path:
+        """The key that encrypts auth state (the provider's tokens) in the hub database (0600)."""
+        return self.lab / "auth-state.key"
+
+    @property
+    def volumes(self) -> Path:
+        """Size-limited work volumes of this node: ``images/<name>.ext4`` mounted at ``mounts/<name>``."""
+        return self.root / "volumes"
+
 
 @dataclass(frozen=True)
 class ImageContract:
@@ -117,6 +127,16 @@ class ImageContract:
     @property
     def data_mount(self) -> str:
         return f"{self.home}/data"
+
+    @property
+    def persistent_settings(self) -> dict[str, str]:
+        """Environment that keeps JupyterLab's and IPython's own files on the work volume: the home folder is
+        scratch space (tmpfs) that a restart empties."""
+        return {
+            "JUPYTERLAB_SETTINGS_DIR": f"{self.work_mount}/.jupyter/lab/user-settings",
+            "JUPYTERLAB_WORKSPACES_DIR": f"{self.work_mount}/.jupyter/lab/workspaces",
+            "IPYTHONDIR": f"{self.work_mount}/.ipython",
+        }
 
     @property
     def singleuser_command(self) -> list[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 
 MAX_NAME_LENGTH = 128
 MAX_USER_SLUG_LENGTH = 40
@@ -33,7 +34,7 @@ _HASH_DIGITS = 16
 
 def is_course_slug(text: str) -> bool:
     """A course slug: 2-32 lowercase letters, digits and single dashes, no dash at either end."""
-    return bool(COURSE_SLUG_PATTERN.match(text))
+    return bool(COURSE_SLUG_PATTERN.fullmatch(text))
 
 
 def suggest_course_slug(text: str) -> str:
@@ -44,7 +45,7 @@ def suggest_course_slug(text: str) -> str:
 
 def user_slug(username: str) -> str:
     """Safe, stable, injective slug for a hub username (see the module docstring)."""
-    if len(username) <= MAX_USER_SLUG_LENGTH and _SAFE_SLUG.match(username) and not username.endswith("-"):
+    if len(username) <= MAX_USER_SLUG_LENGTH and _SAFE_SLUG.fullmatch(username) and not username.endswith("-"):
         return username
     digest = hashlib.sha256(username.encode("utf-8")).hexdigest()[:_HASH_DIGITS]
     prefix_length = MAX_USER_SLUG_LENGTH - len(digest) - 2
@@ -58,19 +59,38 @@ def _require_course_slug(course_slug: str) -> str:
     return course_slug
 
 
-def container_name(username: str, course_slug: str) -> str:
-    """The container of ``username``'s server for ``course_slug``."""
-    return f"teachlab-{user_slug(username)}{PAIR_SEPARATOR}{_require_course_slug(course_slug)}"
+DEFAULT_PREFIX = "teachlab"
+_PREFIX = re.compile(r"^[a-z][a-z0-9]{0,19}$")
 
 
-def home_volume_name(username: str, course_slug: str) -> str:
-    """The persistent volume mounted as the student's work folder for this student in this course."""
-    return f"teachlab-home-{user_slug(username)}{PAIR_SEPARATOR}{_require_course_slug(course_slug)}"
+def is_name_prefix(text: str) -> bool:
+    """A prefix of a lab's object names: a letter, then up to 19 lowercase letters and digits (no dash, so the
+    ``-home-``/``-data-`` kinds stay unambiguous)."""
+    return bool(_PREFIX.fullmatch(text))
 
 
-def data_volume_name(course_slug: str, volume: str) -> str:
-    """The shared data volume ``volume`` (a schema-checked short name) of a course."""
-    return f"teachlab-data-{_require_course_slug(course_slug)}{PAIR_SEPARATOR}{volume}"
+@dataclass(frozen=True)
+class LabNames:
+    """Names of one lab's containers and volumes. Labs sharing an engine (tests, a staging lab beside production)
+    use different prefixes; the default prefix gives the names every release has used."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not is_name_prefix(self.prefix):
+            raise ValueError(f"{self.prefix!r} is not a name prefix (a letter, then up to 19 lowercase letters and digits)")
+
+    def container(self, username: str, course_slug: str) -> str:
+        """The container of ``username``'s server for ``course_slug``."""
+        return f"{self.prefix}-{user_slug(username)}{PAIR_SEPARATOR}{_require_course_slug(course_slug)}"
+
+    def home_volume(self, username: str, course_slug: str) -> str:
+        """The persistent volume mounted as the student's work folder for this student in this course."""
+        return f"{self.prefix}-home-{user_slug(username)}{PAIR_SEPARATOR}{_require_course_slug(course_slug)}"
+
+    def data_volume(self, course_slug: str, volume: str) -> str:
+        """The shared data volume ``volume`` (a schema-checked short name) of a course."""
+        return f"{self.prefix}-data-{_require_course_slug(course_slug)}{PAIR_SEPARATOR}{volume}"
 
 
 def course_image_repository(course_slug: str, namespace: str = "teachlab") -> str:

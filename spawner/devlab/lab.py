@@ -21,10 +21,17 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
+from jupyterhub.utils import subdomain_hook_idna
+
+from ..core import naming
 from ..core.contract import REPO_ROOT, Scopes, StateLayout
 from ..core.problems import TeachlabError
+from ..core.secrets import narrow, write_private
 from ..hub.settings import HubSettings
+from ..node.firewall import StudentNetwork
+from .tls import LabCertificates
 
 NODE_MODULES = REPO_ROOT / "deploy" / "node_modules"
 OIDC_SCRIPT = REPO_ROOT / "deploy" / "oidc" / "provider.mjs"
@@ -159,7 +166,8 @@ class ManagedProcess:
 
 @dataclass
 class LabPorts:
-    public: int = 8000
+    public: int = 8443  # HTTPS: the hub and, one subdomain each, the users' servers
+    http_redirect: int = 8000  # plain HTTP, redirected to HTTPS
     proxy_api: int = 8001
     hub: int = 8081
     oidc: int = 8082
@@ -178,6 +186,12 @@ class Lab:
     accounts: tuple[Mapping[str, object], ...] = DEMO_ACCOUNTS
     today: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    # The lab's own domain: the hub at https://<domain>, each user's servers at https://<user>.<domain>. Browsers
+    # resolve *.localhost to this machine; tests use a domain of their own mapped to loopback.
+    domain: str = "teachlab.localhost"
+    per_server_origins: bool = True
+    auth_refresh_seconds: int = 300
+    name_prefix: str = naming.DEFAULT_PREFIX
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir).resolve()
@@ -190,7 +204,32 @@ class Lab:
 
     @property
     def public_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.public}"
+        return f"https://{self.domain}:{self.ports.public}"
+
+    @property
+    def names(self) -> naming.LabNames:
+        return naming.LabNames(self.name_prefix)
+
+    @property
+    def certificates(self) -> LabCertificates:
+        return LabCertificates(self.folder / "tls")
+
+    def hub_api_url(self) -> str:
+        """The hub's own API, straight to the hub (no proxy, no TLS): for the lab's scripts on this machine."""
+        return f"http://{self.gateway}:{self.ports.hub}/hub/api"
+
+    def user_host(self, username: str) -> str:
+        """Where a user's servers live: their own subdomain with per-server origins, else the hub's host."""
+        if not self.per_server_origins:
+            return f"{self.domain}:{self.ports.public}"
+        return f"{subdomain_hook_idna(username, self.domain, kind='user')}:{self.ports.public}"
+
+    def server_url(self, username: str, course: str) -> str:
+        return f"https://{self.user_host(username)}/user/{quote(username, safe='')}/{course}/"
+
+    def service_url(self, name: str) -> str:
+        host = subdomain_hook_idna(name, self.domain, kind="service") if self.per_server_origins else self.domain
+        return f"https://{host}:{self.ports.public}/services/{name}/"
 
     @property
     def issuer(self) -> str:
@@ -200,17 +239,21 @@ class Lab:
         """Tokens and demo passwords, made once per state folder (mode 0600)."""
         path = self.layout.lab_secrets
         if path.exists():
+            narrow(path)
             return json.loads(path.read_text())
-        self.folder.mkdir(parents=True, exist_ok=True)
         values = {
             "proxy_token": secrets.token_hex(32),
             "oidc_client_secret": secrets.token_hex(32),
             "cli_token": secrets.token_hex(32),
             "passwords": {account["username"]: secrets.token_urlsafe(9) for account in self.accounts},
         }
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(values, indent=2))
+        write_private(path, json.dumps(values, indent=2).encode())
         return values
+
+    def rotate_cli_token(self) -> None:
+        """A new token for the CLI's hub service, each time the hub starts: a copied old one stops working."""
+        values = {**self.secrets(), "cli_token": secrets.token_hex(32)}
+        write_private(self.layout.lab_secrets, json.dumps(values, indent=2).encode())
 
     def password(self, username: str) -> str:
         return self.secrets()["passwords"][username]
@@ -238,6 +281,9 @@ class Lab:
             cli_token=values["cli_token"],
             extra_labels=dict(self.extra_labels),
             today=self.today,
+            per_server_origins=self.per_server_origins,
+            auth_refresh_seconds=self.auth_refresh_seconds,
+            name_prefix=self.name_prefix,
         )
 
     def hub_environment(self) -> dict[str, str]:
@@ -249,6 +295,16 @@ class Lab:
         }
 
     def start_oidc(self) -> None:
+        config_path = self._write_oidc_config()
+        self.oidc.log_path.unlink(missing_ok=True)
+        self.oidc.start(
+            [self._node(), str(OIDC_SCRIPT), "--config", str(config_path)],
+            os.environ,
+            ready=lambda: OIDC_READY in self.oidc.log_path.read_text(errors="replace"),
+            timeout=30,
+        )
+
+    def _write_oidc_config(self) -> Path:
         values = self.secrets()
         config = {
             "issuer": self.issuer,
@@ -267,17 +323,19 @@ class Lab:
             ],
         }
         config_path = self.folder / "oidc-provider.json"
-        config_path.touch(mode=0o600)
-        config_path.write_text(json.dumps(config, indent=2))
-        self.oidc.log_path.unlink(missing_ok=True)
-        self.oidc.start(
-            [self._node(), str(OIDC_SCRIPT), "--config", str(config_path)],
-            os.environ,
-            ready=lambda: OIDC_READY in self.oidc.log_path.read_text(errors="replace"),
-            timeout=30,
+        write_private(config_path, json.dumps(config, indent=2).encode())
+        return config_path
+
+    def set_groups(self, username: str, groups: list[str]) -> None:
+        """Change a person's groups at the provider (as the university would) and make it re-read its accounts."""
+        self.accounts = tuple(
+            {**account, "groups": list(groups)} if account["username"] == username else account for account in self.accounts
         )
+        self._write_oidc_config()
+        os.kill(self.oidc.pid(), signal.SIGHUP)
 
     def start_proxy(self, hub_gateway: str) -> None:
+        tls = self.certificates.ensure(self.domain)
         command = [
             self._node(),
             str(CHP_SCRIPT),
@@ -285,6 +343,15 @@ class Lab:
             "127.0.0.1",
             "--port",
             str(self.ports.public),
+            "--ssl-key",
+            str(tls.key),
+            "--ssl-cert",
+            str(tls.certificate),
+            "--redirect-port",
+            str(self.ports.http_redirect),
+            "--redirect-to",
+            str(self.ports.public),
+            *(["--host-routing"] if self.per_server_origins else []),
             "--api-ip",
             "127.0.0.1",
             "--api-port",
@@ -298,12 +365,16 @@ class Lab:
         self.proxy.start(command, env, ready=lambda: _http_ok(f"http://127.0.0.1:{self.ports.proxy_api}/api/routes"), timeout=30)
 
     def start_hub(self) -> None:
+        self.rotate_cli_token()
         command = [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)]
         self.hub.start(
             command,
             self.hub_environment(),
             timeout=120,
-            ready=lambda: _http_ok(f"{self.public_url}/hub/api/") and f"/services/{Scopes.GPU_SERVICE}" in self.proxy_routes(),
+            ready=lambda: (
+                _http_ok(f"{self.hub_api_url()}/")
+                and any(route.rstrip("/").endswith(f"/services/{Scopes.GPU_SERVICE}") for route in self.proxy_routes())
+            ),
         )
 
     def proxy_routes(self) -> dict:
@@ -327,6 +398,7 @@ class Lab:
                     "ports": vars(self.ports),
                     "network": self.network,
                     "catalog_path": str(self.catalog_path),
+                    "domain": self.domain,
                 },
                 indent=2,
             )
@@ -339,15 +411,28 @@ class Lab:
         if not path.exists():
             return cls(state_dir=state_dir, **defaults)
         saved = json.loads(path.read_text())
+        known_ports = {key: value for key, value in saved["ports"].items() if key in LabPorts.__dataclass_fields__}
         return cls(
             state_dir=state_dir,
-            ports=LabPorts(**saved["ports"]),
+            ports=LabPorts(**known_ports),
             network=saved["network"],
             catalog_path=Path(saved["catalog_path"]),
+            domain=saved.get("domain", cls.domain),
         )
 
-    def up(self, hub_gateway: str) -> None:
+    def student_network(self) -> StudentNetwork:
+        """The students' network (made when missing); the hub listens on its gateway and installs its egress policy."""
+        from ..hub.startup import HubHost
+
+        return HubHost().student_network(self.network, self.extra_labels, self.ports.hub)
+
+    @property
+    def gateway(self) -> str:
+        return self.student_network().gateway
+
+    def up(self) -> None:
         """Start whatever is not running yet."""
+        hub_gateway = self.gateway
         self.save()
         if not self.oidc.pid():
             self.start_oidc()

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..catalog import load_catalog
 from ..core.progress import Progress
-from ..hub.startup import HubHost
+from ..core.secrets import write_private
 from ..images.build import ImageBuilder
 from ..images.publish import publish_course
 from ..images.settings import BuildSettings
@@ -45,13 +45,16 @@ def lab_up(*, state_dir: Path, catalog_path: Path, console: Console, progress: P
     settings = BuildSettings.from_environment(state_dir=state_dir.resolve())
     publish_examples(catalog_path, settings, progress, console)
     lab = Lab(state_dir=state_dir, catalog_path=catalog_path)
-    gateway = HubHost().student_network_gateway(lab.network, {})
     with progress.step("start the login provider, the proxy and the hub"):
-        lab.up(gateway)
+        lab.up()
     token_path = lab.layout.admin_token
-    token_path.touch(mode=0o600)
-    token_path.write_text(lab.secrets()["cli_token"] + "\n")
+    write_private(token_path, lab.secrets()["cli_token"].encode() + b"\n")
     console.print(f"\nTeachlab is up: {lab.public_url}\n", markup=False)
+    console.print(
+        f"It speaks HTTPS with a certificate of its own authority: import {lab.certificates.ca_certificate} "
+        "into your browser as a trusted authority (or accept the warning once per host).",
+        markup=False,
+    )
     console.print("Open it, click 'Sign in with University login' and use one of these demo accounts:", markup=False)
     table = Table("username", "password", "groups", box=None, header_style="bold")
     for account in lab.accounts:
@@ -66,7 +69,7 @@ def lab_up(*, state_dir: Path, catalog_path: Path, console: Console, progress: P
 
 def _active_users(lab: Lab) -> list[dict]:
     request = urllib.request.Request(
-        f"{lab.public_url}/hub/api/users?state=active", headers={"Authorization": f"token {lab.secrets()['cli_token']}"}
+        f"{lab.hub_api_url()}/users?state=active", headers={"Authorization": f"token {lab.secrets()['cli_token']}"}
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
@@ -78,7 +81,7 @@ def _stop_all_servers(lab: Lab, timeout: float = 120) -> int:
     stopped = 0
     for user in _active_users(lab):
         for name in user.get("servers", {}):
-            url = f"{lab.public_url}/hub/api/users/{quote(user['name'], safe='')}/servers/{quote(name, safe='')}"
+            url = f"{lab.hub_api_url()}/users/{quote(user['name'], safe='')}/servers/{quote(name, safe='')}"
             urllib.request.urlopen(urllib.request.Request(url, method="DELETE", headers=headers), timeout=60)
             stopped += 1
     deadline = time.monotonic() + timeout

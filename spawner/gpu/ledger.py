@@ -64,7 +64,7 @@ from sqlalchemy.types import TypeDecorator
 from ..core.naming import is_course_slug
 from ..core.problems import TeachlabError
 from .inventory import GpuDevice
-from .quotas import EffectiveQuota, QuotaError, check_allocation, remaining_gpu_hours, term_window
+from .quotas import EffectiveQuota, QuotaError, check_allocation, remaining_gpu_hours, running_server_verdict, term_window
 
 VERSION_TABLE = "gpu_ledger_alembic_version"
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
@@ -535,6 +535,28 @@ class GpuLedger:
             protected=tuple(protected),
             conflicts=tuple(DeviceConflict(uuid, tuple(sorted(servers))) for uuid, servers in sorted(conflicts.items())),
         )
+
+    def running_server_verdict(
+        self, *, username: str, server_name: str, course: str, term_start: date, term_end: date, max_server_hours: float
+    ) -> str | None:
+        """Why this running server must give its GPUs back now (``quotas.running_server_verdict``), or ``None``."""
+        now = self._now()
+        window_start, window_end = term_window(term_start, term_end)
+        with self._transaction(write=False) as connection:
+            held = self._server_holdings(connection, username, server_name)
+            if not held:
+                return None
+            used = self._usage_seconds(
+                connection, username=username, course=course, since=window_start, until=min(now, window_end)
+            )
+            return running_server_verdict(
+                course=course,
+                quota=self._quota_for(connection, username, course),
+                used_seconds=used,
+                held_since=min(h.since for h in held),
+                now=now,
+                max_server_hours=max_server_hours,
+            )
 
     # Usage
 

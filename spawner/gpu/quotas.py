@@ -122,6 +122,27 @@ def check_allocation(
     return None
 
 
+def running_server_verdict(
+    *, course: str, quota: EffectiveQuota, used_seconds: float, held_since: datetime, now: datetime, max_server_hours: float
+) -> str | None:
+    """Why a running GPU server must stop now, or ``None``: quotas hold while a server runs, not only at its start.
+
+    ``used_seconds`` counts this term's usage including the running server's own; ``held_since`` is when it
+    got its GPUs. A student is told what ran out and what to do, in one sentence.
+    """
+    if quota.gpu_hours is not None and used_seconds / SECONDS_PER_HOUR >= quota.gpu_hours:
+        return (
+            f"your {quota.gpu_hours:g} GPU-hours for this term in {course} are used up, so your server was stopped; "
+            f"ask your instructor for more"
+        )
+    if now - held_since >= timedelta(hours=max_server_hours):
+        return (
+            f"GPU servers of {course} run at most {max_server_hours:g} hours at a time, so yours was stopped; "
+            f"start it again to go on"
+        )
+    return None
+
+
 def _gpus(count: int) -> str:
     return f"{count} GPU" if count == 1 else f"{count} GPUs"
 

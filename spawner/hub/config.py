@@ -17,7 +17,9 @@ from typing import Any
 from ..catalog.cache import CatalogCache
 from ..core.contract import Scopes
 from ..core.problems import ProblemsError
-from .home import TEMPLATES_DIR, course_rows
+from ..core.secrets import hex_secret, narrow, private_folder
+from .home import TEMPLATES_DIR, course_rows, notices_for
+from .role_sync import retire_replaced_tokens_listener, sync_roles_listener
 from .roles import CLI_SERVICE, IDLE_CULLER, all_roles, custom_scopes, instructor_scopes_hook
 from .settings import HubSettings
 from .startup import HubHost, load_catalog_or_stop, stop_hub
@@ -76,16 +78,19 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     catalog, the students' network, the provider or the GPU inventory is broken."""
     host = host or HubHost()
     layout = settings.layout
-    layout.lab.mkdir(parents=True, exist_ok=True)
+    private_folder(settings.state_dir)
+    private_folder(layout.lab)
+    narrow(layout.cookie_secret)
     # The catalog is checked before anything starts: a broken catalog stops the hub with one line per problem.
     catalog = load_catalog_or_stop(settings.catalog_path)
     today = today_function(settings)
 
     # Hub, proxy and database. The proxy runs on its own, so restarting the hub never interrupts students;
     # servers keep running across hub restarts.
-    gateway = host.student_network_gateway(settings.network, settings.extra_labels)
+    net = host.student_network(settings.network, settings.extra_labels, settings.hub_port)
+    host.install_firewall(net)
     c.JupyterHub.bind_url = settings.public_url
-    c.JupyterHub.hub_bind_url = f"http://{gateway}:{settings.hub_port}"
+    c.JupyterHub.hub_bind_url = f"http://{net.gateway}:{settings.hub_port}"
     hub_db_url = f"sqlite:///{layout.hub_database}"
     c.JupyterHub.db_url = hub_db_url
     c.JupyterHub.cookie_secret_file = str(layout.cookie_secret)
@@ -99,15 +104,20 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     c.JupyterHub.redirect_to_server = False
     c.JupyterHub.template_paths = [str(TEMPLATES_DIR)]
     cache = CatalogCache.for_root(settings.catalog_path)
-    c.JupyterHub.template_vars = {"courses": course_rows(cache, layout.courses, today)}
+    cache.on_reload_async(sync_roles_listener())
+    cache.start_background_refresh()
+    c.JupyterHub.template_vars = {"courses": course_rows(cache, layout.courses, today), "notices": notices_for}
 
     c.JupyterHub.spawner_class = "teachlab"
     c.CourseSpawner.catalog_path = str(settings.catalog_path)
     c.CourseSpawner.state_dir = str(settings.state_dir)
     c.CourseSpawner.lab_id = settings.lab_id
+    c.CourseSpawner.name_prefix = settings.name_prefix
+    c.CourseSpawner.name_prefix = settings.name_prefix
     c.CourseSpawner.extra_labels = dict(settings.extra_labels)
     c.CourseSpawner.today = today
     c.CourseSpawner.network_name = settings.network
+    c.CourseSpawner.offline_address_range = net.offline_range
     c.CourseSpawner.use_internal_ip = True
     c.CourseSpawner.start_timeout = START_TIMEOUT_SECONDS
     c.CourseSpawner.http_timeout = HTTP_TIMEOUT_SECONDS
@@ -132,13 +142,32 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     c.GenericOAuthenticator.client_secret = settings.oidc_client_secret
     c.GenericOAuthenticator.oauth_callback_url = f"{settings.public_url.rstrip('/')}/hub/oauth_callback"
     c.GenericOAuthenticator.scope = ["openid", "profile", "email", "groups"]
-    c.GenericOAuthenticator.username_claim = "preferred_username"
+    c.GenericOAuthenticator.username_claim = settings.username_claim
     c.GenericOAuthenticator.manage_groups = True
     c.GenericOAuthenticator.auth_state_groups_key = "oauth_user.groups"
     c.GenericOAuthenticator.admin_groups = set(settings.admin_groups)
-    c.GenericOAuthenticator.allow_all = True
+    if settings.allowed_groups:
+        c.GenericOAuthenticator.allowed_groups = set(settings.allowed_groups)
+    c.GenericOAuthenticator.allow_all = not settings.allowed_groups
     c.GenericOAuthenticator.enable_pkce = True
     c.GenericOAuthenticator.post_auth_hook = instructor_scopes_hook(cache)
+
+    # Revocation: the provider's tokens are kept (encrypted) so groups can be refreshed; a refresh happens before
+    # every start and whenever the last one is older than the refresh age (running servers included, in the
+    # spawner's poll). Sign-ins and tokens expire.
+    c.GenericOAuthenticator.enable_auth_state = True
+    c.CryptKeeper.keys = [hex_secret(settings.auth_state_key_path).encode()]
+    c.GenericOAuthenticator.auth_refresh_age = settings.auth_refresh_seconds
+    c.GenericOAuthenticator.refresh_pre_spawn = True
+    c.GenericOAuthenticator.refresh_user_hook = nothing_to_refresh_without_a_sign_in
+    c.JupyterHub.cookie_max_age_days = settings.cookie_max_age_days
+    c.JupyterHub.token_expires_in_max_seconds = int(settings.token_max_days * 24 * 3600)
+
+    # Every user's servers on an origin of their own (https://<user>.<host>), with __Host- cookies: HTML a
+    # student writes never runs with the hub's or an instructor's session.
+    if settings.per_server_origins:
+        c.JupyterHub.subdomain_host = settings.public_url
+        c.JupyterHub.cookie_host_prefix_enabled = settings.public_url.startswith("https://")
 
     # Roles: instructors manage their course's students' servers; services get the least scopes they need.
     scopes = custom_scopes(catalog)
@@ -149,6 +178,14 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     c.JupyterHub.services = [idle_culler_service(settings), gpu_service(settings, scopes)]
     if settings.cli_token:
         c.JupyterHub.services.append({"name": CLI_SERVICE, "api_token": settings.cli_token})
+        cache.on_reload_async(retire_replaced_tokens_listener(CLI_SERVICE, settings.cli_token))
+
+
+def nothing_to_refresh_without_a_sign_in(authenticator: Any, user: Any, auth_state: Any) -> bool | None:
+    """``refresh_user_hook``: a person who never signed in (listed in course.yaml, started by an admin or by the
+    class pre-warm) has no provider tokens to refresh; their access is the catalog's to decide, so their
+    record counts as current. Everyone who did sign in is refreshed as usual (``None``)."""
+    return True if not auth_state else None
 
 
 def settings_or_stop() -> HubSettings:

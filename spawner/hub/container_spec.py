@@ -8,7 +8,10 @@ prepares volumes, then hands this spec to the engine. Guarantees (tests/unit/tes
   can give it a GPU; a GPU course requests exactly its ledger-assigned device ids, nothing else.
 * The platform's labels (user, server, course, lab, GPUs) always win over ``extra_labels``, so a site
   setting can never hide a container from GPU reconciliation.
-* The student uid, no privilege escalation, no capabilities, a process limit.
+* The student uid, no privilege escalation, no capabilities, a process limit, a read-only root filesystem
+  with size-limited scratch space, rotated logs (``spawner.core.hardening``).
+* A course with ``network: off`` is marked ``offline``: its container gets an address from the students'
+  network's offline range, from which the node's firewall forwards nothing.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class ContainerSpec:
     environment: Mapping[str, str]
     gpu_device_ids: tuple[str, ...] = ()
     gpu_driver: str = "nvidia"
+    offline: bool = False
     hardening: Hardening = STUDENT_HARDENING
     extra_host_config: Mapping[str, Any] = field(default_factory=dict)
 
@@ -105,6 +109,7 @@ def make_container_spec(
     username: str,
     home_volume: str,
     lab_id: str,
+    names: naming.LabNames = naming.LabNames(),
     gpu_device_ids: Sequence[str] = (),
     gpu_driver: str = "nvidia",
     extra_labels: Mapping[str, str] | None = None,
@@ -120,10 +125,11 @@ def make_container_spec(
     data_read_only = role == "student"
     mounts = [VolumeMount(home_volume, IMAGE.work_mount, read_only=False)]
     mounts += [
-        VolumeMount(naming.data_volume_name(course.slug, name), f"{IMAGE.data_mount}/{name}", read_only=data_read_only)
+        VolumeMount(names.data_volume(course.slug, name), f"{IMAGE.data_mount}/{name}", read_only=data_read_only)
         for name in course.data_volumes
     ]
     environment = {
+        **IMAGE.persistent_settings,
         "TEACHLAB_COURSE": course.slug,
         "TEACHLAB_COURSE_VERSION": version,
         # Always set, so an image's own NVIDIA_VISIBLE_DEVICES ("all") cannot widen the request, and a CPU
@@ -131,7 +137,7 @@ def make_container_spec(
         "NVIDIA_VISIBLE_DEVICES": ",".join(gpu_device_ids) if gpu_device_ids else NO_GPU,
     }
     return ContainerSpec(
-        name=naming.container_name(username, course.slug),
+        name=names.container(username, course.slug),
         image=image,
         command=tuple(IMAGE.singleuser_command),
         user=IMAGE.user,
@@ -149,5 +155,6 @@ def make_container_spec(
         environment=environment,
         gpu_device_ids=tuple(gpu_device_ids),
         gpu_driver=gpu_driver,
+        offline=course.network == "off",
         extra_host_config=dict(extra_host_config or {}),
     )

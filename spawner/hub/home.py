@@ -17,6 +17,9 @@ from ..catalog.cache import CatalogCache
 from ..images.registry import VersionRegistry
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
+# Why the lab stopped a server (lost access, GPU quota, maximum age), shown on the owner's home page until they
+# start it again. Kept in the hub's memory: a hub restart forgets the notice, never the stop.
+NOTICES: dict[tuple[str, str], str] = {}
 
 
 def user_group_names(user: Any) -> list[str]:
@@ -40,6 +43,13 @@ class CurrentVersions:
             if current is not None:
                 versions[slug] = current.version
         self.versions = versions
+
+
+def notices_for(user: Any) -> list[dict]:
+    """Template variable ``notices``: why the lab stopped this person's servers, also of courses they lost."""
+    if user is None:
+        return []
+    return [{"server": server, "reason": reason} for (name, server), reason in sorted(NOTICES.items()) if name == user.name]
 
 
 def course_rows(cache: CatalogCache, registry_dir: Path, today: Callable[[], date]) -> Callable[[Any], list[dict]]:

@@ -21,8 +21,8 @@ INSTRUCTOR_SERVER_SCOPES = ("read:servers", "servers", "access:servers")
 IDLE_CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
 IDLE_CULLER = "idle-culler"
 CLI_SERVICE = "teachlab-cli"
-# The CLI token of the demo lab: admins' scripts, `make down`, the tests' admin (narrowed in the security work).
-CLI_SCOPES = ["admin:users", "admin:servers", "admin:groups", "list:services", "read:services"]
+# The CLI token of the demo lab (`make down`, admins' scripts): list users and their servers, stop servers.
+CLI_SCOPES = ["list:users", "read:users:name", "read:servers", "delete:servers"]
 
 
 def instructor_role_name(slug: str) -> str:
@@ -74,10 +74,26 @@ def custom_scopes(catalog: Catalog) -> dict[str, dict]:
     return scopes
 
 
+def gpu_usage_roles(catalog: Catalog) -> list[dict]:
+    """Instructors read their course's GPU usage through the GPU service."""
+    access = f"access:services!service={Scopes.GPU_SERVICE}"
+    return [
+        {
+            "name": f"gpu-usage-{course.slug}",
+            "description": f"Read the GPU usage of {course.slug}",
+            "scopes": [Scopes.gpu_usage(course.slug), access],
+            "users": list(course.instructors.users),
+            "groups": list(course.instructors.groups),
+        }
+        for course in sorted(catalog.courses.values(), key=lambda c: c.slug)
+        if course.instructors.users or course.instructors.groups
+    ]
+
+
 def gpu_roles(catalog: Catalog, admin_groups: Iterable[str]) -> list[dict]:
     """Admins manage GPUs, instructors read their course's usage, every user reads their own."""
     access = f"access:services!service={Scopes.GPU_SERVICE}"
-    roles = [
+    return [
         {"name": "user", "scopes": ["self", access]},
         {
             "name": "gpu-admins",
@@ -85,19 +101,8 @@ def gpu_roles(catalog: Catalog, admin_groups: Iterable[str]) -> list[dict]:
             "scopes": [Scopes.GPU_ADMIN, access],
             "groups": list(admin_groups),
         },
+        *gpu_usage_roles(catalog),
     ]
-    for course in sorted(catalog.courses.values(), key=lambda c: c.slug):
-        if course.instructors.users or course.instructors.groups:
-            roles.append(
-                {
-                    "name": f"gpu-usage-{course.slug}",
-                    "description": f"Read the GPU usage of {course.slug}",
-                    "scopes": [Scopes.gpu_usage(course.slug), access],
-                    "users": list(course.instructors.users),
-                    "groups": list(course.instructors.groups),
-                }
-            )
-    return roles
 
 
 def service_roles(*, with_cli: bool) -> list[dict]:

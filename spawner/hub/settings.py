@@ -31,6 +31,13 @@ def _labels(text: str) -> dict[str, str]:
     return value
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError("must be true or false")
+    return value in ("1", "true", "yes", "on")
+
+
 def _optional(text: str) -> str | None:
     return text or None
 
@@ -79,6 +86,22 @@ class HubSettings:
     )
     proxy_api_url: str = setting(
         "TEACHLAB_PROXY_API_URL", "http://127.0.0.1:8001", "The proxy's REST API (configurable-http-proxy), which the hub drives."
+    )
+    name_prefix: str = setting(
+        "TEACHLAB_NAME_PREFIX",
+        "teachlab",
+        "Prefix of the lab's container and volume names (a letter, then up to 19 "
+        "lowercase letters and digits); two labs on one Docker engine need different ones. Never change it while "
+        "students have work: their volumes are found by name.",
+        example="teachlab",
+    )
+    name_prefix: str = setting(
+        "TEACHLAB_NAME_PREFIX",
+        "teachlab",
+        "Prefix of the lab's container and volume names (a letter, then up to 19 "
+        "lowercase letters and digits); two labs on one Docker engine need different ones. Never change it while "
+        "students have work: their volumes are found by name.",
+        example="teachlab",
     )
     network: str = setting(
         "TEACHLAB_NETWORK",
@@ -142,6 +165,55 @@ class HubSettings:
     gpu_service_port: int = setting(
         "TEACHLAB_GPU_SERVICE_PORT", 8083, "Port of the `teachlab-gpu` service on 127.0.0.1.", parse=int
     )
+    per_server_origins: bool = setting(
+        "TEACHLAB_PER_SERVER_ORIGINS",
+        True,
+        "Serve each user's servers on an origin of their own "
+        "(`https://<user>.<host>`, JupyterHub's subdomain_host) with host-prefixed cookies, so HTML a student writes "
+        "never runs with an instructor's hub session. Needs wildcard DNS and a wildcard certificate.",
+        parse=_boolean,
+        example="false",
+    )
+    auth_refresh_seconds: int = setting(
+        "TEACHLAB_AUTH_REFRESH_SECONDS",
+        300,
+        "Refresh a person's groups from the provider when their last refresh is "
+        "older than this (seconds), before every start, and for running servers: a student removed from a course loses "
+        "its servers within this time.",
+        parse=int,
+    )
+    cookie_max_age_days: float = setting(
+        "TEACHLAB_COOKIE_MAX_AGE_DAYS", 1.0, "How long a browser sign-in lasts (days).", parse=float
+    )
+    token_max_days: float = setting(
+        "TEACHLAB_TOKEN_MAX_DAYS",
+        30.0,
+        "The longest lifetime of an API token anyone may make (days); no token lives forever.",
+        parse=float,
+    )
+    username_claim: str = setting(
+        "TEACHLAB_USERNAME_CLAIM",
+        "preferred_username",
+        "The OpenID Connect claim that becomes the username. An "
+        "immutable claim (`sub`, or an employee number) is safer than one a person can change.",
+        example="sub",
+    )
+    allowed_groups: tuple[str, ...] = setting(
+        "TEACHLAB_ALLOWED_GROUPS",
+        (),
+        "Provider groups whose members may sign in (comma separated); empty lets in "
+        "everyone the provider authenticates (they still see only their courses).",
+        parse=_names,
+        example="students,staff",
+    )
+    auth_state_key_file: Path | None = setting(
+        "TEACHLAB_AUTH_STATE_KEY_FILE",
+        None,
+        "File holding the key that encrypts the provider's tokens in the hub "
+        "database (made, 0600, when missing; default: in the state folder). Back it up with the database.",
+        parse=lambda text: Path(text) if text else None,
+        example="/run/secrets/teachlab-auth-state-key",
+    )
     site_config_dir: Path | None = setting(
         "TEACHLAB_SITE_CONFIG_DIR",
         None,
@@ -160,6 +232,10 @@ class HubSettings:
     def lab_id(self) -> str:
         """Labels this lab's containers, so two labs on one engine never count each other's GPUs."""
         return hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
+
+    @property
+    def auth_state_key_path(self) -> Path:
+        return self.auth_state_key_file or self.layout.auth_state_key
 
     @property
     def ledger_url(self) -> str:
@@ -196,6 +272,8 @@ class HubSettings:
 
 
 def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, tuple):
         return ",".join(value)
     if isinstance(value, Mapping):
@@ -208,15 +286,10 @@ def settings_reference() -> list[dict[str, str]]:
     rows = []
     for spec in fields(HubSettings):
         default = _default(spec)
-        shown = (
-            ",".join(default)
-            if isinstance(default, tuple)
-            else json.dumps(dict(default))
-            if isinstance(default, Mapping)
-            else default
-        )
         if isinstance(default, Path):
             shown = f"<repository>/{default.relative_to(REPO_ROOT)}"
+        else:
+            shown = None if default is None else _as_text(default)
         rows.append(
             {
                 "variable": spec.metadata["variable"],

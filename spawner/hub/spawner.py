@@ -11,7 +11,9 @@ it is used.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
+import ipaddress
+import random
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -27,15 +29,17 @@ from ..catalog import Access, Course
 from ..catalog.cache import CatalogCache
 from ..core import naming
 from ..core.blocking import FILES, LEDGER, run_blocking
-from ..core.contract import IMAGE, Labels, StateLayout
-from ..core.hardening import STUDENT_HARDENING
+from ..core.contract import IMAGE, StateLayout
 from ..gpu import AllocationRefused, GpuInventoryError
 from ..gpu.cache import inventory_for, ledger_for
 from ..images.registry import CourseVersion, VersionRegistry
+from ..node.disks import VolumeStore
 from .container_spec import ContainerSpec, make_container_spec
-from .home import TEMPLATES_DIR, user_group_names
+from .home import NOTICES, TEMPLATES_DIR, user_group_names
+from .storage import ServerStorage, StorageFailed
 
 STATE_VERSION = 1
+OFFLINE_ADDRESS_ATTEMPTS = 5
 ALLOWED_OPTION_KEYS = ("course",)
 MAX_OPTION_LENGTH = 64
 
@@ -55,6 +59,15 @@ class CourseSpawner(DockerSpawner):
         help="""Teachlab state folder shared with the `teachlab` CLI; published versions live in <state_dir>/courses.
 
         c.CourseSpawner.state_dir = "/srv/teachlab/state"
+        """,
+    ).tag(config=True)
+
+    name_prefix = Unicode(
+        naming.DEFAULT_PREFIX,
+        help="""Prefix of this lab's container and volume names; labs sharing a Docker engine need different ones.
+        Never change it while students have work: their volumes are found by name.
+
+        c.CourseSpawner.name_prefix = "teachlab"
         """,
     ).tag(config=True)
 
@@ -82,6 +95,21 @@ class CourseSpawner(DockerSpawner):
 
         c.CourseSpawner.gpu_inventory = "nvml"
         c.CourseSpawner.gpu_inventory = [{"uuid": "GPU-5f1e...", "index": 0, "model": "NVIDIA A100", "memory": "40G"}]
+        """,
+    ).tag(config=True)
+
+    volume_dir = Unicode(
+        help="""Folder of the size-limited work volumes on this node (ext4 files and their mount points); a local disk.
+
+        c.CourseSpawner.volume_dir = "/srv/teachlab/volumes"
+        """,
+    ).tag(config=True)
+
+    offline_address_range = Unicode(
+        help="""Addresses of the students' network given to servers of courses with `network: off`; the node's firewall
+        forwards nothing from them. Set by apply() from the network.
+
+        c.CourseSpawner.offline_address_range = "172.24.8.0/21"
         """,
     ).tag(config=True)
 
@@ -157,6 +185,10 @@ class CourseSpawner(DockerSpawner):
     def _default_gpu_ledger_url(self):
         return StateLayout(Path(self.state_dir)).gpu_ledger_url
 
+    @default("volume_dir")
+    def _default_volume_dir(self):
+        return str(StateLayout(Path(self.state_dir)).volumes)
+
     @default("options_form")
     def _default_options_form(self):
         return _course_form
@@ -168,7 +200,7 @@ class CourseSpawner(DockerSpawner):
     @default("object_name")
     def _object_name_default(self):
         if self.name and naming.is_course_slug(self.name):
-            return naming.container_name(self.user.name, self.name)
+            return self.names.container(self.user.name, self.name)
         return ""
 
     # -- state --------------------------------------------------------------------------------------
@@ -207,7 +239,7 @@ class CourseSpawner(DockerSpawner):
 
     def _bad_request(self, message: str, choices: list[str]) -> web.HTTPError:
         listing = ", ".join(choices) if choices else "none (ask your instructor to add you to a course)"
-        return web.HTTPError(400, f"{message}. Your courses: {listing}")
+        return refusal(400, f"{message}. Your courses: {listing}")
 
     def _check_user_options(self, choices: list[str]) -> None:
         options = self.user_options
@@ -258,58 +290,29 @@ class CourseSpawner(DockerSpawner):
             await asyncio.sleep(0.3)
 
     # -- storage ------------------------------------------------------------------------------------
-    async def _ensure_volume(self, name: str, labels: dict[str, str]) -> bool:
-        """Create the named volume when missing; True when it was created now."""
-        try:
-            await self.docker("inspect_volume", name)
-            return False
-        except docker.errors.NotFound:
-            await self.docker("create_volume", name=name, labels=labels)
-            return True
-
-    async def _prepare_storage(self, course: Course, image: str) -> None:
-        """The work volume and the course's data volumes exist and belong to the student uid; if that fails,
-        the volumes made now are removed again, so the next start begins from nothing half-done."""
-        volume_labels = {**self.extra_labels, Labels.COURSE: course.slug}
-        wanted = [(self.home_volume, {**volume_labels, Labels.USER: self.user.name})]
-        wanted += [(naming.data_volume_name(course.slug, name), volume_labels) for name in course.data_volumes]
-        created: list[str] = []
-        try:
-            for name, labels in wanted:
-                if await self._ensure_volume(name, labels):
-                    created.append(name)
-            if created:
-                await self._give_volumes_to_student_uid(image, created)
-        except Exception as exc:  # noqa: BLE001 - whatever failed, nothing half-prepared may stay
-            for name in created:
-                try:
-                    await self.docker("remove_volume", name)
-                except docker.errors.APIError as cleanup_error:
-                    self.log.error("could not remove the half-prepared volume %s: %s", name, cleanup_error)
-            self.log.error("preparing storage for %s failed: %s", self._log_name, exc)
-            raise web.HTTPError(503, f"Could not prepare your storage for {course.title}; please try again")
-
-    async def _give_volumes_to_student_uid(self, image: str, volumes: list[str]) -> None:
-        """New volumes belong to root; hand them to the student uid once, with a short root container."""
-        binds = {volume: {"bind": f"/mnt/{index}", "mode": "rw"} for index, volume in enumerate(volumes)}
-        hardening = replace(STUDENT_HARDENING, capabilities_kept=("CHOWN",))
-        host_config = self.client.create_host_config(binds=binds, network_mode="none", **hardening.docker_py_kwargs())
-        container = await self.docker(
-            "create_container",
-            image=image,
-            user="0:0",
-            entrypoint=["/bin/chown"],
-            command=[IMAGE.user] + [f"/mnt/{index}" for index in range(len(volumes))],
-            host_config=host_config,
-            labels={**self.extra_labels, Labels.HELPER: "chown"},
+    @property
+    def storage(self) -> ServerStorage:
+        return ServerStorage(
+            docker=self.docker,
+            client=self.client,
+            store=VolumeStore(Path(self.volume_dir)),
+            names=self.names,
+            extra_labels=dict(self.extra_labels),
+            log=self.log,
         )
+
+    @property
+    def names(self) -> naming.LabNames:
+        return naming.LabNames(self.name_prefix)
+
+    async def _prepare_storage(self, course: Course, version: CourseVersion) -> None:
         try:
-            await self.docker("start", container["Id"])
-            result = await self.docker("wait", container["Id"], timeout=60)
-            if result.get("StatusCode") != 0:
-                raise RuntimeError(f"chown exited with {result.get('StatusCode')}")
-        finally:
-            await self.docker("remove_container", container["Id"], force=True)
+            await self.storage.prepare(
+                course=course, username=self.user.name, home_volume=self.home_volume, helper_image=version.base_image
+            )
+        except StorageFailed as exc:
+            self.log.error("preparing storage for %s failed: %s", self._log_name, exc)
+            raise refusal(503, f"Could not prepare your storage for {course.title}; please try again")
 
     # -- GPUs ---------------------------------------------------------------------------------------
     async def _reserve_gpus(self, course: Course) -> None:
@@ -318,11 +321,9 @@ class CourseSpawner(DockerSpawner):
             devices = await run_blocking(LEDGER, inventory_for, self.gpu_inventory)
         except GpuInventoryError as exc:
             self.log.error("GPU inventory: %s", exc)
-            raise web.HTTPError(
-                503, f"{course.title} needs a GPU, but this lab cannot see its GPUs right now; tell the lab's admins"
-            )
+            raise refusal(503, f"{course.title} needs a GPU, but this lab cannot see its GPUs right now; tell the lab's admins")
         if not devices:
-            raise web.HTTPError(503, f"{course.title} needs a GPU, but this lab has none")
+            raise refusal(503, f"{course.title} needs a GPU, but this lab has none")
         ledger = await run_blocking(LEDGER, ledger_for, self.gpu_ledger_url)
         self._gpus_requested = True  # from here on a cancelled start may leave a holding: release it then
         try:
@@ -338,8 +339,8 @@ class CourseSpawner(DockerSpawner):
                 term_end=course.term.end,
                 container_name=self.object_name,
             )
-        except AllocationRefused as refusal:
-            raise web.HTTPError(refusal.status, refusal.reason)
+        except AllocationRefused as refused:
+            raise refusal(refused.status, refused.reason)
         self.gpu_devices = list(allocation.device_uuids)
 
     async def _release_gpus(self, reason: str, *, held: bool | None = None) -> None:
@@ -354,10 +355,11 @@ class CourseSpawner(DockerSpawner):
     async def _current_version(self, course: Course) -> CourseVersion:
         current = await run_blocking(FILES, self.registry.current_image, course.slug)
         if current is None:
-            raise web.HTTPError(503, f"{course.title} has no published environment yet; ask your instructor to publish it")
+            raise refusal(503, f"{course.title} has no published environment yet; ask your instructor to publish it")
         return current
 
     async def start(self):
+        NOTICES.pop((self.user.name, self.name), None)
         self._progress_events = []
         self._start_finished = False
         self._gpus_requested = False
@@ -368,13 +370,13 @@ class CourseSpawner(DockerSpawner):
             version = await self._current_version(course)
             self.image = version.image
             self.image_version = version.version
-            self.object_name = naming.container_name(self.user.name, course.slug)
-            self.home_volume = self.home_volume or naming.home_volume_name(self.user.name, course.slug)
+            self.object_name = self.names.container(self.user.name, course.slug)
+            self.home_volume = self.home_volume or self.names.home_volume(self.user.name, course.slug)
             if course.gpu:
                 self._report(15, f"Reserving {course.gpu} GPU(s) for {course.title}")
                 await self._reserve_gpus(course)
             self._report(20, f"Preparing storage for {course.title}")
-            await self._prepare_storage(course, version.image)
+            await self._prepare_storage(course, version)
             self.mem_limit = course.resources.memory_bytes  # also tells the server its limits (MEM_LIMIT, CPU_LIMIT)
             self.cpu_limit = course.resources.cpu
             self._spec = make_container_spec(
@@ -385,6 +387,7 @@ class CourseSpawner(DockerSpawner):
                 username=self.user.name,
                 home_volume=self.home_volume,
                 lab_id=self.lab_id,
+                names=self.names,
                 gpu_device_ids=self.gpu_devices,
                 gpu_driver=self.gpu_driver,
                 extra_labels=self.extra_labels,
@@ -401,13 +404,13 @@ class CourseSpawner(DockerSpawner):
             self._start_finished = True
 
     async def create_object(self):
-        """Create the container from the spec ``start()`` built (DockerSpawner's hook for this)."""
+        """Create the container from the spec ``start()`` built (DockerSpawner's hook for this). A course without
+        internet gets an address from the offline range, picked among the free ones (retried on a clash)."""
         spec = self._spec
         if spec is None:
             raise RuntimeError("create_object() runs only inside start(), after the container spec is built")
         host_config = self.client.create_host_config(**spec.host_config(network=self.network_name, auto_remove=self.remove))
-        return await self.docker(
-            "create_container",
+        arguments = dict(
             image=spec.image,
             name=spec.name,
             command=await self.get_command(),
@@ -418,6 +421,23 @@ class CourseSpawner(DockerSpawner):
             ports={f"{self.port}/tcp": None},
             host_config=host_config,
         )
+        if not spec.offline:
+            return await self.docker("create_container", **arguments)
+        for _attempt in range(OFFLINE_ADDRESS_ATTEMPTS):
+            taken = await self.docker("inspect_network", self.network_name)
+            address = pick_offline_address(
+                self.offline_address_range, [c["IPv4Address"] for c in (taken.get("Containers") or {}).values()]
+            )
+            endpoint = self.client.create_endpoint_config(ipv4_address=address)
+            networking = self.client.create_networking_config({self.network_name: endpoint})
+            try:
+                return await self.docker("create_container", networking_config=networking, **arguments)
+            except docker.errors.APIError as exc:
+                if "address" not in str(exc).lower():
+                    raise
+                self.log.info("offline address %s of %s was taken meanwhile; picking another", address, self._log_name)
+                await self.docker("remove_container", spec.name, force=True)
+        raise refusal(503, "No address was free for your server; please try again")
 
     def get_env(self) -> dict:
         env = super().get_env()
@@ -431,7 +451,69 @@ class CourseSpawner(DockerSpawner):
         status = await super().poll()
         if status is not None and not self._spawn_pending:
             await self._release_gpus("its container is gone")
+        elif status is None and not self._spawn_pending and self.course_slug:
+            reason = await self._reason_to_stop()
+            if reason:
+                self.log.warning("stopping %s: %s", self._log_name, reason)
+                NOTICES[(self.user.name, self.name)] = reason
+                # JupyterHub stops only servers whose poll says they run, so the container is stopped here; the
+                # status then tells the hub the server is gone, and it drops the route and the record.
+                await self.stop(now=True)
+                return f"stopped by the lab: {reason}"
         return status
+
+    async def _reason_to_stop(self) -> str | None:
+        """Why a running server must stop now: its owner lost access (after refreshing their sign-in when it is
+        older than the authenticator's refresh age), or its GPU quota or maximum age ran out."""
+        catalog = self.catalog_cache.catalog
+        course = catalog.courses.get(self.course_slug)
+        if course is None:
+            return None  # a course taken out of the catalog keeps running servers until they stop
+        signed_in = await self._refresh_sign_in()
+        if not signed_in:
+            return f"your sign-in could not be confirmed, so your {course.title} server was stopped; sign in again"
+        access = course.access(self.user.name, user_group_names(self.user), self.today())
+        if not access.allowed:
+            return f"you no longer have access to {course.title} ({access.reason}), so its server was stopped"
+        if course.gpu and self.gpu_devices:
+            ledger = await run_blocking(LEDGER, ledger_for, self.gpu_ledger_url)
+            return await run_blocking(
+                LEDGER,
+                ledger.running_server_verdict,
+                username=self.user.name,
+                server_name=self.name,
+                course=course.slug,
+                term_start=course.term.start,
+                term_end=course.term.end,
+                max_server_hours=course.gpu_max_server_hours,
+            )
+        return None
+
+    async def _refresh_sign_in(self) -> bool:
+        """Refresh the owner's groups from the provider when the last refresh is older than ``auth_refresh_age``
+        (as JupyterHub does for requests); False when the provider says the sign-in is no longer valid."""
+        authenticator = self.authenticator
+        refresh_age = getattr(authenticator, "auth_refresh_age", 0)
+        user = self.user
+        if not refresh_age or not getattr(authenticator, "enable_auth_state", False):
+            return True
+        now = time.monotonic()
+        if user._auth_refreshed and now - user._auth_refreshed < refresh_age:
+            return True
+        try:
+            auth_info = await authenticator.refresh_user(user)
+        except Exception as exc:  # noqa: BLE001 - a provider that is down must not stop anybody's work
+            self.log.warning("could not refresh the sign-in of %s: %s", user.name, exc)
+            return True
+        if not auth_info:
+            return False
+        user._auth_refreshed = now
+        if isinstance(auth_info, dict):
+            if authenticator.manage_groups and auth_info.get("groups") is not None:
+                user.sync_groups(auth_info["groups"])
+            if "auth_state" in auth_info:
+                await user.save_auth_state(auth_info["auth_state"])
+        return True
 
     async def stop(self, now: bool = False):
         held = bool(self.gpu_devices)  # DockerSpawner.stop clears the state; release only once the container is gone
@@ -439,6 +521,24 @@ class CourseSpawner(DockerSpawner):
             await super().stop(now=now)
         await self._release_gpus("the server stopped", held=held)
         self.clear_state()
+
+
+def pick_offline_address(offline_range: str, taken: list[str]) -> str:
+    """A random free address of ``offline_range`` (``taken`` as Docker reports them, ``a.b.c.d/nn``)."""
+    network = ipaddress.ip_network(offline_range)
+    used = {address.split("/")[0] for address in taken}
+    free = [str(host) for host in network.hosts() if str(host) not in used]
+    if not free:
+        raise refusal(503, "Every address for servers without internet is in use; please try again later")
+    return random.choice(free)
+
+
+def refusal(status: int, message: str) -> web.HTTPError:
+    """An error the person sees as it is: in the API's JSON, and on the hub's error page (which otherwise shows
+    only "Failed to start your server")."""
+    error = web.HTTPError(status, message)
+    error.jupyterhub_message = message
+    return error
 
 
 def upgrade_state(state: dict, *, server_name: str, log: Any = None) -> dict:

@@ -8,6 +8,7 @@ needs is broken. ``spawner.hub.config.apply`` takes a host, so its unit tests pa
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 import urllib.request
@@ -21,6 +22,8 @@ from ..core.problems import ProblemsError, TeachlabError
 from ..engine import DockerUnavailable, connect
 from ..gpu.cache import InventorySetting, inventory_for, parse_inventory_setting
 from ..gpu.ledger import ReconcileReport
+from ..node import firewall
+from ..node.firewall import FirewallError, StudentNetwork, free_subnet, split_subnet
 
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 
@@ -49,13 +52,15 @@ def load_catalog_or_stop(path: Path) -> Catalog:
 class HubHost:
     """The real machine: Docker, the provider's discovery document, the hub's database, NVML."""
 
-    def student_network_gateway(self, name: str, labels: Mapping[str, str]) -> str:
-        """Create (once) the bridge network of student containers, with container-to-container traffic off.
+    def student_network(self, name: str, labels: Mapping[str, str], hub_port: int) -> StudentNetwork:
+        """Create (once) the bridge network of student containers and install its egress policy.
 
-        Returns the gateway address: the hub listens there so containers can reach it, while
-        ``enable_icc=false`` keeps one student's container from reaching another's.
+        Container-to-container traffic is off (``enable_icc=false``); Docker hands out addresses from the
+        lower half of the subnet, the upper half is for servers of offline courses. The hub listens on the
+        gateway so containers reach it; the firewall lets them reach nothing else of the node.
         """
         import docker.errors
+        import docker.types
 
         try:
             client = connect()
@@ -64,22 +69,53 @@ class HubHost:
         try:
             network = client.networks.get(name)
         except docker.errors.NotFound:
+            taken = [
+                config["Subnet"]
+                for other in client.networks.list()
+                for config in (other.attrs.get("IPAM", {}).get("Config") or [])
+                if config.get("Subnet")
+            ]
+            try:
+                subnet = free_subnet(taken)
+            except FirewallError as exc:
+                stop_hub(_problem_lines(exc))
+            docker_half, _ = split_subnet(subnet)
+            gateway = str(next(ipaddress.ip_network(subnet).hosts()))
+            ipam = docker.types.IPAMConfig(
+                pool_configs=[docker.types.IPAMPool(subnet=subnet, iprange=docker_half, gateway=gateway)]
+            )
             network = client.networks.create(
-                name, driver="bridge", labels={Labels.NETWORK: name, **labels}, options={ICC_OPTION: "false"}
+                name, driver="bridge", labels={Labels.NETWORK: name, **labels}, ipam=ipam, options={ICC_OPTION: "false"}
             )
             network.reload()
+        recreate = f"remove it (docker network rm {name}) and start the hub again to recreate it"
         if network.attrs.get("Options", {}).get(ICC_OPTION) != "false":
+            stop_hub([f"teachlab: docker network {name} lets containers reach each other (enable_icc is not false); {recreate}"])
+        configs = network.attrs.get("IPAM", {}).get("Config") or []
+        usable = [c for c in configs if c.get("Gateway") and c.get("Subnet") and c.get("IPRange")]
+        if not usable or usable[0]["IPRange"] != split_subnet(usable[0]["Subnet"])[0]:
             stop_hub(
                 [
-                    f"teachlab: docker network {name} lets containers reach each other (enable_icc is not false); "
-                    f"remove it (docker network rm {name}) and start the hub again to recreate it"
+                    f"teachlab: docker network {name} has no address range for offline courses (it was made by an older "
+                    f"release); {recreate}"
                 ]
             )
-        configs = network.attrs.get("IPAM", {}).get("Config") or []
-        gateways = [config["Gateway"] for config in configs if config.get("Gateway")]
-        if not gateways:
-            stop_hub([f"teachlab: docker network {name} has no gateway address (remove it and start the hub again)"])
-        return gateways[0]
+        config = usable[0]
+        return StudentNetwork(
+            network_id=network.id,
+            bridge=f"br-{network.id[:12]}",
+            subnet=config["Subnet"],
+            gateway=config["Gateway"],
+            offline_range=split_subnet(config["Subnet"])[1],
+            hub_port=hub_port,
+        )
+
+    def install_firewall(self, net: StudentNetwork) -> None:
+        """Install and verify the egress policy of the students' network, or stop the hub."""
+        try:
+            firewall.install(net)
+        except FirewallError as exc:
+            stop_hub(_problem_lines(exc))
 
     def oidc_endpoints(self, issuer: str) -> dict:
         """The provider's discovery document (authorize, token and userinfo endpoints)."""

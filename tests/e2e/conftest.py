@@ -12,9 +12,14 @@ the plugin that tests/conftest.py registers for tests/hub and tests/e2e alike.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
+
+from support.dns import chromium_resolver_rules
 
 CHROMIUM_ARGS = (
     "--no-sandbox",  # tests often run as root in a container, where Chromium's sandbox cannot start
@@ -29,18 +34,39 @@ VIEWPORT = {"width": 1400, "height": 900}
 DEFAULT_TIMEOUT_MS = 30_000
 
 
+def trusting_home(folder: Path, ca_certificate: Path) -> Path:
+    """A HOME whose NSS database trusts the lab's CA, as a university's managed desktops trust theirs."""
+    nssdb = folder / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["certutil", "-N", "-d", f"sql:{nssdb}", "--empty-password"], check=True, capture_output=True)
+    subprocess.run(
+        ["certutil", "-A", "-d", f"sql:{nssdb}", "-n", "teachlab-test-ca", "-t", "C,,", "-i", str(ca_certificate)],
+        check=True,
+        capture_output=True,
+    )
+    return folder
+
+
 @pytest.fixture(scope="module")
-def chromium_browser():
-    """Headless Chromium for one module. Playwright's sync API holds an event loop on this thread while it
-    runs, so it is stopped when the module ends, before other tests use asyncio."""
+def chromium_browser(lab, tmp_path_factory):
+    """Headless Chromium for one module: it trusts the lab's CA and resolves the lab's test domain to loopback.
+    Playwright's sync API holds an event loop on this thread while it runs, so it is stopped when the module
+    ends, before other tests use asyncio."""
     from playwright import sync_api
 
     executable = shutil.which("chromium")
     if executable is None:
         pytest.fail("chromium is not installed: run `make system-packages` (make test does)")
+    if shutil.which("certutil") is None:
+        pytest.fail("certutil is not installed: run `make system-packages` (make test does)")
+    home = trusting_home(tmp_path_factory.mktemp("chromium-home"), lab.certificates.ca_certificate)
     playwright = sync_api.sync_playwright().start()
     try:
-        browser = playwright.chromium.launch(executable_path=executable, args=list(CHROMIUM_ARGS))
+        browser = playwright.chromium.launch(
+            executable_path=executable,
+            args=[*CHROMIUM_ARGS, chromium_resolver_rules(lab.domain)],
+            env={**os.environ, "HOME": str(home)},
+        )
         yield browser
         browser.close()
     finally:

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from spawner.core import naming
 from spawner.core.contract import Labels, Scopes, StateLayout
 from spawner.gpu.cache import ledger_for
 from support.accounts import FAKE_GPU_INVENTORY, GPU_STUDENTS
@@ -25,11 +24,11 @@ FAKE_UUIDS = {device["uuid"] for device in FAKE_GPU_INVENTORY}
 
 
 class Admin:
-    """The lab's CLI token (the teachlab-cli service): starts servers for any user."""
+    """An admin of the lab (signed in through the provider, in the admin group): starts servers for any user."""
 
-    def __init__(self, lab):
+    def __init__(self, lab, token: str):
         self.lab = lab
-        self.headers = {"Authorization": f"token {lab.secrets()['cli_token']}"}
+        self.headers = {"Authorization": f"token {token}"}
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
         return requests.request(method, f"{self.lab.public_url}/hub/api{path}", headers=self.headers, timeout=180, **kwargs)
@@ -49,8 +48,8 @@ class Admin:
 
 
 @pytest.fixture(scope="module")
-def admin(lab):
-    admin = Admin(lab)
+def admin(lab, users):
+    admin = Admin(lab, users("admin").token)
     response = admin.api("POST", "/users", json={"usernames": list(GPU_STUDENTS)})
     assert response.status_code in (201, 409), response.text
     return admin
@@ -64,12 +63,19 @@ def ledger(lab):
 def _gpu_containers(docker_client, lab) -> dict[str, list[str]]:
     """username -> device IDs of running gpu-course containers, read from Docker and from inside them."""
     seen = {}
-    for container in docker_client.containers.list(filters={"label": [Labels.GPUS, "org.teachlab.course=gpu-course"]}):
+    for container in docker_client.containers.list(
+        filters={"label": [Labels.GPUS, "org.teachlab.course=gpu-course", lab_label(lab)]}
+    ):
         requested = [device for request in container.attrs["HostConfig"]["DeviceRequests"] for device in request["DeviceIDs"]]
         inside = container.exec_run(["bash", "-c", "echo $NVIDIA_VISIBLE_DEVICES"], user="1000:1000").output.decode().strip()
         assert inside.split(",") == requested == container.labels[Labels.GPUS].split(","), container.name
         seen[container.labels["org.teachlab.user"]] = requested
     return seen
+
+
+def lab_label(lab) -> str:
+    """Selects this lab's containers (other test sessions may run labs on the same engine)."""
+    return f"{Labels.LAB}={lab.hub_settings().lab_id}"
 
 
 def _ledger_view(ledger) -> dict[str, list[str]]:
@@ -117,7 +123,7 @@ def test_fifty_concurrent_spawns_on_four_gpus(admin, ledger, docker_client, lab)
     # The site file of the test lab replaced c.CourseSpawner.extra_labels; the lab label is there all the same,
     # so the restart below keeps every GPU of a running server.
     for name in started:
-        labels = docker_client.containers.get(naming.container_name(name, "gpu-course")).labels
+        labels = docker_client.containers.get(lab.names.container(name, "gpu-course")).labels
         assert labels[SITE_LABEL] == "tests" and labels[Labels.LAB] == lab.hub_settings().lab_id
     devices = [device for held in containers.values() for device in held]
     assert len(devices) == len(set(devices)) == 4 and set(devices) == FAKE_UUIDS
@@ -126,7 +132,7 @@ def test_fifty_concurrent_spawns_on_four_gpus(admin, ledger, docker_client, lab)
     # The hub dies while servers hold GPUs; one container is removed while it is down.
     lab.hub.stop(signal.SIGKILL)
     gone = started[0]
-    docker_client.containers.get(naming.container_name(gone, "gpu-course")).remove(force=True)
+    docker_client.containers.get(lab.names.container(gone, "gpu-course")).remove(force=True)
     lab.start_hub()
     remaining = _gpu_containers(docker_client, lab)
     assert gone not in remaining and len(remaining) == 3
@@ -137,7 +143,7 @@ def test_fifty_concurrent_spawns_on_four_gpus(admin, ledger, docker_client, lab)
 
     # Behind the hub's back, while it runs: the device is free again within one poll.
     taken_away = started[1]
-    docker_client.containers.get(naming.container_name(taken_away, "gpu-course")).remove(force=True)
+    docker_client.containers.get(lab.names.container(taken_away, "gpu-course")).remove(force=True)
     admin.wait(lambda: taken_away not in _ledger_view(ledger), timeout=15, what="device released after one poll")
     assert _ledger_view(ledger) == _gpu_containers(docker_client, lab)
     _start_and_wait(admin, second_newcomer)  # refused a moment ago; now taken_away's device is the only free one
@@ -152,7 +158,9 @@ def test_quota_refusals_reach_the_student_before_anything_starts(admin, ledger, 
         response = gail.start("gpu-course")
         assert response.status_code == 429, response.text
         assert "gpu-course may hold at most 1 GPU" in response.json()["message"]
-        assert docker_client.containers.list(all=True, filters={"label": ["org.teachlab.user=gpu-gail"]}) == []
+        assert (
+            docker_client.containers.list(all=True, filters={"label": ["org.teachlab.user=gpu-gail", lab_label(admin.lab)]}) == []
+        )
         _stop_all(admin, "gpu-course")
 
         ledger.set_user_override("gpu-gail", "gpu-course", gpu_hours=0.0, max_gpus=None, actor="tests")
@@ -169,7 +177,7 @@ def test_quota_refusals_reach_the_student_before_anything_starts(admin, ledger, 
 
 def test_gpu_service_scopes_pages_and_audited_quota_changes(users, lab, ledger):
     admin, prof, gail = users("admin"), users("prof"), users("gpu-gail")
-    api = f"{lab.public_url}/services/{Scopes.GPU_SERVICE}/api"
+    api = lab.service_url(Scopes.GPU_SERVICE) + "api"
 
     def call(user, method, path, **kwargs):
         return requests.request(method, f"{api}/{path}", headers={"Authorization": f"token {user.token}"}, timeout=30, **kwargs)
@@ -209,9 +217,9 @@ def _check_pages_and_own_usage(admin, gail, lab, call):
     mine = call(gail, "GET", "me").json()
     assert [(row["course"], row["remaining_gpu_hours"]) for row in mine] == [("gpu-course", 20.0)]
 
-    admin_page = admin.session.get(f"{lab.public_url}/services/{Scopes.GPU_SERVICE}/")
+    admin_page = admin.session.get(lab.service_url(Scopes.GPU_SERVICE))
     assert admin_page.status_code == 200 and 'id="holdings"' in admin_page.text and "GPU-fa4e0000" in admin_page.text
-    student_page = gail.session.get(f"{lab.public_url}/services/{Scopes.GPU_SERVICE}/")
+    student_page = gail.session.get(lab.service_url(Scopes.GPU_SERVICE))
     assert student_page.status_code == 200 and 'id="my-gpu-usage"' in student_page.text and "holdings" not in student_page.text
 
 
@@ -266,3 +274,19 @@ def test_a_start_that_fails_after_the_reservation_releases_the_gpu(admin, ledger
     finally:
         docker_client.images.get(spare_tag).tag(current.image)
         docker_client.images.remove(spare_tag)
+
+
+def test_a_running_gpu_server_is_stopped_when_its_hours_run_out(admin, ledger, users, lab):
+    """GPU-hours hold while a server runs: the ledger's verdict is checked at every poll (spawner/gpu/quotas.py)."""
+    gail = users("gpu-gail")
+    ledger.set_user_override("gpu-gail", "gpu-course", gpu_hours=0.003, max_gpus=None, actor="tests")  # 10.8 s
+    try:
+        gail.start_and_wait("gpu-course")
+        admin.wait(lambda: not gail.server("gpu-course"), timeout=60, what="gail's GPU server stopped by its quota")
+        assert ledger.holdings() == []
+        home = gail.session.get(f"{lab.public_url}/hub/home").text
+        assert "GPU-hours for this term in gpu-course are used up" in home
+        refused = gail.start("gpu-course")
+        assert refused.status_code == 403 and "GPU-hours" in refused.json()["message"]
+    finally:
+        ledger.set_user_override("gpu-gail", "gpu-course", gpu_hours=None, max_gpus=None, actor="tests")

@@ -93,3 +93,28 @@ def test_hub_refuses_an_unreadable_setting(repo_root, tmp_path):
         "TEACHLAB_EXTRA_LABELS:(value): 'not json' cannot be read: Expecting value: line 1 column 1 (char 0) "
         '(write e.g. {"org.example.lab": "cs-department"})',
     ]
+
+
+@pytest.mark.docker
+def test_hub_refuses_to_start_when_it_cannot_install_the_egress_rules(repo_root, tmp_path, session_id, docker_client):
+    """A stand-in iptables that is refused as an unprivileged hub would be (it names itself the fake)."""
+    stand_in = tmp_path / "bin" / "iptables"
+    stand_in.parent.mkdir()
+    stand_in.write_text(
+        "#!/bin/sh\n# stand-in iptables for a hub without CAP_NET_ADMIN\n"
+        "echo 'iptables v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied "
+        "(you must be root)' >&2\nexit 4\n"
+    )
+    stand_in.chmod(0o755)
+    network = f"teachlab-test-fw-{session_id}"
+    try:
+        lines = refusal_lines(
+            start_hub(repo_root, tmp_path, TEACHLAB_NETWORK=network, PATH=f"{stand_in.parent}:{os.environ['PATH']}")
+        )
+    finally:
+        for found in docker_client.networks.list(names=[network]):
+            found.remove()
+    assert lines == [
+        "teachlab: iptables -S failed: iptables v1.8.9 (nf_tables): Could not fetch rule set "
+        "generation id: Permission denied (you must be root) (the hub needs root or CAP_NET_ADMIN)"
+    ]

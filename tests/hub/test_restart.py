@@ -7,8 +7,6 @@ import time
 
 import pytest
 
-from spawner.core import naming
-
 pytestmark = [
     pytest.mark.hub,
     pytest.mark.docker,
@@ -23,18 +21,18 @@ def test_hub_restart_keeps_five_running_servers(users, lab, docker_client, how):
     for name in RUNNING:
         users(name).start_and_wait("intro-python")
     users("fiona").start_and_wait("intro-python")
-    containers = {name: docker_client.containers.get(naming.container_name(name, "intro-python")).id for name in RUNNING}
+    containers = {name: docker_client.containers.get(lab.names.container(name, "intro-python")).id for name in RUNNING}
 
     lab.hub.stop(how)
     # While the hub is down, one container disappears behind its back.
-    docker_client.containers.get(naming.container_name("fiona", "intro-python")).remove(force=True)
+    docker_client.containers.get(lab.names.container("fiona", "intro-python")).remove(force=True)
     lab.start_hub()
 
     for name in RUNNING:
         user = users(name)
         assert user.server("intro-python").get("ready"), name
         assert user.get_server_page("api/status", course="intro-python").status_code == 200, name
-        assert docker_client.containers.get(naming.container_name(name, "intro-python")).id == containers[name]
+        assert docker_client.containers.get(lab.names.container(name, "intro-python")).id == containers[name]
     assert {f"/user/{name}/intro-python" for name in RUNNING} <= set(lab.proxy_routes())
     fiona = users("fiona")
     fiona.wait_until_stopped("intro-python", timeout=30)  # the hub drops the vanished server's record...

@@ -8,8 +8,6 @@ import time
 import docker.errors
 import pytest
 
-from spawner.core import naming
-
 pytestmark = [
     pytest.mark.hub,
     pytest.mark.docker,
@@ -17,8 +15,8 @@ pytestmark = [
 ]
 
 
-def _container(docker_client, user: str, course: str):
-    return docker_client.containers.get(naming.container_name(user, course))
+def _container(docker_client, lab, user: str, course: str):
+    return docker_client.containers.get(lab.names.container(user, course))
 
 
 def _exec(container, script: str, user: str = "1000:1000") -> tuple[int, str]:
@@ -26,10 +24,10 @@ def _exec(container, script: str, user: str = "1000:1000") -> tuple[int, str]:
     return result.exit_code, result.output.decode("utf-8", "replace").strip()
 
 
-def test_student_gets_the_course_image_limits_and_storage(users, docker_client, build_settings):
+def test_student_gets_the_course_image_limits_and_storage(users, docker_client, build_settings, lab):
     alice = users("alice")
     alice.start_and_wait("intro-python")
-    container = _container(docker_client, "alice", "intro-python")
+    container = _container(docker_client, lab, "alice", "intro-python")
     attrs = container.attrs
     current = json.loads((build_settings.registry_dir / "intro-python.json").read_text())
     assert attrs["Config"]["Image"] == f"{build_settings.image_namespace}/course-intro-python:{current['current']}"
@@ -41,8 +39,11 @@ def test_student_gets_the_course_image_limits_and_storage(users, docker_client, 
     assert not host.get("Privileged")
     mounts = {m["Destination"]: m for m in attrs["Mounts"]}
     assert set(mounts) == {"/home/jovyan/work", "/home/jovyan/data/datasets"}
-    assert mounts["/home/jovyan/work"]["Name"] == "teachlab-home-alice---intro-python" and mounts["/home/jovyan/work"]["RW"]
-    assert mounts["/home/jovyan/data/datasets"]["Name"] == "teachlab-data-intro-python---datasets"
+    assert (
+        mounts["/home/jovyan/work"]["Name"] == lab.names.home_volume("alice", "intro-python")
+        and mounts["/home/jovyan/work"]["RW"]
+    )
+    assert mounts["/home/jovyan/data/datasets"]["Name"] == lab.names.data_volume("intro-python", "datasets")
     assert not mounts["/home/jovyan/data/datasets"]["RW"]
     assert not any("docker.sock" in m.get("Source", "") for m in attrs["Mounts"])
     assert list(attrs["NetworkSettings"]["Networks"]) == [alice.lab.network]
@@ -60,31 +61,31 @@ def test_student_gets_the_course_image_limits_and_storage(users, docker_client, 
     assert code == 0
 
 
-def test_instructor_writes_course_data_that_students_read(users, docker_client):
+def test_instructor_writes_course_data_that_students_read(users, docker_client, lab):
     prof, alice = users("prof"), users("alice")
     prof.start_and_wait("intro-python")
-    instructor_container = _container(docker_client, "prof", "intro-python")
+    instructor_container = _container(docker_client, lab, "prof", "intro-python")
     code, output = _exec(
         instructor_container,
         "echo 'week 1 data' > /home/jovyan/data/datasets/week1.csv && cat /home/jovyan/data/datasets/week1.csv",
     )
     assert (code, output) == (0, "week 1 data")
     alice.start_and_wait("intro-python")
-    code, output = _exec(_container(docker_client, "alice", "intro-python"), "cat /home/jovyan/data/datasets/week1.csv")
+    code, output = _exec(_container(docker_client, lab, "alice", "intro-python"), "cat /home/jovyan/data/datasets/week1.csv")
     assert (code, output) == (0, "week 1 data")
 
 
-def test_work_survives_stop_start_and_container_removal(users, docker_client):
+def test_work_survives_stop_start_and_container_removal(users, docker_client, lab):
     carol = users("carol")
     carol.start_and_wait("intro-python")
-    first = _container(docker_client, "carol", "intro-python")
+    first = _container(docker_client, lab, "carol", "intro-python")
     assert _exec(first, "echo 'my homework' > /home/jovyan/work/homework.py")[0] == 0
     assert carol.stop("intro-python").status_code in (202, 204)
     carol.wait_until_stopped("intro-python")
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(first.id)  # removed on stop; only the volume stays
     carol.start_and_wait("intro-python")
-    second = _container(docker_client, "carol", "intro-python")
+    second = _container(docker_client, lab, "carol", "intro-python")
     assert second.id != first.id
     assert _exec(second, "cat /home/jovyan/work/homework.py") == (0, "my homework")
 
@@ -95,10 +96,10 @@ def test_another_student_gets_403_and_cannot_reach_the_container(users, docker_c
     bob.start_and_wait("intro-python")
     assert alice.get_server_page("api/status", course="intro-python").status_code == 200
     assert bob.get_server_page("api/status", user="alice", course="intro-python").status_code == 403
-    bob_in_browser = bob.session.get(f"{lab.public_url}/user/alice/intro-python/lab", allow_redirects=True)
+    bob_in_browser = bob.session.get(lab.server_url("alice", "intro-python") + "lab", allow_redirects=True)
     assert bob_in_browser.status_code == 403
 
-    alice_container = _container(docker_client, "alice", "intro-python")
+    alice_container = _container(docker_client, lab, "alice", "intro-python")
     alice_ip = alice_container.attrs["NetworkSettings"]["Networks"][lab.network]["IPAddress"]
     probe = (
         "import socket,sys\n"
@@ -111,7 +112,7 @@ def test_another_student_gets_403_and_cannot_reach_the_container(users, docker_c
         "        return type(e).__name__\n"
         f"print(reach('{alice_ip}', 8888), reach('{lab.gateway}', {lab.ports.hub}))\n"
     )
-    result = _container(docker_client, "bob", "intro-python").exec_run(["python", "-c", probe], user="1000:1000")
+    result = _container(docker_client, lab, "bob", "intro-python").exec_run(["python", "-c", probe], user="1000:1000")
     to_alice, to_hub = result.output.decode().split()
     assert to_hub == "open"  # the same probe reaches the hub, so the refusal below is the network's doing
     # With icc off the bridge drops the packets: a timeout, not a refused port (which would mean alice's container
@@ -169,7 +170,7 @@ UNTRUSTED_START_REQUESTS = [
 
 
 @pytest.mark.parametrize("name, body, status, text", [pytest.param(*case[1:], id=case[0]) for case in UNTRUSTED_START_REQUESTS])
-def test_untrusted_start_requests_are_refused(users, docker_client, name, body, status, text):
+def test_untrusted_start_requests_are_refused(users, docker_client, name, body, status, text, lab):
     alice = users("alice")
     response = alice.api("POST", f"/users/alice/servers/{name}", **({} if body is None else {"data": json.dumps(body)}))
     assert response.status_code == status, response.text
@@ -177,7 +178,9 @@ def test_untrusted_start_requests_are_refused(users, docker_client, name, body, 
     if status == 400 and "may not contain" not in text:
         assert response.json()["message"].endswith("Your courses: intro-python, not-published, versioned")
     assert "Traceback" not in response.text
-    leaked = docker_client.containers.list(all=True, filters={"label": "org.teachlab.user=alice"})
+    leaked = docker_client.containers.list(
+        all=True, filters={"label": ["org.teachlab.user=alice", f"org.teachlab.lab={lab.hub_settings().lab_id}"]}
+    )
     assert all(c.labels["org.teachlab.course"] in ("intro-python",) for c in leaked)
 
 
@@ -255,22 +258,24 @@ def test_ended_term_is_not_offered_to_students_but_instructors_keep_it(users, la
     assert prof.stop("ended-course").status_code in (202, 204)
 
 
-def test_a_new_version_needs_no_hub_restart_and_running_servers_keep_theirs(users, docker_client, build_settings, hub_catalog):
+def test_a_new_version_needs_no_hub_restart_and_running_servers_keep_theirs(
+    users, docker_client, build_settings, hub_catalog, lab
+):
     from spawner.catalog import load_course
     from spawner.images.publish import publish_course
     from support.catalogs import add_pip_requirements
 
     fiona = users("fiona")
     fiona.start_and_wait("versioned")
-    before = _container(docker_client, "fiona", "versioned").attrs["Config"]["Image"]
+    before = _container(docker_client, lab, "fiona", "versioned").attrs["Config"]["Image"]
     add_pip_requirements(hub_catalog / "versioned", "six==1.16.0")
     published = publish_course(load_course(hub_catalog / "versioned"), settings=build_settings, client=docker_client)
     assert published.outcome == "published" and published.image != before
-    assert _container(docker_client, "fiona", "versioned").attrs["Config"]["Image"] == before
+    assert _container(docker_client, lab, "fiona", "versioned").attrs["Config"]["Image"] == before
     fiona.stop("versioned")
     fiona.wait_until_stopped("versioned")
     fiona.start_and_wait("versioned")
-    assert _container(docker_client, "fiona", "versioned").attrs["Config"]["Image"] == published.image
+    assert _container(docker_client, lab, "fiona", "versioned").attrs["Config"]["Image"] == published.image
 
 
 def test_idle_servers_are_culled_after_the_course_limit(users):

@@ -12,8 +12,19 @@ TEST_ACCOUNTS = (
     {"username": "prof", "name": "Prof", "groups": ["cs101-staff"]},
     {"username": "gpu-gail", "name": "Gail", "groups": ["gpu-testers"]},
     {"username": "admin", "name": "Admin", "groups": ["lab-admins"]},
+    {"username": "rita", "name": "Rita", "groups": ["cs101-students"]},  # removed from cs101 by the revocation test
+    {"username": "tom", "name": "Tom", "groups": ["tas"]},  # made an instructor of a course while the hub runs
 )
-HUB_COURSES = ("intro-python", "data-analysis", "ended-course", "quick-idle", "versioned", "gpu-course")
+HUB_COURSES = (
+    "intro-python",
+    "data-analysis",
+    "ended-course",
+    "quick-idle",
+    "versioned",
+    "gpu-course",
+    "offline-course",
+    "tiny-disk",
+)
 GPU_STUDENTS = tuple(f"gpu{number:02d}" for number in range(1, 51))
 # fake_gpu_inventory: four declared GPUs that do not exist. dockerd runs with the stand-in
 # nvidia-container-runtime-hook (tests/fake_gpu_runtime), so containers requesting them start and see

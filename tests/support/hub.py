@@ -88,7 +88,7 @@ class HubUser:
         The hub asks when a person opens a server that is not their own (an instructor opening a
         student's server); the hub then issues a token for exactly that server.
         """
-        base = f"{self.lab.public_url}/user/{user}/{course}/"
+        base = self.lab.server_url(user, course)
         page = self.session.get(base + "lab")
         if "/hub/api/oauth2/authorize" in page.url and page.status_code == 200:
             fields = re.findall(r'<input type="hidden" name="(_xsrf|scopes)" value="([^"]*)"', page.text)
@@ -99,5 +99,5 @@ class HubUser:
 
     def get_server_page(self, path: str, *, user: str | None = None, course: str) -> requests.Response:
         """A request to a single-user server with this user's token (as a browser extension would)."""
-        url = f"{self.lab.public_url}/user/{user or self.name}/{course}/{path.lstrip('/')}"
+        url = self.lab.server_url(user or self.name, course) + path.lstrip("/")
         return requests.get(url, headers={"Authorization": f"token {self.token}"}, timeout=60, allow_redirects=False)

@@ -6,13 +6,16 @@ share one lab per session."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from spawner.devlab.lab import Lab, LabPorts, free_port
-from spawner.hub.startup import HubHost
+from spawner.node import firewall
+from spawner.node.disks import VolumeStore
 from support.accounts import FAKE_GPU_INVENTORY, GPU_STUDENTS, HUB_COURSES, TEST_ACCOUNTS
 from support.catalogs import copy_course
+from support.dns import names_on_loopback
 from support.hub import HubUser
 
 
@@ -49,6 +52,15 @@ def hub_catalog(tmp_path_factory, repo_root):
         students={"groups": ["cs101-students"]},
     )
     copy_course(repo_root, "intro-python", catalog, new_slug="not-published", title="Not Published")
+    copy_course(repo_root, "intro-python", catalog, new_slug="offline-course", title="Offline Course", network="off")
+    copy_course(
+        repo_root,
+        "intro-python",
+        catalog,
+        new_slug="tiny-disk",
+        title="Tiny Disk",
+        resources={"cpu": 1, "memory": "1G", "disk": "24M"},
+    )
     copy_course(
         repo_root,
         "intro-python",
@@ -87,17 +99,32 @@ def site_config_dir(tmp_path_factory, session_labels):
     return folder
 
 
-@pytest.fixture(scope="session")
-def lab(docker_client, build_settings, hub_courses, hub_catalog, session_id, session_labels, site_config_dir):
-    """The running lab; its containers, volumes and network carry the session label."""
+TEST_DOMAIN = "teachlab.test"
+
+
+def start_test_lab(
+    *, state_dir, catalog, network, labels, site_config_dir, name_prefix, per_server_origins=True, domain=TEST_DOMAIN
+) -> Lab:
+    """A lab on its own ports and network, HTTPS with a CA of its own, its host names under a test domain."""
     lab = Lab(
-        state_dir=build_settings.state_dir,
-        catalog_path=hub_catalog,
-        ports=LabPorts(public=free_port(), proxy_api=free_port(), hub=free_port(), oidc=free_port(), gpu_service=free_port()),
-        network=f"teachlab-test-{session_id}",
-        extra_labels=session_labels,
+        state_dir=state_dir,
+        catalog_path=catalog,
+        ports=LabPorts(
+            public=free_port(),
+            http_redirect=free_port(),
+            proxy_api=free_port(),
+            hub=free_port(),
+            oidc=free_port(),
+            gpu_service=free_port(),
+        ),
+        network=network,
+        extra_labels=labels,
         accounts=TEST_ACCOUNTS,
         today=TODAY,
+        domain=domain,
+        per_server_origins=per_server_origins,
+        auth_refresh_seconds=AUTH_REFRESH_SECONDS,
+        name_prefix=name_prefix,
         extra_env={
             "TEACHLAB_CULL_EVERY": "10",
             "TEACHLAB_POLL_INTERVAL": "5",
@@ -105,11 +132,42 @@ def lab(docker_client, build_settings, hub_courses, hub_catalog, session_id, ses
             "TEACHLAB_SITE_CONFIG_DIR": str(site_config_dir),
         },
     )
-    gateway = HubHost().student_network_gateway(lab.network, session_labels)
-    lab.up(gateway)
-    lab.gateway = gateway
-    yield lab
+    lab.up()
+    return lab
+
+
+def stop_test_lab(lab: Lab, docker_client, labels) -> None:
+    """Stop the lab, then take away what it made on the node: containers, firewall chains, sized volumes."""
     lab.down()
+    selector = [f"{key}={value}" for key, value in labels.items()]
+    for container in docker_client.containers.list(all=True, filters={"label": selector}):
+        container.remove(force=True)
+    firewall.remove(lab.student_network())
+    store = VolumeStore(lab.layout.volumes)
+    for name in store.names():
+        store.remove(name)
+
+
+# Short, so the revocation tests see a refresh within seconds; production's default is 300 s.
+AUTH_REFRESH_SECONDS = 5
+
+
+@pytest.fixture(scope="session")
+def lab(docker_client, build_settings, hub_courses, hub_catalog, session_id, session_labels, site_config_dir):
+    """The running lab; its containers, volumes and network carry the session label. Its domain resolves to
+    loopback in this process, and requests trust its CA."""
+    with names_on_loopback(TEST_DOMAIN):
+        lab = start_test_lab(
+            state_dir=build_settings.state_dir,
+            catalog=hub_catalog,
+            network=f"teachlab-test-{session_id}",
+            labels=session_labels,
+            site_config_dir=site_config_dir,
+            name_prefix=f"tl{session_id}",
+        )
+        os.environ["REQUESTS_CA_BUNDLE"] = str(lab.certificates.ca_certificate)
+        yield lab
+        stop_test_lab(lab, docker_client, session_labels)
 
 
 @pytest.fixture(scope="session")

@@ -99,6 +99,21 @@ def test_limits_user_command_and_hardening():
     assert made.environment["TEACHLAB_COURSE"] == "intro-python" and made.environment["TEACHLAB_COURSE_VERSION"] == "v3"
 
 
+def test_the_root_filesystem_is_read_only_scratch_is_bounded_and_logs_rotate():
+    config = spec().host_config(network="n", auto_remove=True)
+    assert config["read_only"] is True
+    assert config["tmpfs"]["/tmp"].startswith("size=") and "nosuid" in config["tmpfs"]["/tmp"]
+    assert config["tmpfs"][IMAGE.home].startswith("size=") and f"uid={IMAGE.uid}" in config["tmpfs"][IMAGE.home]
+    assert config["log_config"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
+    # JupyterLab's settings and IPython's history live on the (size-limited, persistent) work volume.
+    assert spec().environment["JUPYTERLAB_SETTINGS_DIR"].startswith(IMAGE.work_mount + "/")
+
+
+def test_a_course_without_internet_is_marked_offline():
+    assert spec().offline is False
+    assert spec(course=replace(INTRO, network="off")).offline is True
+
+
 def test_a_sites_extra_host_config_cannot_loosen_the_container():
     sneaky = {
         "privileged": True,
@@ -111,6 +126,7 @@ def test_a_sites_extra_host_config_cannot_loosen_the_container():
     config = spec(extra_host_config=sneaky).host_config(network="n", auto_remove=True)
     assert config["cap_drop"] == ["ALL"] and config["security_opt"] == ["no-new-privileges"]
     assert config["mem_limit"] == 1 << 30 and config["device_requests"] == []
+    assert config["read_only"] is True and "/tmp" in config["tmpfs"]
     assert config["dns"] == ["192.0.2.53"]  # options the platform does not set pass through
     assert config["privileged"] is False
 

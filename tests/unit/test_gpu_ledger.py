@@ -529,3 +529,48 @@ class LedgerMachine(RuleBasedStateMachine):
 
 TestLedgerMachine = LedgerMachine.TestCase
 TestLedgerMachine.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
+
+
+# Quotas while a server runs
+
+
+def test_a_running_server_is_stopped_when_its_gpu_hours_run_out(ledger, clock):
+    ledger.set_course_quota(COURSE, max_concurrent_gpus=None, gpu_hours_per_student=2, actor="admin")
+    allocate(ledger, "alice")
+
+    def verdict():
+        return ledger.running_server_verdict(
+            username="alice", server_name=COURSE, course=COURSE, term_start=TERM[0], term_end=TERM[1], max_server_hours=12
+        )
+
+    clock.advance(hours=1, minutes=59)
+    assert verdict() is None
+    clock.advance(minutes=1)
+    assert verdict() == (
+        "your 2 GPU-hours for this term in deep-learning are used up, so your server was stopped; ask your instructor for more"
+    )
+    ledger.set_user_override("alice", COURSE, gpu_hours=10, max_gpus=None, actor="admin")
+    assert verdict() is None  # an instructor's extra hours take effect at once
+
+
+def test_a_gpu_server_has_a_maximum_age(ledger, clock):
+    allocate(ledger, "bob")
+
+    def verdict():
+        return ledger.running_server_verdict(
+            username="bob", server_name=COURSE, course=COURSE, term_start=TERM[0], term_end=TERM[1], max_server_hours=8
+        )
+
+    clock.advance(hours=7, minutes=59)
+    assert verdict() is None
+    clock.advance(minutes=1)
+    assert "run at most 8 hours at a time" in verdict()
+
+
+def test_a_server_without_gpus_has_no_verdict(ledger, clock):
+    assert (
+        ledger.running_server_verdict(
+            username="carol", server_name=COURSE, course=COURSE, term_start=TERM[0], term_end=TERM[1], max_server_hours=1
+        )
+        is None
+    )

@@ -17,6 +17,7 @@ from spawner.core.contract import Scopes
 from spawner.gpu.ledger import ReconcileReport
 from spawner.hub.config import apply
 from spawner.hub.settings import HubSettings
+from spawner.node.firewall import StudentNetwork
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,9 +29,19 @@ class StandInHost:
         self.calls: list[tuple] = []
         self.members = members or {}
 
-    def student_network_gateway(self, name, labels):
+    def student_network(self, name, labels, hub_port):
         self.calls.append(("network", name, dict(labels)))
-        return "172.30.0.1"
+        return StudentNetwork(
+            network_id="n1",
+            bridge="br-n1",
+            subnet="172.30.0.0/20",
+            gateway="172.30.0.1",
+            offline_range="172.30.8.0/21",
+            hub_port=hub_port,
+        )
+
+    def install_firewall(self, net):
+        self.calls.append(("firewall", net.bridge, net.hub_port))
 
     def oidc_endpoints(self, issuer):
         self.calls.append(("oidc", issuer))
@@ -87,6 +98,8 @@ def test_the_spawner_is_teachlabs_and_knows_its_lab(tmp_path):
 def test_the_hub_listens_on_the_students_gateway_and_keeps_servers_across_restarts(tmp_path):
     c, lab, host = configured(tmp_path)
     assert ("network", "teachlab-students", {"org.example.lab": "cs"}) in host.calls
+    assert ("firewall", "br-n1", 8081) in host.calls  # the egress policy is installed before the hub listens
+    assert c.CourseSpawner.offline_address_range == "172.30.8.0/21"
     assert c.JupyterHub.hub_bind_url == "http://172.30.0.1:8081"
     assert c.JupyterHub.cleanup_servers is False and c.JupyterHub.cleanup_proxy is False
     assert c.ConfigurableHTTPProxy.should_start is False
@@ -155,6 +168,7 @@ def test_a_broken_catalog_stops_before_anything_is_asked_of_the_machine(tmp_path
 
 def test_every_key_apply_sets_is_a_configurable_trait(tmp_path):
     from jupyterhub.app import JupyterHub
+    from jupyterhub.crypto import CryptKeeper
     from jupyterhub.proxy import ConfigurableHTTPProxy
     from oauthenticator.generic import GenericOAuthenticator
 
@@ -166,6 +180,7 @@ def test_every_key_apply_sets_is_a_configurable_trait(tmp_path):
         "CourseSpawner": CourseSpawner,
         "GenericOAuthenticator": GenericOAuthenticator,
         "ConfigurableHTTPProxy": ConfigurableHTTPProxy,
+        "CryptKeeper": CryptKeeper,
     }
     assert set(c) == set(classes)
     for section, cls in classes.items():
@@ -178,3 +193,48 @@ def test_the_config_file_is_a_few_lines(repo_root=REPO):
     code = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
     assert len(code) <= 25, code
     assert not any(re.search(r"sys\.path|exec\(", line) for line in code)
+
+
+def test_each_users_servers_get_an_origin_of_their_own_with_host_only_cookies(tmp_path):
+    c, _, _ = configured(tmp_path, public_url="https://lab.example-lab.org")
+    assert c.JupyterHub.subdomain_host == "https://lab.example-lab.org"
+    assert c.JupyterHub.cookie_host_prefix_enabled is True
+    plain, _, _ = configured(tmp_path, public_url="https://lab.example-lab.org", per_server_origins=False)
+    assert "subdomain_host" not in plain.JupyterHub
+
+
+def test_sign_ins_are_refreshed_and_expire(tmp_path):
+    c, lab, _ = configured(tmp_path, auth_refresh_seconds=120, token_max_days=7)
+    oauth = c.GenericOAuthenticator
+    assert oauth.enable_auth_state is True and oauth.refresh_pre_spawn is True and oauth.auth_refresh_age == 120
+    assert c.JupyterHub.token_expires_in_max_seconds == 7 * 24 * 3600
+    assert c.JupyterHub.cookie_max_age_days == 1.0
+    key = lab.layout.auth_state_key
+    assert c.CryptKeeper["keys"] == [key.read_text().strip().encode()] and len(key.read_text().strip()) == 64
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    again, _, _ = configured(tmp_path, auth_refresh_seconds=120)
+    assert again.CryptKeeper["keys"] == c.CryptKeeper["keys"]  # made once, read back at every start
+
+
+def test_the_state_folder_and_its_secrets_are_private_even_when_they_already_exist(tmp_path):
+    lab = settings(tmp_path)
+    lab.layout.lab.mkdir(parents=True)
+    for folder in (lab.state_dir, lab.layout.lab):
+        folder.chmod(0o755)
+    lab.layout.cookie_secret.write_text("0" * 64)
+    lab.layout.cookie_secret.chmod(0o644)
+    lab.layout.auth_state_key.write_text("1" * 64)
+    lab.layout.auth_state_key.chmod(0o644)
+    apply(lab, Config(), StandInHost())
+    assert oct(lab.state_dir.stat().st_mode & 0o777) == oct(lab.layout.lab.stat().st_mode & 0o777) == "0o700"
+    assert oct(lab.layout.cookie_secret.stat().st_mode & 0o777) == "0o600"
+    assert oct(lab.layout.auth_state_key.stat().st_mode & 0o777) == "0o600"
+
+
+def test_the_username_claim_and_the_allowed_groups_are_settings(tmp_path):
+    c, _, _ = configured(tmp_path, username_claim="sub", allowed_groups=("cs101-students", "cs101-staff"))
+    assert c.GenericOAuthenticator.username_claim == "sub"
+    assert c.GenericOAuthenticator.allowed_groups == {"cs101-students", "cs101-staff"}
+    assert c.GenericOAuthenticator.allow_all is False
+    default, _, _ = configured(tmp_path)
+    assert default.GenericOAuthenticator.allow_all is True and "allowed_groups" not in default.GenericOAuthenticator

@@ -58,13 +58,13 @@ def test_different_usernames_get_different_slugs(first, second):
 @given(nasty_text, slugs, nasty_text, slugs)
 def test_two_different_pairs_never_share_a_volume_or_container(user1, course1, user2, course2):
     if (user1, course1) != (user2, course2):
-        assert naming.home_volume_name(user1, course1) != naming.home_volume_name(user2, course2)
-        assert naming.container_name(user1, course1) != naming.container_name(user2, course2)
+        assert naming.LabNames().home_volume(user1, course1) != naming.LabNames().home_volume(user2, course2)
+        assert naming.LabNames().container(user1, course1) != naming.LabNames().container(user2, course2)
 
 
 @given(nasty_text, slugs)
 def test_names_are_docker_safe_and_short(username, course):
-    for name in (naming.home_volume_name(username, course), naming.container_name(username, course)):
+    for name in (naming.LabNames().home_volume(username, course), naming.LabNames().container(username, course)):
         assert DOCKER_NAME.match(name) and len(name) <= naming.MAX_NAME_LENGTH
     image = naming.course_image(course, naming.version_tag(12))
     repository, tag = image.split(":")
@@ -87,15 +87,15 @@ def test_user_slugs_are_stable_across_releases(username, expected):
 
 
 def test_stable_volume_name():
-    assert naming.home_volume_name("alice", "intro-python") == "teachlab-home-alice---intro-python"
-    assert naming.data_volume_name("intro-python", "datasets") == "teachlab-data-intro-python---datasets"
+    assert naming.LabNames().home_volume("alice", "intro-python") == "teachlab-home-alice---intro-python"
+    assert naming.LabNames().data_volume("intro-python", "datasets") == "teachlab-data-intro-python---datasets"
 
 
 @pytest.mark.parametrize("bad", ["", "a", "Intro", "intro--python", "-intro", "intro-", "a" * 33, "in tro", "../x", "{x}"])
 def test_bad_course_slugs_never_reach_a_name(bad):
     assert not naming.is_course_slug(bad)
     with pytest.raises(ValueError):
-        naming.home_volume_name("alice", bad)
+        naming.LabNames().home_volume("alice", bad)
 
 
 @given(st.text(max_size=50))
@@ -108,3 +108,29 @@ def test_version_tags_round_trip():
     for bad in ["7", "v0", "v01", "latest", "v1;rm"]:
         with pytest.raises(ValueError):
             naming.version_number(bad)
+
+
+def test_the_default_prefix_keeps_every_releases_names():
+    names = naming.LabNames()
+    assert names.container("alice", "intro-python") == "teachlab-alice---intro-python"
+    assert names.home_volume("alice", "intro-python") == "teachlab-home-alice---intro-python"
+    assert names.data_volume("intro-python", "datasets") == "teachlab-data-intro-python---datasets"
+
+
+@given(
+    st.sampled_from(["teachlab", "tl0a1b2c3d", "staging"]),
+    st.sampled_from(["teachlab", "tl99", "prod"]),
+    st.text(min_size=1, max_size=20),
+    slugs,
+)
+def test_labs_with_different_prefixes_never_share_a_name(first, second, username, course):
+    if first != second:
+        a, b = naming.LabNames(first), naming.LabNames(second)
+        assert a.container(username, course) != b.container(username, course)
+        assert a.home_volume(username, course) != b.home_volume(username, course)
+
+
+@pytest.mark.parametrize("prefix", ["", "Teachlab", "tl-a", "1lab", "a" * 21, "tl_a"])
+def test_a_bad_prefix_is_refused(prefix):
+    with pytest.raises(ValueError, match="is not a name prefix"):
+        naming.LabNames(prefix)

@@ -1,8 +1,9 @@
 """CourseSpawner.start() when something fails half-way: nothing half-done stays (GPUs, volumes).
 
-No Docker daemon: ``StandInDocker`` answers the spawner's Docker calls from memory and fails where a test says
-(it names the fake; tests/hub runs the same paths on the real engine). The catalog, the version registry and
-the GPU ledger (SQLite) are real.
+No Docker daemon, no root: ``StandInDocker`` answers the spawner's Docker calls from memory and fails where a
+test says, and ``StandInVolumeStore`` stands in for the loop-mounted filesystems of ``spawner.node.disks``
+(both name the fake; tests/hub and tests/node run the same paths on the real engine and kernel). The catalog,
+the version registry and the GPU ledger (SQLite) are real.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class StandInDocker:
         self.fail_on = fail_on
         self.volumes: set[str] = set()
         self.calls: list[str] = []
+        self.created: list[dict] = []
 
     async def __call__(self, method: str, *args, **kwargs):
         self.calls.append(method)
@@ -49,10 +51,42 @@ class StandInDocker:
             self.volumes.discard(args[0])
             return None
         if method == "create_container":
+            self.created.append(kwargs)
             return {"Id": "helper-1"}
         if method == "wait":
             return {"StatusCode": 0}
         return None
+
+
+class StandInVolumeStore:
+    """In-memory sized volumes: which exist and which are mounted."""
+
+    made: set[str] = set()
+
+    def __init__(self, root):
+        self.root = root
+
+    def exists(self, name):
+        return name in self.made
+
+    def create(self, name, size_bytes, *, uid, gid):
+        self.made.add(name)
+
+    def ensure_mounted(self, name):
+        assert name in self.made
+
+    def driver_options(self, name):
+        return {"type": "none", "o": "bind", "device": f"/stand-in/{name}"}
+
+    def remove(self, name):
+        self.made.discard(name)
+
+
+@pytest.fixture(autouse=True)
+def stand_in_volumes(monkeypatch):
+    StandInVolumeStore.made = set()
+    monkeypatch.setattr("spawner.hub.spawner.VolumeStore", StandInVolumeStore)
+    return StandInVolumeStore
 
 
 @pytest.fixture
@@ -75,7 +109,7 @@ def lab_state(tmp_path, repo_root):
                 environment_hash="0",
                 created="2026-11-01T00:00:00+00:00",
                 size_bytes=1,
-                base_image="b",
+                base_image="teachlab-test/debian-py39:v1.0.0",
                 flavor="debian-py39",
             ),
             "lock",
@@ -137,15 +171,18 @@ def test_volumes_made_for_a_start_whose_storage_failed_are_removed(lab_state):
     assert stand_in.volumes == set()
     assert stand_in.calls.count("remove_volume") == 2
     assert "remove_container" in stand_in.calls  # the helper container does not stay either
+    assert StandInVolumeStore.made == set()  # nor the work volume's filesystem
 
 
 def test_volumes_that_existed_before_are_kept_when_storage_fails(lab_state):
     stand_in = StandInDocker(fail_on="start")
     stand_in.volumes.add("teachlab-home-alice---intro-python")  # last week's work
+    StandInVolumeStore.made.add("teachlab-home-alice---intro-python")
     spawner = make_spawner(lab_state, "intro-python", stand_in)
     with pytest.raises(web.HTTPError):
         asyncio.run(spawner.start())
     assert stand_in.volumes == {"teachlab-home-alice---intro-python"}
+    assert StandInVolumeStore.made == {"teachlab-home-alice---intro-python"}
 
 
 def test_a_start_refused_for_access_creates_nothing(lab_state):
@@ -157,3 +194,15 @@ def test_a_start_refused_for_access_creates_nothing(lab_state):
     assert refused.value.status_code == 400 and "not enrolled" in refused.value.log_message
     assert stand_in.calls == []
     assert json.dumps(ledger_for(spawner.gpu_ledger_url).holdings()) == "[]"
+
+
+def test_the_helper_that_hands_data_volumes_over_runs_the_platforms_image_confined(lab_state):
+    stand_in = StandInDocker(fail_on="start")
+    spawner = make_spawner(lab_state, "intro-python", stand_in)
+    with pytest.raises(web.HTTPError):
+        asyncio.run(spawner.start())
+    (helper,) = stand_in.created
+    assert helper["image"] == "teachlab-test/debian-py39:v1.0.0"  # the base image, never the course author's
+    host = helper["host_config"]
+    assert host["CapDrop"] == ["ALL"] and host["CapAdd"] == ["CHOWN"] and host["NetworkMode"] == "none"
+    assert host["SecurityOpt"] == ["no-new-privileges"] and host["ReadonlyRootfs"] is True

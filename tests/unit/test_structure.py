@@ -15,14 +15,15 @@ ALLOWED = {
     "catalog": {"core"},
     "engine": {"core"},
     "gpu": {"core"},
+    "node": {"core"},
     "images": {"core", "catalog", "engine"},
-    "hub": {"core", "catalog", "engine", "images", "gpu"},
+    "hub": {"core", "catalog", "engine", "images", "gpu", "node"},
     "services": {"core", "catalog", "gpu"},
     "cli": {"core", "catalog", "engine", "images", "gpu"},
-    "devlab": {"core", "catalog", "engine", "images", "gpu", "hub", "services", "cli"},
+    "devlab": {"core", "catalog", "engine", "images", "gpu", "node", "hub", "services", "cli"},
 }
 # Pure cores: no Docker, no JupyterHub, no Tornado (tested without a daemon or a hub).
-PURE = ["core", "catalog", "gpu", "hub/container_spec.py", "images/plan.py", "images/registry.py"]
+PURE = ["core", "catalog", "gpu", "node", "hub/container_spec.py", "images/plan.py", "images/registry.py"]
 FRAMEWORKS = ("docker", "dockerspawner", "jupyterhub", "tornado")
 # Facts with one home (spawner/core/contract.py); a copy elsewhere drifts.
 STRAY = re.compile(r"org\.teachlab\.|/opt/jupyter|/opt/course-env|1000:1000|/home/jovyan|uid 1000")

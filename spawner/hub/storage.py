@@ -1,0 +1,117 @@
+"""A course server's volumes: the student's size-limited work volume and the course's data volumes.
+
+* The work volume is an ext4 filesystem of the course's ``resources.disk`` (``spawner.node.disks``), owned by
+  the student uid from the moment it is made; Docker sees a bind volume of its mount point. It is mounted
+  again (by file) before every start. A plain volume made by an earlier release keeps working, unsized.
+* A new data volume belongs to root: a short helper hands it to the student uid once. The helper runs the
+  platform's base image (never the course author's), as root with only CHOWN, without network.
+
+A failure part-way removes what this start made, so the next start begins from nothing half-done; what
+existed before (last week's work) is never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import docker.errors
+
+from ..catalog import Course
+from ..core import naming
+from ..core.blocking import DISKS, run_blocking
+from ..core.contract import IMAGE, Labels
+from ..core.hardening import HELPER_HARDENING
+from ..node.disks import VolumeStore
+
+DockerCall = Callable[..., Awaitable[Any]]
+
+
+class StorageFailed(Exception):
+    """Preparing the volumes failed; everything made for this start was removed again."""
+
+
+@dataclass
+class ServerStorage:
+    """Prepares the volumes of one start through ``docker`` (DockerSpawner's ``self.docker``)."""
+
+    docker: DockerCall
+    client: Any  # docker-py APIClient, for create_host_config
+    store: VolumeStore
+    names: naming.LabNames
+    extra_labels: dict[str, str]
+    log: logging.Logger
+
+    async def _exists(self, name: str) -> bool:
+        try:
+            await self.docker("inspect_volume", name)
+            return True
+        except docker.errors.NotFound:
+            return False
+
+    async def prepare(self, *, course: Course, username: str, home_volume: str, helper_image: str) -> list[str]:
+        """Make what is missing; returns the names of the volumes made now."""
+        labels = {**self.extra_labels, Labels.COURSE: course.slug}
+        made: list[str] = []
+        sized_now = False
+        try:
+            if await self._exists(home_volume):
+                if await run_blocking(DISKS, self.store.exists, home_volume):
+                    await run_blocking(DISKS, self.store.ensure_mounted, home_volume)
+            else:
+                await run_blocking(
+                    DISKS, self.store.create, home_volume, course.resources.disk_bytes, uid=IMAGE.uid, gid=IMAGE.gid
+                )
+                sized_now = True
+                await self.docker(
+                    "create_volume",
+                    name=home_volume,
+                    driver="local",
+                    driver_opts=self.store.driver_options(home_volume),
+                    labels={**labels, Labels.USER: username},
+                )
+                made.append(home_volume)
+            new_data = []
+            for name in course.data_volumes:
+                volume = self.names.data_volume(course.slug, name)
+                if not await self._exists(volume):
+                    await self.docker("create_volume", name=volume, labels=labels)
+                    made.append(volume)
+                    new_data.append(volume)
+            if new_data:
+                await self._give_to_student_uid(helper_image, new_data)
+        except Exception as exc:
+            await self._remove(made, sized_home=home_volume if sized_now else None)
+            raise StorageFailed(str(exc)) from exc
+        return made
+
+    async def _remove(self, volumes: list[str], *, sized_home: str | None) -> None:
+        for name in volumes:
+            try:
+                await self.docker("remove_volume", name)
+            except docker.errors.APIError as error:
+                self.log.error("could not remove the half-prepared volume %s: %s", name, error)
+        if sized_home is not None:
+            await run_blocking(DISKS, self.store.remove, sized_home)
+
+    async def _give_to_student_uid(self, image: str, volumes: list[str]) -> None:
+        binds = {volume: {"bind": f"/mnt/{index}", "mode": "rw"} for index, volume in enumerate(volumes)}
+        host_config = self.client.create_host_config(binds=binds, network_mode="none", **HELPER_HARDENING.docker_py_kwargs())
+        container = await self.docker(
+            "create_container",
+            image=image,
+            user="0:0",
+            entrypoint=["/bin/chown"],
+            command=[IMAGE.user] + [f"/mnt/{index}" for index in range(len(volumes))],
+            host_config=host_config,
+            labels={**self.extra_labels, Labels.HELPER: "chown"},
+        )
+        try:
+            await self.docker("start", container["Id"])
+            result = await self.docker("wait", container["Id"], timeout=60)
+            if result.get("StatusCode") != 0:
+                raise RuntimeError(f"chown exited with {result.get('StatusCode')}")
+        finally:
+            await self.docker("remove_container", container["Id"], force=True)

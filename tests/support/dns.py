@@ -1,0 +1,31 @@
+"""Host names of a test domain, resolved to loopback in this test process (the browser gets the same mapping
+from Chromium's --host-resolver-rules), so tests reach the lab the way production is reached: by name, over
+HTTPS, one host per user's servers. Only names under the test's own domain are mapped; everything else
+resolves as usual."""
+
+from __future__ import annotations
+
+import socket
+from contextlib import contextmanager
+
+LOOPBACK = "127.0.0.1"
+
+
+@contextmanager
+def names_on_loopback(domain: str):
+    real = socket.getaddrinfo
+
+    def resolve(host, port, *args, **kwargs):
+        if isinstance(host, str) and (host == domain or host.endswith("." + domain)):
+            host = LOOPBACK
+        return real(host, port, *args, **kwargs)
+
+    socket.getaddrinfo = resolve
+    try:
+        yield
+    finally:
+        socket.getaddrinfo = real
+
+
+def chromium_resolver_rules(domain: str) -> str:
+    return f"--host-resolver-rules=MAP {domain} {LOOPBACK}, MAP *.{domain} {LOOPBACK}"

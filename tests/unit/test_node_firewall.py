@@ -1,0 +1,56 @@
+"""The egress rules of a students' network, as computed (the kernel's side is tested in tests/node)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from spawner.node.firewall import BLOCKED_DESTINATIONS, StudentNetwork, egress_rules, input_rules, jump_rules, split_subnet
+
+NET = StudentNetwork(
+    network_id="abc123",
+    bridge="br-abc123",
+    subnet="172.30.0.0/20",
+    gateway="172.30.0.1",
+    offline_range="172.30.8.0/21",
+    hub_port=8081,
+)
+
+
+def test_every_private_link_local_and_loopback_range_is_dropped():
+    dropped = [rule[rule.index("-d") + 1] for rule in egress_rules(NET) if "-d" in rule]
+    assert dropped == list(BLOCKED_DESTINATIONS)
+    for address in ("169.254.169.254", "10.1.2.3", "192.168.1.1", "172.17.0.1", "127.0.0.1", "100.64.0.1"):
+        assert any(ipaddress.ip_address(address) in ipaddress.ip_network(cidr) for cidr in dropped), address
+    for address in ("198.51.100.7", "203.0.113.9", "8.8.8.8"):
+        assert not any(ipaddress.ip_address(address) in ipaddress.ip_network(cidr) for cidr in dropped), address
+
+
+def test_offline_servers_reach_nothing_outside_and_the_rest_continues_through_dockers_rules():
+    rules = egress_rules(NET)
+    assert ["-A", NET.egress_chain, "-s", "172.30.8.0/21", "-j", "DROP"] in rules
+    assert rules[-1] == ["-A", NET.egress_chain, "-j", "RETURN"]
+
+
+def test_the_node_accepts_only_the_hub_port_and_dns_on_the_gateway():
+    rules = input_rules(NET)
+    accepted_ports = [rule[rule.index("--dport") + 1] for rule in rules if "--dport" in rule]
+    assert accepted_ports == ["8081", "53", "53"]
+    assert all("172.30.0.1/32" in rule for rule in rules if "--dport" in rule)
+    assert rules[-1] == ["-A", NET.input_chain, "-j", "DROP"]
+
+
+def test_chains_are_per_network_and_the_bridge_jumps_into_them():
+    other = StudentNetwork(**{**NET.__dict__, "network_id": "other"})
+    assert NET.egress_chain != other.egress_chain and len(NET.egress_chain) <= 28
+    assert jump_rules(NET) == [
+        ["DOCKER-USER", "-i", "br-abc123", "-j", NET.egress_chain],
+        ["INPUT", "-i", "br-abc123", "-j", NET.input_chain],
+    ]
+
+
+def test_a_subnet_splits_into_docker_half_and_offline_half():
+    assert split_subnet("172.30.0.0/20") == ("172.30.0.0/21", "172.30.8.0/21")
+    with pytest.raises(ValueError, match="too small"):
+        split_subnet("172.30.0.0/30")
