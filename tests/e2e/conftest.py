@@ -14,37 +14,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
+from support.browser import CHROMIUM_ARGS, VIEWPORT, trusting_home
 from support.dns import chromium_resolver_rules
 
-CHROMIUM_ARGS = (
-    "--no-sandbox",  # tests often run as root in a container, where Chromium's sandbox cannot start
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
-VIEWPORT = {"width": 1400, "height": 900}
 DEFAULT_TIMEOUT_MS = 30_000
-
-
-def trusting_home(folder: Path, ca_certificate: Path) -> Path:
-    """A HOME whose NSS database trusts the lab's CA, as a university's managed desktops trust theirs."""
-    nssdb = folder / ".pki" / "nssdb"
-    nssdb.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["certutil", "-N", "-d", f"sql:{nssdb}", "--empty-password"], check=True, capture_output=True)
-    subprocess.run(
-        ["certutil", "-A", "-d", f"sql:{nssdb}", "-n", "teachlab-test-ca", "-t", "C,,", "-i", str(ca_certificate)],
-        check=True,
-        capture_output=True,
-    )
-    return folder
 
 
 @pytest.fixture(scope="module")

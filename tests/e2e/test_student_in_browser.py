@@ -14,6 +14,8 @@ import time
 import pytest
 from playwright.sync_api import expect  # a test dependency: missing fails the run instead of skipping this tier
 
+from support.browser import sign_in_at_the_provider
+
 STUDENT = "gina"  # no other test signs gina in, so her server and work volume are this test's alone
 COURSE = "intro-python"
 COURSE_TITLE = "Introduction to Python"
@@ -38,16 +40,6 @@ class Screenshots:
 
 
 # -- the hub ------------------------------------------------------------------------------------------
-def sign_in_at_the_provider(page, lab, username: str) -> None:
-    """From the hub's login page, through the university's login form, back to the hub home page."""
-    page.get_by_role("button", name="Sign in with University login").click()
-    page.wait_for_url(f"{lab.issuer}/**")
-    page.locator("#username").fill(username)
-    page.locator("#password").fill(lab.password(username))
-    page.locator("button#login").click()
-    page.wait_for_url(f"{lab.public_url}/hub/home")
-
-
 def course_row(page, slug: str):
     return page.locator(f"tr#course-{slug}")
 

@@ -14,6 +14,7 @@ TEST_ACCOUNTS = (
     {"username": "admin", "name": "Admin", "groups": ["lab-admins"]},
     {"username": "rita", "name": "Rita", "groups": ["cs101-students"]},  # removed from cs101 by the revocation test
     {"username": "tom", "name": "Tom", "groups": ["tas"]},  # made an instructor of a course while the hub runs
+    {"username": "sam", "name": "Sam", "groups": ["cs101-students"]},  # writes hostile HTML in the origin test
 )
 HUB_COURSES = (
     "intro-python",
