@@ -227,6 +227,13 @@ class Lab:
     def server_url(self, username: str, course: str) -> str:
         return f"https://{self.user_host(username)}/user/{quote(username, safe='')}/{course}/"
 
+    def server_route(self, username: str, course: str) -> str:
+        """The proxy's routing-table key of a user's server (host-routed with per-server origins)."""
+        path = f"/user/{quote(username, safe='')}/{course}"
+        if not self.per_server_origins:
+            return path
+        return "/" + subdomain_hook_idna(username, self.domain, kind="user") + path
+
     def service_url(self, name: str) -> str:
         host = subdomain_hook_idna(name, self.domain, kind="service") if self.per_server_origins else self.domain
         return f"https://{host}:{self.ports.public}/services/{name}/"

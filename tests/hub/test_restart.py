@@ -33,11 +33,11 @@ def test_hub_restart_keeps_five_running_servers(users, lab, docker_client, how):
         assert user.server("intro-python").get("ready"), name
         assert user.get_server_page("api/status", course="intro-python").status_code == 200, name
         assert docker_client.containers.get(lab.names.container(name, "intro-python")).id == containers[name]
-    assert {f"/user/{name}/intro-python" for name in RUNNING} <= set(lab.proxy_routes())
+    assert {lab.server_route(name, "intro-python") for name in RUNNING} <= set(lab.proxy_routes())
     fiona = users("fiona")
     fiona.wait_until_stopped("intro-python", timeout=30)  # the hub drops the vanished server's record...
     deadline = time.monotonic() + 30
-    while "/user/fiona/intro-python" in lab.proxy_routes() and time.monotonic() < deadline:
+    while lab.server_route("fiona", "intro-python") in lab.proxy_routes() and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert "/user/fiona/intro-python" not in lab.proxy_routes()  # ...and its route
+    assert lab.server_route("fiona", "intro-python") not in lab.proxy_routes()  # ...and its route
     fiona.start_and_wait("intro-python")  # the cleaned record does not block a new start
