@@ -164,6 +164,8 @@ class LabPorts:
     hub: int = 8081
     oidc: int = 8082
     gpu_service: int = 8083
+    ssh: int = 2222
+    ssh_service: int = 8084
 
 
 @dataclass
@@ -230,6 +232,8 @@ class Lab:
             public_url=self.public_url,
             hub_port=self.ports.hub,
             gpu_service_port=self.ports.gpu_service,
+            ssh_port=self.ports.ssh,
+            ssh_service_port=self.ports.ssh_service,
             proxy_api_url=f"http://127.0.0.1:{self.ports.proxy_api}",
             network=self.network,
             oidc_issuer=self.issuer,
@@ -303,8 +307,16 @@ class Lab:
             command,
             self.hub_environment(),
             timeout=120,
-            ready=lambda: _http_ok(f"{self.public_url}/hub/api/") and f"/services/{Scopes.GPU_SERVICE}" in self.proxy_routes(),
+            ready=lambda: _http_ok(f"{self.public_url}/hub/api/") and self._services_routed(),
         )
+
+    def _services_routed(self) -> bool:
+        routes = self.proxy_routes()
+        return all(f"/services/{name}" in routes for name in (Scopes.GPU_SERVICE, Scopes.SSH_SERVICE))
+
+    def ssh_command(self, username: str, course: str) -> str:
+        """What a student types to reach their course container over SSH (the gateway of this lab)."""
+        return f"ssh -p {self.ports.ssh} {username}+{course}@127.0.0.1"
 
     def proxy_routes(self) -> dict:
         """The proxy's routing table (the hub adds a service's route once the service answers)."""

@@ -71,6 +71,28 @@ def gpu_service(settings: HubSettings, scopes: dict[str, dict]) -> dict:
     }
 
 
+def ssh_service(settings: HubSettings) -> dict:
+    """teachlab-ssh (spawner/ssh/) as a hub-managed service: the SSH gateway and its keys page."""
+    environment = {
+        "TEACHLAB_CATALOG": str(settings.catalog_path),
+        "TEACHLAB_STATE_DIR": str(settings.state_dir),
+        "TEACHLAB_RECORDS_URL": settings.ledger_url,
+        "TEACHLAB_LAB_ID": settings.lab_id,
+        "TEACHLAB_PUBLIC_URL": settings.public_url,
+        "TEACHLAB_SSH_PORT": str(settings.ssh_port),
+        "TEACHLAB_SSH_BIND": settings.ssh_bind,
+    }
+    if settings.today:
+        environment["TEACHLAB_TODAY"] = settings.today
+    return {
+        "name": Scopes.SSH_SERVICE,
+        "url": f"http://127.0.0.1:{settings.ssh_service_port}",
+        "command": [sys.executable, "-m", "spawner.ssh"],
+        "oauth_no_confirm": True,
+        "environment": environment,
+    }
+
+
 def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     """Configure JupyterHub (``c``) for this lab. Stops the hub, with one line per problem, when the
     catalog, the students' network, the provider or the GPU inventory is broken."""
@@ -146,7 +168,7 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     c.JupyterHub.load_roles = all_roles(
         catalog, host.group_members(hub_db_url), settings.admin_groups, with_cli=settings.cli_token is not None
     )
-    c.JupyterHub.services = [idle_culler_service(settings), gpu_service(settings, scopes)]
+    c.JupyterHub.services = [idle_culler_service(settings), gpu_service(settings, scopes), ssh_service(settings)]
     if settings.cli_token:
         c.JupyterHub.services.append({"name": CLI_SERVICE, "api_token": settings.cli_token})
 

@@ -142,6 +142,18 @@ class HubSettings:
     gpu_service_port: int = setting(
         "TEACHLAB_GPU_SERVICE_PORT", 8083, "Port of the `teachlab-gpu` service on 127.0.0.1.", parse=int
     )
+    ssh_port: int = setting(
+        "TEACHLAB_SSH_PORT",
+        2222,
+        "Port of the `teachlab-ssh` gateway (SSH and VS Code Remote-SSH into course containers).",
+        parse=int,
+    )
+    ssh_bind: str = setting(
+        "TEACHLAB_SSH_BIND", "127.0.0.1", "Address the SSH gateway listens on (`0.0.0.0`: every interface).", example="0.0.0.0"
+    )
+    ssh_service_port: int = setting(
+        "TEACHLAB_SSH_SERVICE_PORT", 8084, "Port of the `teachlab-ssh` keys page on 127.0.0.1 (behind the proxy).", parse=int
+    )
     site_config_dir: Path | None = setting(
         "TEACHLAB_SITE_CONFIG_DIR",
         None,
