@@ -81,6 +81,7 @@ def ssh_service(settings: HubSettings) -> dict:
         "TEACHLAB_PUBLIC_URL": settings.public_url,
         "TEACHLAB_SSH_PORT": str(settings.ssh_port),
         "TEACHLAB_SSH_BIND": settings.ssh_bind,
+        "TEACHLAB_SSH_ACTIVITY_INTERVAL": str(settings.ssh_activity_seconds),
     }
     if settings.today:
         environment["TEACHLAB_TODAY"] = settings.today

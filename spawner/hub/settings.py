@@ -154,6 +154,12 @@ class HubSettings:
     ssh_service_port: int = setting(
         "TEACHLAB_SSH_SERVICE_PORT", 8084, "Port of the `teachlab-ssh` keys page on 127.0.0.1 (behind the proxy).", parse=int
     )
+    ssh_activity_seconds: int = setting(
+        "TEACHLAB_SSH_ACTIVITY_INTERVAL",
+        60,
+        "How often the SSH gateway reports sessions that moved data as their server's activity (seconds).",
+        parse=int,
+    )
     site_config_dir: Path | None = setting(
         "TEACHLAB_SITE_CONFIG_DIR",
         None,

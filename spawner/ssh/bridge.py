@@ -71,9 +71,18 @@ class ExecStream:
     """One ``docker exec`` with its stdin/stdout (and, without a pty, stderr) as asyncio streams."""
 
     def __init__(
-        self, bridge: ContainerBridge, exec_id: str, tty: bool, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        bridge: ContainerBridge,
+        exec_id: str,
+        tty: bool,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        hijacked: object = None,
     ):
         self._bridge = bridge
+        # docker-py's object of the hijacked connection, kept alive with the stream, so that connection is
+        # never handed back to docker-py's pool while the exec uses it.
+        self._hijacked = hijacked
         self.exec_id = exec_id
         self.tty = tty
         self._reader = reader
@@ -171,18 +180,19 @@ class ContainerBridge:
             environment=dict(environment),
         )["Id"]
         hijacked = self.client.api.exec_start(exec_id, tty=tty, socket=True)
-        return exec_id, _raw_socket(hijacked)
+        return exec_id, hijacked
 
     async def exec(
         self, container: CourseContainer, command: Sequence[str], *, tty: bool, environment: Mapping[str, str] | None = None
     ) -> ExecStream:
-        exec_id, raw = await run_blocking(SSH_DOCKER, self._start, container.id, command, tty, environment or {})
+        exec_id, hijacked = await run_blocking(SSH_DOCKER, self._start, container.id, command, tty, environment or {})
+        raw = _raw_socket(hijacked)
         raw.setblocking(False)
         if raw.family == socket.AF_UNIX:
             reader, writer = await asyncio.open_unix_connection(sock=raw, limit=1 << 20)
         else:
             reader, writer = await asyncio.open_connection(sock=raw, limit=1 << 20)
-        return ExecStream(self, exec_id, tty, reader, writer)
+        return ExecStream(self, exec_id, tty, reader, writer, hijacked)
 
     async def open_relay(self, container: CourseContainer, host: str, port: int) -> ExecStream:
         """A connection to ``host:port`` made inside the container; OSError with the reason when it fails."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from datetime import date, datetime, timezone
@@ -43,6 +44,7 @@ log = logging.getLogger("teachlab.ssh")
 PREFIX = "teachlab-ssh: "
 WRITE_BUFFER_HIGH = 1 << 20
 LOGIN_TIMEOUT_SECONDS = 120
+START_TIMEOUT_SECONDS = 300
 # The login shell's profile (Debian's /etc/profile) resets PATH; the container's PATH (course environment
 # first) is put back afterwards, so `python` is the course's Python in every session.
 RESTORE_PATH = 'export PATH="$TEACHLAB_LOGIN_PATH"; unset TEACHLAB_LOGIN_PATH\n'
@@ -65,6 +67,18 @@ class Refused(TeachlabError):
 def _courses_line(catalog, user: str, groups: list[str], today: date) -> str:
     mine = [course.slug for course, _ in catalog.available_to(user, groups, today)]
     return f"Your courses: {', '.join(mine)}" if mine else "You have no course now; ask your instructor to add you"
+
+
+_HUB_REFUSAL = re.compile(r"^Spawn failed: HTTP (4\d\d): [^(]*\((.*)\)$", re.DOTALL)
+
+
+def _start_failure(title: str, message: str) -> str:
+    """The one line for a start that failed: the spawner's own reason when it refused (HTTP 4xx, e.g. a GPU
+    quota), without JupyterHub's wrapping; otherwise what the hub said went wrong."""
+    refused = _HUB_REFUSAL.match(message.strip())
+    if refused:
+        return f"the lab did not start {title}: {refused.group(2)}"
+    return f"{title} failed to start: {message.strip()}"
 
 
 class Gateway:
@@ -100,6 +114,7 @@ class Gateway:
             port,
             server_host_keys=[host_key],
             encoding=None,
+            line_editor=False,  # the container's pty does the line editing; asyncssh's would wrap the channel
             agent_forwarding=False,
             x11_forwarding=False,
             allow_scp=False,  # scp runs over SFTP (OpenSSH 9), which the container's sftp-server serves
@@ -136,22 +151,40 @@ class Gateway:
         return container
 
     async def _start(self, login: LoginName, title: str, server: dict, say: Callable[[str], None]) -> None:
+        """Start the server through the hub (unless a start is on its way) and relay the hub's progress
+        messages while it starts, as the hub's spawn page does."""
         if server.get("pending") == "stop":
             raise Refused(f"{title} is stopping right now; connect again in a few seconds")
+        start: asyncio.Future | None = None
         if not server.get("pending"):
             say(f"starting {title} for you ...")
+            # The hub answers the POST when the start is done (or after its slow-spawn timeout); the progress
+            # stream meanwhile tells what happens, so both run at once.
+            start = asyncio.ensure_future(self.hub.start_server(login.user, login.course))
+            start.add_done_callback(lambda done: done.cancelled() or done.exception())  # read below, or by a failed event
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT_SECONDS
+        while asyncio.get_running_loop().time() < deadline:
             try:
-                await self.hub.start_server(login.user, login.course)
-            except HubRefused as refused:
-                if "pending" not in refused.message and "already running" not in refused.message:
-                    raise Refused(f"the lab did not start {title}: {refused.message}") from None
-        async for event in self.hub.progress(login.user, login.course):
-            if event.message:
-                say(f"[{event.progress if event.progress is not None else '?':>3}%] {event.message}")
-            if event.failed:
-                raise Refused(f"{title} failed to start: {event.message}")
-            if event.ready:
-                return
+                async for event in self.hub.progress(login.user, login.course):
+                    if event.message:
+                        say(f"[{event.progress if event.progress is not None else '?':>3}%] {event.message}")
+                    if event.failed:
+                        raise Refused(_start_failure(title, event.message))
+                    if event.ready:
+                        return
+            except HubRefused:
+                pass  # no start to follow (yet): the POST has not reached the spawner, or it already answered
+            if start is not None and start.done():
+                try:
+                    start.result()
+                except HubRefused as refused:
+                    if "pending" not in refused.message and "already running" not in refused.message:
+                        raise Refused(f"the lab did not start {title}: {refused.message}") from None
+                except OSError as error:
+                    raise Refused(f"the lab did not start {title}: {error}") from None
+                start = None  # started: the next progress request reports it ready
+            await asyncio.sleep(0.5)
+        raise Refused(f"{title} failed to start: not ready after {START_TIMEOUT_SECONDS} s; try again, or tell the lab's admins")
 
     async def report_activity(self, login: LoginName) -> None:
         try:
@@ -435,6 +468,7 @@ class CourseSession(_Pump, asyncssh.SSHServerSession):
         return True
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        log.debug("window size of %s now %sx%s", self.owner.login, width, height)
         self.size = (width, height)
         if self.stream is not None:
             _in_background(self.stream.resize(width, height))

@@ -97,7 +97,8 @@ class HubApi:
         await self._request("POST", f"/users/{_quoted(user)}/servers/{_quoted(server)}", body={})
 
     async def progress(self, user: str, server: str) -> AsyncIterator[ProgressEvent]:
-        """The hub's progress events of a starting server, until it is ready or failed."""
+        """The hub's progress events of a starting server, until it is ready or failed; HubRefused when the
+        hub has no start to report on (not started yet, or its failure already reported)."""
         events: list[dict] = []
         buffer = bytearray()
 
@@ -134,6 +135,9 @@ class HubApi:
                         failed=bool(event.get("failed")),
                     )
                 if fetch.done() and sent == len(events):
+                    response = fetch.result()
+                    if response.code != 200 and not events:
+                        raise HubRefused(response.code, _hub_message(HTTPClientError(response.code, response=response)))
                     return
                 await asyncio.wait([fetch], timeout=0.2)
         finally:

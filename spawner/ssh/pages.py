@@ -9,6 +9,7 @@ The page extends JupyterHub's own ``page.html``, so it looks like the rest of th
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -27,12 +28,17 @@ from .hubapi import HubApi, HubRefused
 from .keys import KeyRejected, SshKeyStore
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
+log = logging.getLogger("teachlab.ssh")
 
 
 def page_templates() -> jinja2.Environment:
     """Our templates first, then the hub's (for ``page.html``)."""
     loader = jinja2.FileSystemLoader([str(TEMPLATES_DIR), str(Path(DATA_FILES_PATH) / "templates")])
     return jinja2.Environment(loader=loader, autoescape=True)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else value
 
 
 class KeysPage(HubOAuthenticated, web.RequestHandler):
@@ -78,7 +84,7 @@ class KeysPage(HubOAuthenticated, web.RequestHandler):
                 static_url=lambda path, include_version=True: url_path_join(hub_prefix, "static", path),
                 logout_url=url_path_join(hub_prefix, "logout"),
                 login_url=url_path_join(hub_prefix, "login"),
-                xsrf_token=self.xsrf_token.decode("ascii"),
+                xsrf_token=_text(self.xsrf_token),
                 parsed_scopes=set(),
                 services=[],
                 no_spawner_check=True,
@@ -103,7 +109,7 @@ class AddKey(KeysPage):
         except KeyRejected as rejected:
             await self.render_page(message=f"The key was not added: {rejected}", error=True, status=400)
             return
-        self.log.info("ssh key %s added by %s", key.fingerprint, name)
+        log.info("ssh key %s added by %s", key.fingerprint, name)
         await self.render_page(message=f"Added {key.algorithm} key {key.fingerprint}.")
 
 
@@ -116,7 +122,7 @@ class DeleteKey(KeysPage):
         except KeyRejected as rejected:
             await self.render_page(message=str(rejected), error=True, status=404)
             return
-        self.log.info("ssh key %s deleted by %s", key.fingerprint, name)
+        log.info("ssh key %s deleted by %s", key.fingerprint, name)
         await self.render_page(message=f"Deleted key {key.fingerprint}; it no longer opens your courses.")
 
 

@@ -93,7 +93,15 @@ def lab(docker_client, build_settings, hub_courses, hub_catalog, session_id, ses
     lab = Lab(
         state_dir=build_settings.state_dir,
         catalog_path=hub_catalog,
-        ports=LabPorts(public=free_port(), proxy_api=free_port(), hub=free_port(), oidc=free_port(), gpu_service=free_port()),
+        ports=LabPorts(
+            public=free_port(),
+            proxy_api=free_port(),
+            hub=free_port(),
+            oidc=free_port(),
+            gpu_service=free_port(),
+            ssh=free_port(),
+            ssh_service=free_port(),
+        ),
         network=f"teachlab-test-{session_id}",
         extra_labels=session_labels,
         accounts=TEST_ACCOUNTS,
@@ -103,6 +111,7 @@ def lab(docker_client, build_settings, hub_courses, hub_catalog, session_id, ses
             "TEACHLAB_POLL_INTERVAL": "5",
             "TEACHLAB_GPU_INVENTORY": json.dumps(FAKE_GPU_INVENTORY),
             "TEACHLAB_SITE_CONFIG_DIR": str(site_config_dir),
+            "TEACHLAB_SSH_ACTIVITY_INTERVAL": "3",
         },
     )
     gateway = HubHost().student_network_gateway(lab.network, session_labels)
