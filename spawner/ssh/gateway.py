@@ -95,6 +95,7 @@ class Gateway:
         keys_url: str,
         token_url: str,
         backoff: SourceBackoff | None = None,
+        source_backoff: SourceBackoff | None = None,
         activity_interval: float = 60.0,
     ):
         self.store = store
@@ -104,7 +105,10 @@ class Gateway:
         self.today = today
         self.keys_url = keys_url
         self.token_url = token_url
+        # Guessing one person's credentials slows down after a few misses (per address and login name); a
+        # whole address (a classroom behind one NAT) only after many, and a success never clears that.
         self.backoff = backoff or SourceBackoff()
+        self.source_backoff = source_backoff or SourceBackoff(free_failures=40)
         self.activity_interval = activity_interval
 
     async def listen(self, host: str, port: int, host_key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
@@ -250,20 +254,28 @@ class GatewayConnection(asyncssh.SSHServer):
     def password_auth_supported(self) -> bool:
         return True
 
+    @property
+    def _attempt_key(self) -> str:
+        return f"{self.source} {self.login or '?'}"
+
+    def _failed(self) -> None:
+        self.gateway.backoff.failed(self._attempt_key)
+        self.gateway.source_backoff.failed(self.source)
+
     async def _slow_down(self) -> None:
-        delay = self.gateway.backoff.delay(self.source)
+        delay = max(self.gateway.backoff.delay(self._attempt_key), self.gateway.source_backoff.delay(self.source))
         if delay:
             await asyncio.sleep(delay)
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         await self._slow_down()
         if self.login is None:
-            self.gateway.backoff.failed(self.source)
+            self._failed()
             return False
         key_fingerprint = fingerprint(key)
         owner = await run_blocking(LEDGER, self.gateway.store.owner_of, key_fingerprint)
         if owner != self.login.user:
-            self.gateway.backoff.failed(self.source)
+            self._failed()
             log.info("refused key %s for %s from %s", key_fingerprint, self.login, self.peer)
             self._banner(
                 f"the key {key_fingerprint} is not registered for {self.login.user}; add your public key at {self.gateway.keys_url}"
@@ -275,7 +287,7 @@ class GatewayConnection(asyncssh.SSHServer):
     async def validate_password(self, username: str, password: str) -> bool:
         await self._slow_down()
         if self.login is None:
-            self.gateway.backoff.failed(self.source)
+            self._failed()
             return False
         try:
             model = await self.gateway.hub.user_for_token(password)
@@ -284,7 +296,7 @@ class GatewayConnection(asyncssh.SSHServer):
             self._banner("the lab cannot check tokens right now; try again in a minute, or log in with your key")
             return False
         if model is None or model.get("name") != self.login.user:
-            self.gateway.backoff.failed(self.source)
+            self._failed()
             log.info("refused a token for %s from %s", self.login, self.peer)
             self._banner(
                 f"that password is not a valid API token of {self.login.user} (expired, revoked or mistyped); "
@@ -294,7 +306,7 @@ class GatewayConnection(asyncssh.SSHServer):
         return True
 
     def auth_completed(self) -> None:
-        self.gateway.backoff.succeeded(self.source)
+        self.gateway.backoff.succeeded(self._attempt_key)
         how = f"key {self.key_fingerprint}" if self.key_fingerprint else "API token"
         log.info("ssh login: %s from %s with %s", self.login, self.peer, how)
         if self.key_fingerprint:

@@ -319,6 +319,22 @@ def test_a_wrong_key_gets_one_line(openssh, keys_folder, dave_key, lab):
     ]
 
 
+def test_guessing_slows_down(openssh, keys_folder):
+    """After 6 wrong keys for one login name from one address, each further try waits longer (1 s, 2 s, ...)."""
+    stranger = make_key(keys_folder, "guesser_key")
+    durations = []
+    for _ in range(9):
+        started = time.monotonic()
+        assert openssh.ssh("frank+data-analysis", "id", key=stranger).returncode == 255
+        durations.append(time.monotonic() - started)
+    baseline = min(durations[:6])
+    assert durations[6] >= baseline + 0.9 and durations[7] >= baseline + 1.9 and durations[8] >= baseline + 3.9, durations
+    # Another login name from the same address is not slowed down by these misses.
+    started = time.monotonic()
+    openssh.ssh("gina+intro-python", "id", key=stranger)
+    assert time.monotonic() - started < baseline + 0.9
+
+
 def test_an_api_token_is_a_password_and_an_expired_one_gets_one_line(users, openssh, lab):
     dave = users(STUDENT)
     fresh = dave.api("POST", f"/users/{STUDENT}/tokens", json={"note": "ssh test", "expires_in": 3600}).json()["token"]
