@@ -69,16 +69,16 @@ def _courses_line(catalog, user: str, groups: list[str], today: date) -> str:
     return f"Your courses: {', '.join(mine)}" if mine else "You have no course now; ask your instructor to add you"
 
 
-_HUB_REFUSAL = re.compile(r"^Spawn failed: HTTP (4\d\d): [^(]*\((.*)\)$", re.DOTALL)
+_SPAWN_FAILED = re.compile(r"^Spawn failed: HTTP (\d{3}): [^(]*\((.*)\)$", re.DOTALL)
 
 
 def _start_failure(title: str, message: str) -> str:
-    """The one line for a start that failed: the spawner's own reason when it refused (HTTP 4xx, e.g. a GPU
-    quota), without JupyterHub's wrapping; otherwise what the hub said went wrong."""
-    refused = _HUB_REFUSAL.match(message.strip())
-    if refused:
-        return f"the lab did not start {title}: {refused.group(2)}"
-    return f"{title} failed to start: {message.strip()}"
+    """The one line for a start that failed, with the spawner's own reason without JupyterHub's wrapping
+    ("Spawn failed: HTTP 403: Forbidden (reason)"): a refusal (4xx, e.g. a GPU quota) or a failure."""
+    failed = _SPAWN_FAILED.match(message.strip())
+    if failed and failed.group(1).startswith("4"):
+        return f"the lab did not start {title}: {failed.group(2)}"
+    return f"{title} failed to start: {failed.group(2) if failed else message.strip()}"
 
 
 class Gateway:
@@ -183,7 +183,8 @@ class Gateway:
                     start.result()
                 except HubRefused as refused:
                     if "pending" not in refused.message and "already running" not in refused.message:
-                        raise Refused(f"the lab did not start {title}: {refused.message}") from None
+                        what = "the lab did not start {title}" if 400 <= refused.status < 500 else "{title} failed to start"
+                        raise Refused(f"{what.format(title=title)}: {refused.message}") from None
                 except OSError as error:
                     raise Refused(f"the lab did not start {title}: {error}") from None
                 start = None  # started: the next progress request reports it ready

@@ -373,6 +373,16 @@ def test_a_course_that_is_not_yours_gets_one_line(openssh, dave_key, docker_clie
     assert docker_client.containers.list(all=True, filters={"name": f"teachlab-{STUDENT}---{course}"}) == []
 
 
+def test_a_server_that_cannot_start_gets_one_line(openssh, dave_key):
+    result = openssh.ssh(f"{STUDENT}+not-published", "id", key=dave_key)
+    assert result.returncode == 1 and result.stdout == ""
+    lines = [line for line in refusal_lines(result.stderr) if not re.search(r"starting Not Published|\[\s*[\d?]+%\]", line)]
+    assert lines == [
+        "teachlab-ssh: Not Published failed to start: Not Published has no published environment yet; "
+        "ask your instructor to publish it"
+    ], result.stderr
+
+
 def test_a_bad_login_name_gets_one_line(openssh, dave_key):
     result = openssh.ssh(STUDENT, "id", key=dave_key)
     assert result.returncode == 255

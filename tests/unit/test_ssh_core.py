@@ -244,3 +244,17 @@ def test_concurrent_adds_of_one_key_leave_exactly_one_owner(tmp_path):
     check = SshKeyStore.open(url)
     assert check.owner_of(parse_public_key(text).fingerprint) == results[0]
     check.close()
+
+
+# -- make up ------------------------------------------------------------------------------------------
+def test_the_demo_lab_prints_an_ssh_command_for_its_gateway(tmp_path):
+    from dataclasses import asdict
+
+    from spawner.devlab.lab import Lab, LabPorts
+
+    lab = Lab(state_dir=tmp_path)
+    assert lab.ssh_command("student-alice", "intro-python") == "ssh -p 2222 student-alice+intro-python@127.0.0.1"
+    assert len(set(asdict(LabPorts()).values())) == len(asdict(LabPorts()))  # no two processes share a port
+    settings = lab.hub_settings()
+    assert (settings.ssh_port, settings.ssh_service_port) == (2222, 8084)
+    assert parse_login_name(lab.ssh_command("student-alice", "intro-python").split()[-1].split("@")[0]).course == "intro-python"
