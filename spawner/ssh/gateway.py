@@ -316,8 +316,14 @@ class GatewayConnection(asyncssh.SSHServer):
 
     # -- the course ---------------------------------------------------------------------------------
     async def course(self, say: Callable[[str], None]) -> CourseContainer:
-        """The course container, checked and started once per connection (every channel waits for it)."""
+        """The course container, checked and started once for the channels of a connection. A connection
+        that outlives its server (stopped by the student, or by the idle culler) checks and starts again
+        for its next channel, as a new connection would."""
         assert self.login is not None
+        if self._course is not None and self._course.done() and not self._course.exception():
+            current = await self.gateway.bridge.find(self.login.user, self.login.course)
+            if current is None or current.id != self._course.result().id:
+                self._course = None
         if self._course is None:
             self._course = asyncio.ensure_future(self.gateway.open_course(self.login, say))
         return await asyncio.shield(self._course)

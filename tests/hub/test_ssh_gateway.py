@@ -92,6 +92,22 @@ def test_exit_status_stdin_and_stderr_pass_through(openssh, dave_key):
     assert "to-stderr" in result.stderr and refusal_lines(result.stderr) == []
 
 
+def test_a_connection_that_outlives_its_server_starts_it_again(users, openssh, dave_key, keys_folder, background_ssh):
+    """VS Code keeps one connection open for hours; after the server stopped, its next channel starts it again."""
+    control = keys_folder / "control.sock"
+    background_ssh(LOGIN, "-M", "-S", str(control), "-N", key=dave_key)
+    wait_for(control.exists, 60, "the shared connection")
+    shared = ["-S", str(control)]
+    first = openssh.ssh(LOGIN, *shared, "hostname", key=dave_key)
+    assert first.returncode == 0, first.stderr
+    users(STUDENT).stop(COURSE)
+    users(STUDENT).wait_until_stopped(COURSE)
+    again = openssh.ssh(LOGIN, *shared, "hostname", key=dave_key)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() != first.stdout.strip()  # a new container (its hostname is its id)
+    assert any("starting Introduction to Python" in line for line in refusal_lines(again.stderr)), again.stderr
+
+
 # -- a terminal ---------------------------------------------------------------------------------------
 @pytest.fixture
 def tmux(keys_folder):
