@@ -22,7 +22,8 @@ LEDGER: Final = "ledger"
 FILES: Final = "files"
 DOCKER_HELPERS: Final = "docker-helpers"
 DISKS: Final = "disks"  # mkfs and mount of size-limited volumes: seconds each, never on the files pool
-_POOL_SIZES: Final = {LEDGER: 4, FILES: 1, DOCKER_HELPERS: 4, DISKS: 2}
+SSH_DOCKER: Final = "ssh-docker"  # the SSH gateway's exec calls: quick, but one per session and forward
+_POOL_SIZES: Final = {LEDGER: 4, FILES: 1, DOCKER_HELPERS: 4, DISKS: 2, SSH_DOCKER: 8}
 
 _pools: dict[str, ThreadPoolExecutor] = {}
 _lock = threading.Lock()

@@ -102,6 +102,11 @@ class StateLayout:
         """Size-limited work volumes of this node: ``images/<name>.ext4`` mounted at ``mounts/<name>``."""
         return self.root / "volumes"
 
+    @property
+    def ssh_host_key(self) -> Path:
+        """The SSH gateway's host key: generated once, kept (0600), so clients' known_hosts stay valid."""
+        return self.lab / "ssh_host_ed25519_key"
+
 
 @dataclass(frozen=True)
 class ImageContract:
@@ -114,6 +119,8 @@ class ImageContract:
     jupyter_env: str = "/opt/jupyter"
     course_env: str = "/opt/course-env"
     kernel_name: str = "course"
+    login_shell: str = "/bin/bash"
+    sftp_server: str = "/usr/lib/openssh/sftp-server"  # Debian's openssh-sftp-server, in every flavor's rootfs
 
     @property
     def user(self) -> str:
@@ -191,6 +198,8 @@ class Scopes:
     @staticmethod
     def gpu_usage(course: str) -> str:
         return f"custom:teachlab-gpu:usage:{course}"
+
+    SSH_SERVICE: Final = "teachlab-ssh"
 
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]

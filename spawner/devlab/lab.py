@@ -172,6 +172,8 @@ class LabPorts:
     hub: int = 8081
     oidc: int = 8082
     gpu_service: int = 8083
+    ssh: int = 2222
+    ssh_service: int = 8084
 
 
 @dataclass
@@ -218,14 +220,8 @@ class Lab:
         """The hub's own API, straight to the hub (no proxy, no TLS): for the lab's scripts on this machine."""
         return f"http://{self.gateway}:{self.ports.hub}/hub/api"
 
-    def user_host(self, username: str) -> str:
-        """Where a user's servers live: their own subdomain with per-server origins, else the hub's host."""
-        if not self.per_server_origins:
-            return f"{self.domain}:{self.ports.public}"
-        return f"{subdomain_hook_idna(username, self.domain, kind='user')}:{self.ports.public}"
-
     def server_url(self, username: str, course: str) -> str:
-        return f"https://{self.user_host(username)}/user/{quote(username, safe='')}/{course}/"
+        return self.hub_settings().server_url(username, course)
 
     def server_route(self, username: str, course: str) -> str:
         """The proxy's routing-table key of a user's server (host-routed with per-server origins)."""
@@ -235,8 +231,7 @@ class Lab:
         return "/" + subdomain_hook_idna(username, self.domain, kind="user") + path
 
     def service_url(self, name: str) -> str:
-        host = subdomain_hook_idna(name, self.domain, kind="service") if self.per_server_origins else self.domain
-        return f"https://{host}:{self.ports.public}/services/{name}/"
+        return self.hub_settings().service_url(name)
 
     @property
     def issuer(self) -> str:
@@ -280,6 +275,8 @@ class Lab:
             public_url=self.public_url,
             hub_port=self.ports.hub,
             gpu_service_port=self.ports.gpu_service,
+            ssh_port=self.ports.ssh,
+            ssh_service_port=self.ports.ssh_service,
             proxy_api_url=f"http://127.0.0.1:{self.ports.proxy_api}",
             network=self.network,
             oidc_issuer=self.issuer,
@@ -378,11 +375,19 @@ class Lab:
             command,
             self.hub_environment(),
             timeout=120,
-            ready=lambda: (
-                _http_ok(f"{self.hub_api_url()}/")
-                and any(route.rstrip("/").endswith(f"/services/{Scopes.GPU_SERVICE}") for route in self.proxy_routes())
-            ),
+            ready=lambda: _http_ok(f"{self.hub_api_url()}/") and self._services_routed(),
         )
+
+    def _services_routed(self) -> bool:
+        """Both services answer: the hub adds a service's route (host-routed with per-server origins) once it does."""
+        routes = [route.rstrip("/") for route in self.proxy_routes()]
+        return all(
+            any(route.endswith(f"/services/{name}") for route in routes) for name in (Scopes.GPU_SERVICE, Scopes.SSH_SERVICE)
+        )
+
+    def ssh_command(self, username: str, course: str) -> str:
+        """What a student types to reach their course container over SSH (the gateway of this lab)."""
+        return f"ssh -p {self.ports.ssh} {username}+{course}@127.0.0.1"
 
     def proxy_routes(self) -> dict:
         """The proxy's routing table (the hub adds a service's route once the service answers)."""

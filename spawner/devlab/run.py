@@ -21,6 +21,7 @@ from ..images.settings import BuildSettings
 from .lab import Lab
 
 OFFLINE_FLAVORS = ("debian-py39",)
+DEMO_STUDENT, DEMO_COURSE = "student-alice", "intro-python"  # the ssh command `make up` prints
 
 
 def publish_examples(catalog_path: Path, settings: BuildSettings, progress: Progress, console: Console) -> None:
@@ -60,6 +61,11 @@ def lab_up(*, state_dir: Path, catalog_path: Path, console: Console, progress: P
     for account in lab.accounts:
         table.add_row(str(account["username"]), lab.password(str(account["username"])), ", ".join(account["groups"]))
     console.print(table)
+    console.print(
+        f"\nSSH and VS Code: add your public key at {lab.public_url}/services/teachlab-ssh/ (signed in as {DEMO_STUDENT}), then\n"
+        f"  {lab.ssh_command(DEMO_STUDENT, DEMO_COURSE)}",
+        markup=False,
+    )
     console.print(
         f"\nAdmin API token for the CLI: {token_path}\nLogs: {lab.folder}/*.log\nStop with: make down (keeps all data)",
         markup=False,

@@ -73,6 +73,31 @@ def gpu_service(settings: HubSettings, scopes: dict[str, dict]) -> dict:
     }
 
 
+def ssh_service(settings: HubSettings) -> dict:
+    """teachlab-ssh (spawner/ssh/) as a hub-managed service: the SSH gateway and its keys page."""
+    environment = {
+        "TEACHLAB_CATALOG": str(settings.catalog_path),
+        "TEACHLAB_STATE_DIR": str(settings.state_dir),
+        "TEACHLAB_RECORDS_URL": settings.ledger_url,
+        "TEACHLAB_LAB_ID": settings.lab_id,
+        "TEACHLAB_PUBLIC_URL": settings.public_url,
+        "TEACHLAB_SSH_KEYS_URL": settings.service_url(Scopes.SSH_SERVICE),
+        "TEACHLAB_NAME_PREFIX": settings.name_prefix,
+        "TEACHLAB_SSH_PORT": str(settings.ssh_port),
+        "TEACHLAB_SSH_BIND": settings.ssh_bind,
+        "TEACHLAB_SSH_ACTIVITY_INTERVAL": str(settings.ssh_activity_seconds),
+    }
+    if settings.today:
+        environment["TEACHLAB_TODAY"] = settings.today
+    return {
+        "name": Scopes.SSH_SERVICE,
+        "url": f"http://127.0.0.1:{settings.ssh_service_port}",
+        "command": [sys.executable, "-m", "spawner.ssh"],
+        "oauth_no_confirm": True,
+        "environment": environment,
+    }
+
+
 def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     """Configure JupyterHub (``c``) for this lab. Stops the hub, with one line per problem, when the
     catalog, the students' network, the provider or the GPU inventory is broken."""
@@ -106,7 +131,11 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     cache = CatalogCache.for_root(settings.catalog_path)
     cache.on_reload_async(sync_roles_listener())
     cache.start_background_refresh()
-    c.JupyterHub.template_vars = {"courses": course_rows(cache, layout.courses, today), "notices": notices_for}
+    c.JupyterHub.template_vars = {
+        "courses": course_rows(cache, layout.courses, today),
+        "notices": notices_for,
+        "ssh_keys_url": settings.service_url(Scopes.SSH_SERVICE),
+    }
 
     c.JupyterHub.spawner_class = "teachlab"
     c.CourseSpawner.catalog_path = str(settings.catalog_path)
@@ -175,7 +204,7 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     c.JupyterHub.load_roles = all_roles(
         catalog, host.group_members(hub_db_url), settings.admin_groups, with_cli=settings.cli_token is not None
     )
-    c.JupyterHub.services = [idle_culler_service(settings), gpu_service(settings, scopes)]
+    c.JupyterHub.services = [idle_culler_service(settings), gpu_service(settings, scopes), ssh_service(settings)]
     if settings.cli_token:
         c.JupyterHub.services.append({"name": CLI_SERVICE, "api_token": settings.cli_token})
         cache.on_reload_async(retire_replaced_tokens_listener(CLI_SERVICE, settings.cli_token))

@@ -21,6 +21,9 @@ INSTRUCTOR_SERVER_SCOPES = ("read:servers", "servers", "access:servers")
 IDLE_CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
 IDLE_CULLER = "idle-culler"
 CLI_SERVICE = "teachlab-cli"
+# The SSH gateway: whose token a password is needs no scope; it reads a user's groups and servers, starts
+# the course server, follows its progress, and reports SSH traffic as the server's activity.
+SSH_GATEWAY_SCOPES = ["read:users:name", "read:users:groups", "read:servers", "servers", "users:activity"]
 # The CLI token of the demo lab (`make down`, admins' scripts): list users and their servers, stop servers.
 CLI_SCOPES = ["list:users", "read:users:name", "read:servers", "delete:servers"]
 
@@ -93,8 +96,9 @@ def gpu_usage_roles(catalog: Catalog) -> list[dict]:
 def gpu_roles(catalog: Catalog, admin_groups: Iterable[str]) -> list[dict]:
     """Admins manage GPUs, instructors read their course's usage, every user reads their own."""
     access = f"access:services!service={Scopes.GPU_SERVICE}"
+    ssh_page = f"access:services!service={Scopes.SSH_SERVICE}"
     return [
-        {"name": "user", "scopes": ["self", access]},
+        {"name": "user", "scopes": ["self", access, ssh_page]},
         {
             "name": "gpu-admins",
             "description": "Set GPU quotas, see and release every GPU",
@@ -106,8 +110,11 @@ def gpu_roles(catalog: Catalog, admin_groups: Iterable[str]) -> list[dict]:
 
 
 def service_roles(*, with_cli: bool) -> list[dict]:
-    """The idle culler's role, and the CLI's when the lab has a CLI token."""
-    roles = [{"name": IDLE_CULLER, "scopes": IDLE_CULLER_SCOPES, "services": [IDLE_CULLER]}]
+    """The idle culler's and the SSH gateway's roles, and the CLI's when the lab has a CLI token."""
+    roles = [
+        {"name": IDLE_CULLER, "scopes": IDLE_CULLER_SCOPES, "services": [IDLE_CULLER]},
+        {"name": Scopes.SSH_SERVICE, "scopes": SSH_GATEWAY_SCOPES, "services": [Scopes.SSH_SERVICE]},
+    ]
     if with_cli:
         roles.append(
             {

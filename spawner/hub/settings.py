@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlparse
 
 from ..core.contract import REPO_ROOT, STATE_DIR_VARIABLE, StateLayout, default_state_dir
 from ..core.problems import Problem, ProblemsError
@@ -214,6 +215,24 @@ class HubSettings:
         parse=lambda text: Path(text) if text else None,
         example="/run/secrets/teachlab-auth-state-key",
     )
+    ssh_port: int = setting(
+        "TEACHLAB_SSH_PORT",
+        2222,
+        "Port of the `teachlab-ssh` gateway (SSH and VS Code Remote-SSH into course containers).",
+        parse=int,
+    )
+    ssh_bind: str = setting(
+        "TEACHLAB_SSH_BIND", "127.0.0.1", "Address the SSH gateway listens on (`0.0.0.0`: every interface).", example="0.0.0.0"
+    )
+    ssh_service_port: int = setting(
+        "TEACHLAB_SSH_SERVICE_PORT", 8084, "Port of the `teachlab-ssh` keys page on 127.0.0.1 (behind the proxy).", parse=int
+    )
+    ssh_activity_seconds: int = setting(
+        "TEACHLAB_SSH_ACTIVITY_INTERVAL",
+        60,
+        "How often the SSH gateway reports sessions that moved data as their server's activity (seconds).",
+        parse=int,
+    )
     site_config_dir: Path | None = setting(
         "TEACHLAB_SITE_CONFIG_DIR",
         None,
@@ -232,6 +251,23 @@ class HubSettings:
     def lab_id(self) -> str:
         """Labels this lab's containers, so two labs on one engine never count each other's GPUs."""
         return hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
+
+    def _host(self, name: str, kind: str) -> str:
+        """``host[:port]`` where people reach a user's servers or a service: its own subdomain with per-server origins."""
+        from jupyterhub.utils import subdomain_hook_idna
+
+        parsed = urlparse(self.public_url)
+        port = f":{parsed.port}" if parsed.port else ""
+        host = subdomain_hook_idna(name, parsed.hostname, kind=kind) if self.per_server_origins else parsed.hostname
+        return f"{parsed.scheme}://{host}{port}"
+
+    def server_url(self, username: str, course: str) -> str:
+        """The public URL of a user's course server."""
+        return f"{self._host(username, 'user')}/user/{quote(username, safe='')}/{course}/"
+
+    def service_url(self, name: str) -> str:
+        """The public URL of a hub-managed service's pages."""
+        return f"{self._host(name, 'service')}/services/{name}/"
 
     @property
     def auth_state_key_path(self) -> Path:

@@ -116,6 +116,8 @@ def start_test_lab(
             hub=free_port(),
             oidc=free_port(),
             gpu_service=free_port(),
+            ssh=free_port(),
+            ssh_service=free_port(),
         ),
         network=network,
         extra_labels=labels,
@@ -130,6 +132,7 @@ def start_test_lab(
             "TEACHLAB_POLL_INTERVAL": "5",
             "TEACHLAB_GPU_INVENTORY": json.dumps(FAKE_GPU_INVENTORY),
             "TEACHLAB_SITE_CONFIG_DIR": str(site_config_dir),
+            "TEACHLAB_SSH_ACTIVITY_INTERVAL": "3",
         },
     )
     lab.up()

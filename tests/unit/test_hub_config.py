@@ -137,8 +137,28 @@ def test_roles_scopes_and_services(tmp_path):
     assert "teachlab-cli" not in roles
     assert Scopes.GPU_ADMIN in c.JupyterHub.custom_scopes
     services = {service["name"]: service for service in c.JupyterHub.services}
-    assert set(services) == {"idle-culler", Scopes.GPU_SERVICE}
+    assert set(services) == {"idle-culler", Scopes.GPU_SERVICE, Scopes.SSH_SERVICE}
     assert services[Scopes.GPU_SERVICE]["oauth_client_allowed_scopes"] == sorted(c.JupyterHub.custom_scopes)
+
+
+def test_the_ssh_gateway_gets_only_the_scopes_it_uses_and_every_user_reaches_its_page(tmp_path):
+    c, lab, _ = configured(tmp_path, today="2026-11-15", ssh_port=2022)
+    roles = {role["name"]: role for role in c.JupyterHub.load_roles}
+    assert roles[Scopes.SSH_SERVICE]["services"] == [Scopes.SSH_SERVICE]
+    assert sorted(roles[Scopes.SSH_SERVICE]["scopes"]) == [
+        "read:servers",
+        "read:users:groups",
+        "read:users:name",
+        "servers",
+        "users:activity",
+    ]
+    assert f"access:services!service={Scopes.SSH_SERVICE}" in roles["user"]["scopes"]
+    (ssh,) = [s for s in c.JupyterHub.services if s["name"] == Scopes.SSH_SERVICE]
+    assert ssh["command"][1:] == ["-m", "spawner.ssh"]
+    assert ssh["environment"]["TEACHLAB_SSH_PORT"] == "2022"
+    assert ssh["environment"]["TEACHLAB_RECORDS_URL"] == lab.ledger_url  # keys live with the lab's other records
+    assert ssh["environment"]["TEACHLAB_LAB_ID"] == lab.lab_id
+    assert ssh["environment"]["TEACHLAB_TODAY"] == "2026-11-15"
 
 
 def test_the_cli_service_exists_only_with_a_token(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "spawner"
-# What each subpackage may import from the others (core -> catalog/engine/images/gpu -> hub/services/cli -> devlab).
+# What each subpackage may import from the others (core -> catalog/engine/images/gpu -> hub/services/cli/ssh -> devlab).
 ALLOWED = {
     "core": set(),
     "catalog": {"core"},
@@ -20,10 +20,22 @@ ALLOWED = {
     "hub": {"core", "catalog", "engine", "images", "gpu", "node"},
     "services": {"core", "catalog", "gpu"},
     "cli": {"core", "catalog", "engine", "images", "gpu"},
-    "devlab": {"core", "catalog", "engine", "images", "gpu", "node", "hub", "services", "cli"},
+    "ssh": {"core", "catalog", "engine"},  # the SSH gateway service: the hub only through its REST API
+    "devlab": {"core", "catalog", "engine", "images", "gpu", "node", "hub", "services", "cli", "ssh"},
 }
 # Pure cores: no Docker, no JupyterHub, no Tornado (tested without a daemon or a hub).
-PURE = ["core", "catalog", "gpu", "node", "hub/container_spec.py", "images/plan.py", "images/registry.py"]
+PURE = [
+    "core",
+    "catalog",
+    "gpu",
+    "node",
+    "hub/container_spec.py",
+    "images/plan.py",
+    "images/registry.py",
+    "ssh/login.py",
+    "ssh/backoff.py",
+    "ssh/keys.py",
+]
 FRAMEWORKS = ("docker", "dockerspawner", "jupyterhub", "tornado")
 # Facts with one home (spawner/core/contract.py); a copy elsewhere drifts.
 STRAY = re.compile(r"org\.teachlab\.|/opt/jupyter|/opt/course-env|1000:1000|/home/jovyan|uid 1000")
