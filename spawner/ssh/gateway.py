@@ -69,16 +69,21 @@ def _courses_line(catalog, user: str, groups: list[str], today: date) -> str:
     return f"Your courses: {', '.join(mine)}" if mine else "You have no course now; ask your instructor to add you"
 
 
-_SPAWN_FAILED = re.compile(r"^Spawn failed: HTTP (\d{3}): [^(]*\((.*)\)$", re.DOTALL)
+FAILED_START_ANSWER_SECONDS = 5  # how long a failed start's own answer (with its status) is waited for
+_SPAWN_FAILED = re.compile(r"^Spawn failed: (?:HTTP (\d{3}): [^(]*\((.*)\)|(.*))$", re.DOTALL)
 
 
 def _start_failure(title: str, message: str) -> str:
     """The one line for a start that failed, with the spawner's own reason without JupyterHub's wrapping
-    ("Spawn failed: HTTP 403: Forbidden (reason)"): a refusal (4xx, e.g. a GPU quota) or a failure."""
+    ("Spawn failed: HTTP 403: Forbidden (reason)", or "Spawn failed: reason" for the lab's own refusals, whose
+    reason the hub shows as it is): a refusal (4xx, e.g. a GPU quota) or a failure."""
     failed = _SPAWN_FAILED.match(message.strip())
-    if failed and failed.group(1).startswith("4"):
-        return f"the lab did not start {title}: {failed.group(2)}"
-    return f"{title} failed to start: {failed.group(2) if failed else message.strip()}"
+    if failed is None:
+        return f"{title} failed to start: {message.strip()}"
+    status, wrapped, plain = failed.groups()
+    if status and status.startswith("4"):
+        return f"the lab did not start {title}: {wrapped}"
+    return f"{title} failed to start: {wrapped or plain}"
 
 
 class Gateway:
@@ -173,7 +178,7 @@ class Gateway:
                     if event.message:
                         say(f"[{event.progress if event.progress is not None else '?':>3}%] {event.message}")
                     if event.failed:
-                        raise Refused(_start_failure(title, event.message))
+                        raise Refused(await self._failure_line(title, event.message, start))
                     if event.ready:
                         return
             except HubRefused:
@@ -190,6 +195,19 @@ class Gateway:
                 start = None  # started: the next progress request reports it ready
             await asyncio.sleep(0.5)
         raise Refused(f"{title} failed to start: not ready after {START_TIMEOUT_SECONDS} s; try again, or tell the lab's admins")
+
+    @staticmethod
+    async def _failure_line(title: str, message: str, start: asyncio.Future | None) -> str:
+        """The hub's answer to the start says a refusal (4xx) from a failure; the progress event does not."""
+        if start is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(start), timeout=FAILED_START_ANSWER_SECONDS)
+            except HubRefused as refused:
+                what = "the lab did not start" if 400 <= refused.status < 500 else "failed to start"
+                return f"{what} {title}: {refused.message}" if what.startswith("the") else f"{title} {what}: {refused.message}"
+            except (asyncio.TimeoutError, OSError):
+                pass
+        return _start_failure(title, message)
 
     async def report_activity(self, login: LoginName) -> None:
         try:
