@@ -22,7 +22,18 @@ ALLOWED = {
     "devlab": {"core", "catalog", "engine", "images", "gpu", "hub", "services", "cli"},
 }
 # Pure cores: no Docker, no JupyterHub, no Tornado (tested without a daemon or a hub).
-PURE = ["core", "catalog", "gpu", "hub/container_spec.py", "images/plan.py", "images/registry.py"]
+PURE = [
+    "core",
+    "catalog",
+    "gpu",
+    "hub/container_spec.py",
+    "images/plan.py",
+    "images/registry.py",
+    "images/locks.py",
+    "images/advisories.py",
+    "images/scan.py",
+    "images/contents.py",
+]
 FRAMEWORKS = ("docker", "dockerspawner", "jupyterhub", "tornado")
 # Facts with one home (spawner/core/contract.py); a copy elsewhere drifts.
 STRAY = re.compile(r"org\.teachlab\.|/opt/jupyter|/opt/course-env|1000:1000|/home/jovyan|uid 1000")
