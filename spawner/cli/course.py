@@ -253,7 +253,6 @@ def _course_audit(args: argparse.Namespace, console: Console) -> int:
     """Re-check current versions against the newest advisory data; exit 1 when something new was found."""
     from datetime import date
 
-    from ..engine import connect
     from ..images.publish import audit_version
     from ..images.registry import VersionRegistry
     from ..images.scan import scan_summary
@@ -263,10 +262,9 @@ def _course_audit(args: argparse.Namespace, console: Console) -> int:
     settings = _settings(args)
     registry = VersionRegistry(settings.registry_dir)
     slugs = [args.slug] if args.slug else sorted(p.stem for p in settings.registry_dir.glob("*.json"))
-    client = connect()
     new = 0
     for slug in slugs:
-        audit, found = audit_version(client, registry, slug, settings=settings, today=date.today())
+        audit, found = audit_version(registry, slug, settings=settings, today=date.today())
         console.print(f"{slug} {registry.read(slug).current}: {scan_summary(audit)}", markup=False)
         for environment, finding in found:
             console.print(

@@ -83,7 +83,7 @@ def write_sbom(client: docker.DockerClient, image: str, destination: Path) -> No
         raise TeachlabError(f"syft is not installed, so no SBOM can be made; {_INSTALL_SCANNERS}")
     destination.parent.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        [str(syft), "scan", f"docker:{image}", "--scope", "all-layers", "-q", "-o", f"cyclonedx-json={destination}"],
+        [str(syft), "scan", f"docker:{image}", "-q", "-o", f"cyclonedx-json={destination}"],
         capture_output=True,
         text=True,
         env=_engine_environment(client),

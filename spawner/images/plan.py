@@ -336,7 +336,9 @@ def render_course_context(
     ipykernel_pin = constraint_pin(constraints, "ipykernel", flavor.python_version)
     dockerfile_values = {"slug": course.slug, "base_image": base_image, "from_lock": lock is not None, "flavor": flavor}
     if flavor.environment_builder == "venv":
-        dockerfile_values["kernel_pip_pin"] = constraint_pin(constraints, "pip", flavor.python_version)
+        dockerfile_values["kernel_bootstrap_pins"] = [
+            constraint_pin(constraints, name, flavor.python_version) for name in ("pip", "setuptools")
+        ]
     files: dict[str, str | bytes] = {
         "Dockerfile": templates.get_template("Dockerfile.course.j2").render(**dockerfile_values),
         "kernel.json": templates.get_template("kernel.json.j2").render(title=course.title),

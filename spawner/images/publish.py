@@ -28,7 +28,7 @@ from ..engine import connect
 from .advisories import load_advisories
 from .build import CandidateImage, ImageBuilder
 from .contents import ImageContents, cuda_runtime, image_labels
-from .evidence import read_contents, scan_debian_with_trivy, write_sbom
+from .evidence import read_contents, scan_debian_with_trivy, trivy_database_present, write_sbom
 from .locks import CONDA_PIP_SEPARATOR
 from .registry import CourseRecord, CourseVersion, VersionRegistry
 from .scan import Acceptance, AcceptanceStore, blocking_findings, new_findings, scan_image
@@ -206,27 +206,35 @@ def publish_course(
 
 
 def audit_version(
-    client: docker.DockerClient, registry: VersionRegistry, slug: str, *, settings: BuildSettings, today: date
+    registry: VersionRegistry,
+    slug: str,
+    *,
+    settings: BuildSettings,
+    today: date,
+    client: docker.DockerClient | None = None,
 ) -> tuple[dict, list[tuple[str, dict]]]:
     """Re-check a course's current version against the newest advisory data; returns the audit and the
-    findings its publish-time scan did not have. The audit is recorded with the version."""
+    findings its publish-time scan did not have. The audit is recorded with the version. Docker is needed
+    only for Trivy, or for a version published before its contents were recorded."""
     database = load_advisories(settings.advisory_db) if settings.advisory_db else None
     with registry.exclusive(slug):
         record = registry.read(slug)
         current = record.current_version
         if current is None:
             raise TeachlabError(f"course {slug} has no published version to audit (publish it: teachlab course publish {slug})")
+        labels = {**settings.labels, Labels.LOCK_READER: slug}
         if registry.has_file(slug, current.version, "contents"):
             contents = ImageContents.from_dict(json.loads(registry.version_file(slug, current.version, "contents").read_text()))
-        elif _image_present(client, current.image_id):
-            contents = read_contents(client, current.image_id, {**settings.labels, Labels.LOCK_READER: slug})
         else:
-            raise TeachlabError(f"{slug} {current.version}: neither its recorded contents nor its image are here to audit")
-        debian = (
-            scan_debian_with_trivy(client, current.image_id, settings.trivy_cache_dir)
-            if _image_present(client, current.image_id)
-            else None
-        )
+            client = client or connect()
+            if not _image_present(client, current.image_id):
+                raise TeachlabError(f"{slug} {current.version}: neither its recorded contents nor its image are here to audit")
+            contents = read_contents(client, current.image_id, labels)
+        debian = None
+        if trivy_database_present(settings.trivy_cache_dir):
+            client = client or connect()
+            if _image_present(client, current.image_id):
+                debian = scan_debian_with_trivy(client, current.image_id, settings.trivy_cache_dir)
         audit = scan_image(
             contents, database, acceptances=AcceptanceStore(settings.layout.acceptances).read(), today=today, debian=debian
         )

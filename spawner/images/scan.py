@@ -196,7 +196,8 @@ def scan_summary(scan: Mapping | None) -> str:
 
 
 def new_findings(before: Mapping | None, after: Mapping) -> list[tuple[str, dict]]:
-    """Findings of ``after`` that ``before`` (the recorded scan) did not have, with their environment."""
+    """Findings of ``after`` that ``before`` (the recorded scan) did not have, with their environment;
+    a finding an admin accepted (and whose acceptance is still active) is not news."""
     known = set()
     if before:
         for key in (SERVER, COURSE, DEBIAN):
@@ -205,7 +206,7 @@ def new_findings(before: Mapping | None, after: Mapping) -> list[tuple[str, dict
         (key, finding)
         for key in (SERVER, COURSE, DEBIAN)
         for finding in after[key].get("findings", ())
-        if (key, finding["id"], finding["package"], finding["installed"]) not in known
+        if (key, finding["id"], finding["package"], finding["installed"]) not in known and "accepted" not in finding
     ]
 
 

@@ -283,7 +283,9 @@ def test_debian_course_plan_makes_a_python39_venv_with_the_pinned_pip(debian):
     )
     dockerfile = _text(plan.files, "Dockerfile")
     assert "python3.9 -m venv --without-pip /opt/course-env" in dockerfile
-    assert "--python-version 3.9.2 --dest /tmp/teachlab-pip pip==26.0.1" in dockerfile
+    assert "--python-version 3.9.2 --dest /tmp/teachlab-pip pip==26.0.1;" in dockerfile
+    assert '/opt/course-env/bin/python "$wheel/pip" install --quiet --no-deps pip==26.0.1 setuptools==82.0.1;' in dockerfile
+    assert "sysconfig._PIP_USE_SYSCONFIG = True" in dockerfile
     assert "pip freeze --all > /opt/course-env/teachlab-lock.txt" in dockerfile
     assert _text(plan.files, "build/requirements.txt").splitlines()[-1] == "ipykernel==6.31.0"
 

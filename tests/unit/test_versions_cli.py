@@ -44,12 +44,17 @@ def _version(tag: str, scan: dict | None) -> CourseVersion:
 @pytest.fixture
 def state(tmp_path):
     registry = VersionRegistry(StateLayout(tmp_path).courses)
-    files = {"server": "jupyter-server==2.21.1 --hash=sha256:" + "a" * 64 + "\n", "debian": CONTENTS.debian_lock(), "sbom": b"{}"}
+    files = {
+        "server": "jupyter-server==2.21.1 --hash=sha256:" + "a" * 64 + "\n",
+        "debian": CONTENTS.debian_lock(),
+        "contents": json.dumps(CONTENTS.as_dict()),
+        "sbom": b"{}",
+    }
     registry.add_current("c1", _version("v1", scan_image(CONTENTS, None, acceptances=[], today=TODAY)), "tornado==6.3.1\n", files)
     scanned = scan_image(CONTENTS, load_advisories(FIXTURES / "pypa-2024-10-10"), acceptances=[], today=TODAY)
     registry.add_current("c1", _version("v2", scanned), "tornado==6.3.1\n", files)
     AcceptanceStore(StateLayout(tmp_path).acceptances).add(
-        [new_acceptance("TEACHLAB-TEST-0001", reason="admins only", expires="2026-12-31", accepted_by="root", today=TODAY)]
+        [new_acceptance("TEACHLAB-TEST-0001", reason="admins only", expires="2099-12-31", accepted_by="root", today=TODAY)]
     )
     return tmp_path
 
@@ -87,7 +92,7 @@ def test_versions_table_shows_the_scan_in_words(state, capsys, monkeypatch):
     assert "v2: image teachlab/course-c1:v2; SBOM " in out and "v2.sbom.cdx.json" in out
     assert "  course: PYSEC-2023-75 tornado 6.3.1 (fixed in 6.3.2)" in out
     assert "v2 scan: advisory data of 2023-11-03; server: no known vulnerabilities" in out
-    assert "accepted TEACHLAB-TEST-0001 until 2026-12-31 (active) by root: admins only" in out
+    assert "accepted TEACHLAB-TEST-0001 until 2099-12-31 (active) by root: admins only" in out
 
 
 def test_old_records_without_scans_still_read(tmp_path):
@@ -101,3 +106,27 @@ def test_old_records_without_scans_still_read(tmp_path):
     (courses / "c1.json").write_text(json.dumps({"course": "c1", "current": "v1", "versions": [old]}))
     record = VersionRegistry(courses).read("c1")
     assert record.current_version.scan is None and record.current_version.cuda_runtime is None
+
+
+def test_audit_exits_1_only_on_findings_the_version_did_not_have(state, capsys):
+    """v2 was published with the PyPA records: its tornado finding is known. Newer data (the fixture
+    record against jupyter-server) brings a new one. The recorded contents suffice: no Docker."""
+    assert main(["course", "audit", "c1", "--state-dir", str(state), "--advisory-db", str(FIXTURES / "pypa-2024-10-10")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "c1 v2: advisory data of 2023-11-03; server: no known vulnerabilities; course: 1 finding(s): PYSEC-2023-75"
+    )
+    assert "NEW" not in out
+    server_fixture = ["--advisory-db", str(FIXTURES / "server-fixture")]
+    assert main(["course", "audit", "--all", "--state-dir", str(state), *server_fixture]) == 0  # accepted: not news
+    StateLayout(state).acceptances.unlink()
+    assert main(["course", "audit", "--all", "--state-dir", str(state), *server_fixture]) == 1
+    out = capsys.readouterr().out
+    assert "  NEW in server: TEACHLAB-TEST-0001 jupyter-server 2.21.1 (fixed in 2.21.2)" in out
+    last = VersionRegistry(StateLayout(state).courses).current_image("c1").scan["last_audit"]
+    assert last["advisory_data"]["date"] == "2026-11-20" and last["server"]["findings"][0]["id"] == "TEACHLAB-TEST-0001"
+
+
+def test_audit_needs_one_course_or_all(state, capsys):
+    assert main(["course", "audit", "--state-dir", str(state)]) == 1
+    assert "name one course (teachlab course audit SLUG) or audit all of them (--all)" in capsys.readouterr().err
