@@ -65,18 +65,12 @@ def _tool(name: str) -> Path | None:
     return Path(found) if found else None
 
 
-def _engine_environment(client: docker.DockerClient) -> dict[str, str]:
-    """The scanners read images from the same engine as docker-py (DOCKER_HOST)."""
-    env = {**os.environ, "SYFT_CHECK_FOR_APP_UPDATE": "false"}
-    base_url = getattr(client.api, "base_url", "")
-    if base_url.startswith("http+unix://"):
-        from urllib.parse import unquote
-
-        env["DOCKER_HOST"] = "unix://" + unquote(base_url[len("http+unix://") :])
-    return env
+def _scanner_environment() -> dict[str, str]:
+    """The scanners reach the engine as docker-py does (``DOCKER_HOST`` or the default socket), offline."""
+    return {**os.environ, "SYFT_CHECK_FOR_APP_UPDATE": "false"}
 
 
-def write_sbom(client: docker.DockerClient, image: str, destination: Path) -> None:
+def write_sbom(image: str, destination: Path) -> None:
     """A CycloneDX (JSON) SBOM of ``image``: Debian and Python packages of every layer (syft)."""
     syft = _tool("syft")
     if syft is None:
@@ -86,7 +80,7 @@ def write_sbom(client: docker.DockerClient, image: str, destination: Path) -> No
         [str(syft), "scan", f"docker:{image}", "-q", "-o", f"cyclonedx-json={destination}"],
         capture_output=True,
         text=True,
-        env=_engine_environment(client),
+        env=_scanner_environment(),
         timeout=SCANNER_TIMEOUT_SECONDS,
     )
     if result.returncode != 0 or not destination.is_file():
@@ -98,7 +92,7 @@ def trivy_database_present(cache_dir: Path | None) -> bool:
     return cache_dir is not None and (cache_dir / "db" / "trivy.db").is_file()
 
 
-def scan_debian_with_trivy(client: docker.DockerClient, image: str, cache_dir: Path | None) -> dict | None:
+def scan_debian_with_trivy(image: str, cache_dir: Path | None) -> dict | None:
     """Trivy's findings in the image's Debian packages, or None (then "not scanned") without a database."""
     if not trivy_database_present(cache_dir):
         return None
@@ -124,9 +118,7 @@ def scan_debian_with_trivy(client: docker.DockerClient, image: str, cache_dir: P
         "--quiet",
         image,
     ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, env=_engine_environment(client), timeout=SCANNER_TIMEOUT_SECONDS
-    )
+    result = subprocess.run(command, capture_output=True, text=True, env=_scanner_environment(), timeout=SCANNER_TIMEOUT_SECONDS)
     if result.returncode != 0:
         cause = (result.stderr.strip().splitlines() or ["no output"])[-1][:300]
         raise TeachlabError(f"Trivy could not scan {image}: {cause}")

@@ -1,7 +1,9 @@
-"""Publishing course environments: build, smoke-test, version, make current, roll back.
+"""Publishing course environments: build, smoke-test, scan, version, make current, roll back, audit.
 
-A library API (``publish_course``, ``rollback_course``) used by the CLI and usable by a service.
-A failure at any step leaves the registry as it was: the previous version stays current.
+A library API (``publish_course``, ``rollback_course``, ``audit_version``) used by the CLI and usable by
+a service. A failure at any step (a blocking scan finding included) leaves the registry as it was: the
+previous version stays current. Each version records its three locks, what its image contains, its
+scan and its SBOM (``spawner.images.registry.VERSION_FILES``).
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ def publish_course(
         helper_labels = {**settings.labels, Labels.LOCK_READER: course.slug}
         with progress.step(f"scan {course.slug}: both Python environments and the Debian packages"):
             contents = read_contents(client, candidate.image_id, helper_labels)
-            debian = scan_debian_with_trivy(client, candidate.image_id, settings.trivy_cache_dir)
+            debian = scan_debian_with_trivy(candidate.image_id, settings.trivy_cache_dir)
             scan = scan_image(contents, database, acceptances=[*store.read(), *accept], today=today, debian=debian)
         blocked = blocking_findings(scan)
         if blocked:
@@ -184,7 +186,7 @@ def publish_course(
         }
         with progress.step(f"SBOM of {course.slug} {version} (CycloneDX)"), tempfile.TemporaryDirectory() as folder:
             sbom = Path(folder) / "sbom.cdx.json"
-            write_sbom(client, image_id, sbom)
+            write_sbom(image_id, sbom)
             files["sbom"] = sbom.read_bytes()
         entry = CourseVersion(
             version=version,
@@ -234,7 +236,7 @@ def audit_version(
         if trivy_database_present(settings.trivy_cache_dir):
             client = client or connect()
             if _image_present(client, current.image_id):
-                debian = scan_debian_with_trivy(client, current.image_id, settings.trivy_cache_dir)
+                debian = scan_debian_with_trivy(current.image_id, settings.trivy_cache_dir)
         audit = scan_image(
             contents, database, acceptances=AcceptanceStore(settings.layout.acceptances).read(), today=today, debian=debian
         )
