@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.version import Version
 
 from spawner.catalog import load_course
 from spawner.core.problems import ProblemsError, TeachlabError
@@ -310,4 +311,5 @@ def test_the_hub_and_the_server_lock_run_the_same_jupyter():
     locked = {line.split("==")[0]: line.split("==")[1].split()[0] for line in SERVER_LOCK.splitlines() if "==" in line}
     for name in ("jupyterhub", "jupyterlab", "jupyter-server", "notebook"):
         assert locked[name] == pins[name], name
-    assert pins["jupyterhub"].startswith("6.") and pins["jupyterlab"] >= "4.6" and pins["jupyter-server"] >= "2.21.1"
+    assert Version(pins["jupyterhub"]).major == 6
+    assert Version(pins["jupyterlab"]) >= Version("4.6") and Version(pins["jupyter-server"]) >= Version("2.21.1")
