@@ -193,6 +193,7 @@ class ImageBuilder:
                 ),
                 log_path=self._log_path(f"base-{flavor.name}"),
                 on_line=step.detail,
+                no_cache=locked,
             )
         return reference
 
@@ -312,6 +313,7 @@ class ImageBuilder:
                     ),
                     log_path=self._log_path(f"course-{course.slug}"),
                     on_line=step.detail,
+                    no_cache=lock is not None,
                 )
             except BuildFailed as failure:
                 raise BuildFailed(f"{course.slug}: the environment did not build: {failure.cause}", failure.log_path) from None
