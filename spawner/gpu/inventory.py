@@ -8,6 +8,7 @@ the key everywhere; the index only orders devices for allocation and display.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 from ..core.problems import Problem, ProblemsError
 from ..core.units import parse_memory
 
-DECLARED_KEYS = ("uuid", "index", "model", "memory", "parent_uuid")
+DECLARED_KEYS = ("uuid", "index", "model", "memory", "parent_uuid", "driver_version")
+_DRIVER_VERSION = re.compile(r"^\d+\.\d+(\.\d+)?$")
 _FIX_WITH_DECLARED = (
     "declare the GPUs in the hub configuration instead "
     "(uuid, index, model and memory of each, as `nvidia-smi -L` and `nvidia-smi` show them)"
@@ -35,7 +37,8 @@ class GpuDevice:
     """One assignable GPU or MIG instance.
 
     ``index`` is the NVML index of the physical GPU; a MIG instance carries its parent's index and
-    its parent's UUID in ``parent_uuid``, and its own ``MIG-...`` UUID in ``uuid``.
+    its parent's UUID in ``parent_uuid``, and its own ``MIG-...`` UUID in ``uuid``. ``driver_version``
+    is the host's driver, which decides the newest CUDA runtime a container can use (``spawner.gpu.cuda``).
     """
 
     uuid: str
@@ -43,6 +46,7 @@ class GpuDevice:
     model: str
     memory_bytes: int
     parent_uuid: str | None = None
+    driver_version: str | None = None  # the host's NVIDIA driver, e.g. "550.54.14" (NVML, or declared)
 
 
 def discover_nvml(nvml: Any = None) -> list[GpuDevice]:
@@ -66,10 +70,12 @@ def discover_nvml(nvml: Any = None) -> list[GpuDevice]:
             "install the NVIDIA driver on the hub host",
         ) from exc
     try:
+        driver = nvml.nvmlSystemGetDriverVersion()
+        driver = driver.decode() if isinstance(driver, bytes) else str(driver)
         devices: list[GpuDevice] = []
         for index in range(nvml.nvmlDeviceGetCount()):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            gpu = _device(nvml, handle, index, parent_uuid=None)
+            gpu = _device(nvml, handle, index, parent_uuid=None, driver_version=driver)
             if _mig_enabled(nvml, handle):
                 devices.extend(_mig_instances(nvml, handle, gpu))
             else:
@@ -83,13 +89,14 @@ def discover_nvml(nvml: Any = None) -> list[GpuDevice]:
         nvml.nvmlShutdown()
 
 
-def _device(nvml: Any, handle: Any, index: int, parent_uuid: str | None) -> GpuDevice:
+def _device(nvml: Any, handle: Any, index: int, parent_uuid: str | None, driver_version: str | None) -> GpuDevice:
     return GpuDevice(
         uuid=nvml.nvmlDeviceGetUUID(handle),
         index=index,
         model=nvml.nvmlDeviceGetName(handle),
         memory_bytes=int(nvml.nvmlDeviceGetMemoryInfo(handle).total),
         parent_uuid=parent_uuid,
+        driver_version=driver_version,
     )
 
 
@@ -110,7 +117,7 @@ def _mig_instances(nvml: Any, handle: Any, gpu: GpuDevice) -> list[GpuDevice]:
             mig_handle = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
         except nvml.NVMLError_NotFound:
             continue
-        instances.append(_device(nvml, mig_handle, gpu.index, parent_uuid=gpu.uuid))
+        instances.append(_device(nvml, mig_handle, gpu.index, parent_uuid=gpu.uuid, driver_version=gpu.driver_version))
     return instances
 
 
@@ -139,6 +146,7 @@ def declared_inventory(entries: Sequence[Mapping[str, Any]], where: str = "gpu_d
             problem(str(unknown), "unknown key", f"allowed: {', '.join(DECLARED_KEYS)}")
         uuid, index, model, memory = (entry.get(key) for key in DECLARED_KEYS[:4])
         parent_uuid = entry.get("parent_uuid")
+        driver_version = entry.get("driver_version")
         if not isinstance(uuid, str) or not uuid.strip():
             problem("uuid", "missing or empty", "write the UUID `nvidia-smi -L` prints, e.g. 'GPU-5f1e...'")
         elif uuid in seen_uuids:
@@ -155,8 +163,23 @@ def declared_inventory(entries: Sequence[Mapping[str, Any]], where: str = "gpu_d
             problem("memory", f"{memory!r} is not a memory size", "write e.g. '80G', or a number of bytes")
         if parent_uuid is not None and (not isinstance(parent_uuid, str) or not parent_uuid.strip()):
             problem("parent_uuid", "must be the UUID of the GPU this MIG instance belongs to", "write it, or leave the key out")
+        if driver_version is not None and (not isinstance(driver_version, str) or not _DRIVER_VERSION.match(driver_version)):
+            problem(
+                "driver_version",
+                f"{driver_version!r} is not a driver version",
+                "write it as `nvidia-smi` shows it, e.g. '550.54.14'",
+            )
         if len(problems) == found:
-            devices.append(GpuDevice(uuid=uuid, index=index, model=model, memory_bytes=memory_bytes, parent_uuid=parent_uuid))
+            devices.append(
+                GpuDevice(
+                    uuid=uuid,
+                    index=index,
+                    model=model,
+                    memory_bytes=memory_bytes,
+                    parent_uuid=parent_uuid,
+                    driver_version=driver_version,
+                )
+            )
     if problems:
         raise GpuInventoryError(problems)
     return devices

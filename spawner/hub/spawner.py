@@ -32,6 +32,7 @@ from ..core.blocking import FILES, LEDGER, run_blocking
 from ..core.contract import IMAGE, StateLayout
 from ..gpu import AllocationRefused, GpuInventoryError
 from ..gpu.cache import inventory_for, ledger_for
+from ..gpu.cuda import cuda_driver_refusal, host_driver_version
 from ..images.registry import CourseVersion, VersionRegistry
 from ..node.disks import VolumeStore
 from .container_spec import ContainerSpec, make_container_spec
@@ -343,6 +344,19 @@ class CourseSpawner(DockerSpawner):
             raise refusal(refused.status, refused.reason)
         self.gpu_devices = list(allocation.device_uuids)
 
+    async def _check_cuda_driver(self, course: Course, version: CourseVersion) -> None:
+        """Refuse a GPU course whose image needs a newer NVIDIA driver than this host has (spawner.gpu.cuda)."""
+        try:
+            devices = await run_blocking(LEDGER, inventory_for, self.gpu_inventory)
+        except GpuInventoryError:
+            return  # _reserve_gpus tells the student, and the log says why
+        refusal = cuda_driver_refusal(
+            course_title=course.title, cuda_runtime=version.cuda_runtime, host_driver=host_driver_version(devices)
+        )
+        if refusal:
+            self.log.warning("refusing %s: %s", self._log_name, refusal)
+            raise web.HTTPError(409, refusal)
+
     async def _release_gpus(self, reason: str, *, held: bool | None = None) -> None:
         """Release this server's GPUs in the ledger (idempotent); ``held`` overrides the in-memory record."""
         if self.gpu_devices if held is None else held:
@@ -373,6 +387,7 @@ class CourseSpawner(DockerSpawner):
             self.object_name = self.names.container(self.user.name, course.slug)
             self.home_volume = self.home_volume or self.names.home_volume(self.user.name, course.slug)
             if course.gpu:
+                await self._check_cuda_driver(course, version)  # before any GPU is held
                 self._report(15, f"Reserving {course.gpu} GPU(s) for {course.title}")
                 await self._reserve_gpus(course)
             self._report(20, f"Preparing storage for {course.title}")

@@ -7,6 +7,8 @@ import``, no registry needed), the flavor's base image, and one image per course
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
 import ssl
 import subprocess
@@ -25,8 +27,20 @@ from ..core.contract import Labels
 from ..core.problems import TeachlabError
 from ..core.progress import Progress
 from ..engine import connect
-from ..engine.build import BuildFailed, build_image, tar_context
-from .plan import Flavor, PipSettings, environment_hash, load_flavor, render_base_context, render_course_context
+from ..engine.build import BuildFailed, build_image, summarize_build_failure, tar_context
+from .contents import JUPYTER_PACKAGES
+from .locks import pip_lock_versions, server_lock_from_report
+from .plan import (
+    BUILD_DIR,
+    SERVER_REQUIREMENTS,
+    Flavor,
+    PipSettings,
+    environment_hash,
+    load_flavor,
+    render_base_context,
+    render_course_context,
+    render_settings_files,
+)
 from .settings import BuildSettings
 
 label = Labels.image
@@ -125,24 +139,44 @@ class ImageBuilder:
             raise TeachlabError(f"tar of the root filesystem failed: {tar.stderr.read().decode(errors='replace').strip()[:300]}")
 
     # -- base images ----------------------------------------------------------------------------
-    def build_base(self, flavor_name: str) -> str:
-        """Build (or reuse from cache) the base image of a flavor; returns its reference."""
+    def server_lock(self, flavor: Flavor) -> str:
+        path = flavor.server_lock_file
+        if not path.is_file():
+            raise TeachlabError(
+                f"{path} is missing: resolve the Jupyter server environment with hashes first "
+                f"(teachlab image lock-server --flavor {flavor.name})"
+            )
+        return path.read_text()
+
+    def build_base(self, flavor_name: str, *, server_lock: str | None = None, debian_lock: str | None = None) -> str:
+        """Build (or reuse from cache) the base image of a flavor; returns its reference.
+
+        With ``server_lock`` and ``debian_lock`` (a published version's), the base is rebuilt from them and
+        tagged ``v<version>-lock-<digest>``; otherwise from the flavor's server lock and today's Debian packages.
+        """
         flavor = self.flavor(flavor_name)
         rootfs = self.ensure_rootfs(flavor)
         reference = flavor.base_image(self.settings.image_namespace)
+        locked = server_lock is not None or debian_lock is not None
+        server_lock = server_lock if server_lock is not None else self.server_lock(flavor)
+        if locked:
+            digest = hashlib.sha256(f"{server_lock}\0{debian_lock or ''}".encode()).hexdigest()[:12]
+            reference = f"{reference}-lock-{digest}"
         installer = self._download_installer(flavor) if flavor.installer else None
         context = render_base_context(
             flavor,
             rootfs_image=rootfs,
-            constraints=self.settings.constraints_file.read_text(),
+            server_lock=server_lock,
             pip=self.pip_settings(),
             installer_bytes=installer,
+            debian_lock=debian_lock,
         )
         recipe_hash = environment_hash(context, self._image_id(rootfs) or rootfs)
         existing = self._image_labels(reference)
         if existing.get(label("recipe-hash")) == recipe_hash:
             self.progress.info(f"{reference} is up to date (built {existing.get(label('build-time'), '?')})")
             return reference
+        versions = pip_lock_versions(server_lock)
         with self.progress.step(f"build base image {reference}") as step:
             build_image(
                 self.client,
@@ -153,11 +187,67 @@ class ImageBuilder:
                     base_version=flavor.version,
                     recipe_hash=recipe_hash,
                     build_time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    python_kernel=flavor.python_version,
+                    python_server=flavor.server_python_version,
+                    **{name.replace("-", "_"): versions[name] for name in JUPYTER_PACKAGES if name in versions},
                 ),
                 log_path=self._log_path(f"base-{flavor.name}"),
                 on_line=step.detail,
+                no_cache=locked,
             )
         return reference
+
+    def lock_server(self, flavor_name: str) -> Path:
+        """Resolve the Jupyter server environment from constraints.txt on the flavor's own server Python and
+        write the hashed lock (``images/common/server-py<X.Y>.lock.txt``); pip's report gives every hash."""
+        flavor = self.flavor(flavor_name)
+        if flavor.kernel_python is None:
+            raise TeachlabError(
+                f"{flavor.name} has no system Python {flavor.server_python_version} to resolve with; "
+                "lock with a venv flavor of the same server Python (teachlab image lock-server --flavor debian-py39)"
+            )
+        rootfs = self.ensure_rootfs(flavor)
+        files = {
+            "constraints.txt": self.settings.constraints_file.read_text(),
+            **{name.removeprefix(BUILD_DIR): data for name, data in render_settings_files(flavor, self.pip_settings()).items()},
+        }
+        script = (
+            "set -e; python3 -m venv /tmp/resolver; "
+            "PIP_CONFIG_FILE=/tmp/teachlab-build/pip.conf /tmp/resolver/bin/python -m pip install --quiet --dry-run "
+            "--ignore-installed --report /tmp/teachlab-build/report.json -c /tmp/teachlab-build/constraints.txt "
+            + " ".join(SERVER_REQUIREMENTS)
+        )
+        with (
+            self.progress.step(f"resolve the Jupyter server environment on {flavor.rootfs_suite}'s Python"),
+            tempfile.TemporaryDirectory(prefix="teachlab-lock-") as folder,
+        ):
+            for name, data in files.items():
+                Path(folder, name).write_bytes(data if isinstance(data, bytes) else data.encode())
+            os.chmod(folder, 0o755)
+            container = self.client.containers.run(
+                rootfs,
+                ["bash", "-c", script],
+                volumes={folder: {"bind": "/tmp/teachlab-build", "mode": "rw"}},
+                labels=dict(self.settings.labels),
+                detach=True,
+            )
+            try:
+                status = container.wait(timeout=600)
+                output = container.logs().decode("utf-8", "replace")
+            finally:
+                container.remove(force=True)
+            if status.get("StatusCode") != 0:
+                raise TeachlabError(
+                    f"pip could not resolve the server environment: {summarize_build_failure(output.splitlines(), output)}"
+                )
+            report = json.loads(Path(folder, "report.json").read_text())
+        path = flavor.server_lock_file
+        header = (
+            f"# The Jupyter server environment on Python {flavor.server_python_version}, resolved from constraints.txt by\n"
+            f"# `teachlab image lock-server --flavor {flavor.name}`; installed with --require-hashes. Do not edit by hand.\n"
+        )
+        path.write_text(header + server_lock_from_report(report))
+        return path
 
     def _image_labels(self, reference: str) -> dict[str, str]:
         try:
@@ -190,10 +280,11 @@ class ImageBuilder:
         return data
 
     # -- course images --------------------------------------------------------------------------
-    def build_course(self, course: Course, *, lock: str | None = None) -> CandidateImage:
-        """Build a course image candidate on its flavor's base (must exist); cached when unchanged."""
+    def build_course(self, course: Course, *, lock: str | None = None, base_image: str | None = None) -> CandidateImage:
+        """Build a course image candidate on its flavor's base (must exist; ``base_image`` names another,
+        e.g. one rebuilt from a version's locks); cached when unchanged."""
         flavor = self.flavor(course.image_flavor)
-        base = flavor.base_image(self.settings.image_namespace)
+        base = base_image or flavor.base_image(self.settings.image_namespace)
         base_id = self._image_id(base)
         if base_id is None:
             raise TeachlabError(f"base image {base} is missing (build it: teachlab image build-base --flavor {flavor.name})")
@@ -222,13 +313,15 @@ class ImageBuilder:
                     ),
                     log_path=self._log_path(f"course-{course.slug}"),
                     on_line=step.detail,
+                    no_cache=lock is not None,
                 )
             except BuildFailed as failure:
                 raise BuildFailed(f"{course.slug}: the environment did not build: {failure.cause}", failure.log_path) from None
         return CandidateImage(course.slug, image_id, tag, plan.environment_hash, flavor, base, plan.top_level_distributions)
 
-    def tag_version(self, candidate: CandidateImage, version: str) -> tuple[str, str]:
-        """Stamp the version and build time on a candidate as labels; returns (reference, image ID)."""
+    def tag_version(self, candidate: CandidateImage, version: str, contents_labels: dict[str, str]) -> tuple[str, str]:
+        """Stamp the version, build time and what the image contains (``contents_labels``) on a candidate
+        as labels; returns (reference, image ID)."""
         reference = naming.course_image(candidate.slug, version, self.settings.image_namespace)
         dockerfile = f"FROM {candidate.image_id}\n"
         with self.progress.step(f"tag {reference}"):
@@ -236,7 +329,10 @@ class ImageBuilder:
                 self.client,
                 context=tar_context({"Dockerfile": dockerfile}),
                 tag=reference,
-                labels=self._labels(version=version, build_time=datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                labels={
+                    **contents_labels,
+                    **self._labels(version=version, build_time=datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                },
                 log_path=self._log_path(f"tag-{candidate.slug}"),
             )
         return reference, image_id

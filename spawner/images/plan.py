@@ -26,11 +26,16 @@ from ..core.contract import IMAGE
 from ..core.problems import Problem, ProblemsError, TeachlabError
 from ..core.schemacheck import schema_problems
 from ..core.yamlfile import load_yaml_file
+from .locks import CONDA_PIP_SEPARATOR, check_conda_lock, check_debian_lock, check_pip_lock
 
 BUILD_DIR = "build/"
+SYSTEM_DIR = "system/"
 CA_FILE = BUILD_DIR + "ca.crt"
 PIP_CONF_FILE = BUILD_DIR + "pip.conf"
 SETTINGS_ONLY_FILES = (CA_FILE, PIP_CONF_FILE, BUILD_DIR + "condarc.build")
+# What the Jupyter server environment is made of; their versions (and their dependencies') come from
+# constraints.txt and are frozen with hashes in the server lock.
+SERVER_REQUIREMENTS = ("jupyterhub", "jupyterlab", "jupyter-server", "notebook", "pip", "setuptools")
 
 
 @dataclass(frozen=True)
@@ -40,12 +45,22 @@ class Installer:
 
 
 @dataclass(frozen=True)
+class KernelPython:
+    """Debian packages of another suite that give a venv flavor its course kernel's Python."""
+
+    suite: str
+    packages: tuple[str, ...]
+    command: str
+
+
+@dataclass(frozen=True)
 class Flavor:
     """One base image flavor, from ``images/<name>/flavor.yaml``."""
 
     name: str
     version: str
-    python_version: str
+    python_version: str  # the course kernel's
+    server_python_version: str  # the Jupyter server environment's
     environment_builder: str  # "venv" or "conda"
     rootfs_suite: str
     rootfs_variant: str
@@ -54,6 +69,12 @@ class Flavor:
     conda_packages_from_pypi: frozenset[str] = frozenset()
     installer: Installer | None = None
     condarc: Mapping[str, object] = field(default_factory=dict)
+    kernel_python: KernelPython | None = None
+
+    @property
+    def server_lock_file(self) -> Path:
+        """The hashed lock of the Jupyter server environment for this flavor's server Python."""
+        return self.folder.parent / "common" / f"server-py{self.server_python_version}.lock.txt"
 
     def base_image(self, namespace: str) -> str:
         return f"{namespace}/{self.name}:v{self.version}"
@@ -106,13 +127,24 @@ def load_flavor(images_dir: Path, name: str) -> Flavor:
         problems.append(
             Problem(str(path), "installer", "a conda flavor needs its installer", "add installer.file and installer.sha256")
         )
+    if not problems and data["environment_builder"] == "venv" and "kernel_python" not in data:
+        problems.append(
+            Problem(
+                str(path),
+                "kernel_python",
+                "a venv flavor needs its kernel's Python",
+                "add kernel_python.suite, .packages and .command",
+            )
+        )
     if problems:
         raise ProblemsError(problems)
     installer = data.get("installer")
+    kernel_python = data.get("kernel_python")
     return Flavor(
         name=data["name"],
         version=str(data["version"]),
         python_version=str(data["python_version"]),
+        server_python_version=str(data["server_python_version"]),
         environment_builder=data["environment_builder"],
         rootfs_suite=data["rootfs"]["suite"],
         rootfs_variant=data["rootfs"]["variant"],
@@ -121,6 +153,11 @@ def load_flavor(images_dir: Path, name: str) -> Flavor:
         conda_packages_from_pypi=frozenset(data.get("conda_packages_from_pypi", ())),
         installer=Installer(**installer) if installer else None,
         condarc=data.get("condarc", {}),
+        kernel_python=KernelPython(
+            suite=kernel_python["suite"], packages=tuple(kernel_python["packages"]), command=kernel_python["command"]
+        )
+        if kernel_python
+        else None,
     )
 
 
@@ -133,7 +170,8 @@ def _templates(flavor: Flavor) -> jinja2.Environment:
     return environment
 
 
-def _settings_files(flavor: Flavor, pip: PipSettings) -> dict[str, str | bytes]:
+def render_settings_files(flavor: Flavor, pip: PipSettings) -> dict[str, str | bytes]:
+    """pip (and conda) settings and the CA bundle of build stages: never copied into a final image."""
     templates = _templates(flavor)
     files: dict[str, str | bytes] = {
         PIP_CONF_FILE: templates.get_template("pip.conf.j2").render(
@@ -166,17 +204,32 @@ def _encode(files: Mapping[str, str | bytes]) -> dict[str, bytes]:
 
 
 def render_base_context(
-    flavor: Flavor, *, rootfs_image: str, constraints: str, pip: PipSettings, installer_bytes: bytes | None = None
+    flavor: Flavor,
+    *,
+    rootfs_image: str,
+    server_lock: str,
+    pip: PipSettings,
+    installer_bytes: bytes | None = None,
+    debian_lock: str | None = None,
 ) -> dict[str, bytes]:
-    """Build context of a flavor's base image."""
+    """Build context of a flavor's base image: the Jupyter server environment from ``server_lock`` (hashed
+    ``name==version`` lines); ``debian_lock`` (``name=version`` lines) rebuilds a recorded Debian package set."""
+    server_lock = check_pip_lock(server_lock, str(flavor.server_lock_file), hashes_required=True)
     templates = _templates(flavor)
     files: dict[str, str | bytes] = {
-        "Dockerfile": templates.get_template("Dockerfile.base.j2").render(flavor=flavor, rootfs_image=rootfs_image),
+        "Dockerfile": templates.get_template("Dockerfile.base.j2").render(
+            flavor=flavor, rootfs_image=rootfs_image, debian_lock=debian_lock is not None
+        ),
         "jupyter_server_config.json": (flavor.folder.parent / "common" / "jupyter_server_config.json").read_text(),
         "page_config.json": (flavor.folder.parent / "common" / "page_config.json").read_text(),
-        BUILD_DIR + "constraints.txt": constraints,
-        **_settings_files(flavor, pip),
+        BUILD_DIR + "server-lock.txt": server_lock,
+        SYSTEM_DIR + "README": "Files of the system layer; removed once it is installed.\n",
+        **render_settings_files(flavor, pip),
     }
+    if flavor.kernel_python is not None:
+        files[SYSTEM_DIR + "kernel-python.pref"] = templates.get_template("kernel-python.pref.j2").render(flavor=flavor)
+    if debian_lock is not None:
+        files[SYSTEM_DIR + "debian-lock.txt"] = check_debian_lock(debian_lock, "the Debian lock")
     if flavor.environment_builder == "conda":
         if flavor.installer is None or installer_bytes is None:
             raise TeachlabError(f"flavor {flavor.name} needs its Miniconda installer to build")
@@ -185,12 +238,17 @@ def render_base_context(
     return _encode(files)
 
 
-def _constraint_pin(constraints: str, name: str) -> str:
+def constraint_pin(constraints: str, name: str, python_version: str) -> str:
+    """The ``name==version`` pin of constraints.txt that applies on ``python_version`` (markers evaluated)."""
+    environment = {"python_version": ".".join(python_version.split(".")[:2]), "python_full_version": python_version}
     for line in constraints.splitlines():
         line = line.split("#")[0].strip()
-        if line and Requirement(line).name == name:
-            return line
-    raise TeachlabError(f"constraints.txt has no pin for {name}; add e.g. '{name}==6.31.0'")
+        if not line:
+            continue
+        requirement = Requirement(line)
+        if requirement.name == name and (requirement.marker is None or requirement.marker.evaluate(environment)):
+            return f"{requirement.name}{requirement.specifier}"
+    raise TeachlabError(f"constraints.txt has no pin for {name} on Python {python_version}; add e.g. '{name}==6.31.0'")
 
 
 def venv_requirements(course: Course, flavor: Flavor, *, ipykernel_pin: str) -> list[str]:
@@ -275,22 +333,28 @@ def render_course_context(
 ) -> CoursePlan:
     """Build context of one course image; ``lock`` rebuilds a published version's exact package set."""
     templates = _templates(flavor)
-    ipykernel_pin = _constraint_pin(constraints, "ipykernel")
+    ipykernel_pin = constraint_pin(constraints, "ipykernel", flavor.python_version)
+    dockerfile_values = {"slug": course.slug, "base_image": base_image, "from_lock": lock is not None, "flavor": flavor}
+    if flavor.environment_builder == "venv":
+        dockerfile_values["kernel_bootstrap_pins"] = [
+            constraint_pin(constraints, name, flavor.python_version) for name in ("pip", "setuptools")
+        ]
     files: dict[str, str | bytes] = {
-        "Dockerfile": templates.get_template("Dockerfile.course.j2").render(
-            slug=course.slug, base_image=base_image, from_lock=lock is not None
-        ),
+        "Dockerfile": templates.get_template("Dockerfile.course.j2").render(**dockerfile_values),
         "kernel.json": templates.get_template("kernel.json.j2").render(title=course.title),
-        **_settings_files(flavor, pip),
+        **render_settings_files(flavor, pip),
     }
+    where = f"the lock of {course.slug}"
     if flavor.environment_builder == "venv":
         files[BUILD_DIR + "requirements.txt"] = (
-            lock if lock is not None else "\n".join(venv_requirements(course, flavor, ipykernel_pin=ipykernel_pin)) + "\n"
+            check_pip_lock(lock, where, hashes_required=False)
+            if lock is not None
+            else "\n".join(venv_requirements(course, flavor, ipykernel_pin=ipykernel_pin)) + "\n"
         )
     elif lock is not None:
-        conda_lock, _, pip_lock = lock.partition("\n# pip\n")
-        files[BUILD_DIR + "conda-lock.txt"] = conda_lock
-        files[BUILD_DIR + "requirements.txt"] = pip_lock
+        conda_lock, _, pip_lock = lock.partition(CONDA_PIP_SEPARATOR)
+        files[BUILD_DIR + "conda-lock.txt"] = check_conda_lock(conda_lock, where)
+        files[BUILD_DIR + "requirements.txt"] = check_pip_lock(pip_lock, where, hashes_required=False)
     else:
         files[BUILD_DIR + "environment.yml"] = conda_environment_file(course, ipykernel_pin=ipykernel_pin)
     encoded = _encode(files)

@@ -1,16 +1,22 @@
-"""Publishing course environments: build, smoke-test, version, make current, roll back.
+"""Publishing course environments: build, smoke-test, scan, version, make current, roll back, audit.
 
-A library API (``publish_course``, ``rollback_course``) used by the CLI and usable by a service.
-A failure at any step leaves the registry as it was: the previous version stays current.
+A library API (``publish_course``, ``rollback_course``, ``audit_version``) used by the CLI and usable by
+a service. A failure at any step (a blocking scan finding included) leaves the registry as it was: the
+previous version stays current. Each version records its three locks, what its image contains, its
+scan and its SBOM (``spawner.images.registry.VERSION_FILES``).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import tarfile
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -21,8 +27,13 @@ from ..core.naming import version_number
 from ..core.problems import TeachlabError
 from ..core.progress import Progress
 from ..engine import connect
+from .advisories import load_advisories
 from .build import CandidateImage, ImageBuilder
+from .contents import ImageContents, cuda_runtime, image_labels
+from .evidence import read_contents, scan_debian_with_trivy, trivy_database_present, write_sbom
+from .locks import CONDA_PIP_SEPARATOR
 from .registry import CourseRecord, CourseVersion, VersionRegistry
+from .scan import Acceptance, AcceptanceStore, blocking_findings, new_findings, scan_image
 from .settings import BuildSettings
 from .smoke import run_smoke_test
 
@@ -54,7 +65,7 @@ def _read_file(client: docker.DockerClient, image_id: str, path: str, labels: di
 def read_lock(client: docker.DockerClient, candidate: CandidateImage, labels: dict[str, str]) -> str:
     """What was installed: ``pip freeze`` (venv) or the explicit conda list plus the pip part."""
     parts = [_read_file(client, candidate.image_id, path, labels) for path in LOCK_PATHS[candidate.flavor.environment_builder]]
-    return "\n# pip\n".join(parts)
+    return CONDA_PIP_SEPARATOR.join(parts)
 
 
 def _image_present(client: docker.DockerClient, image_id: str) -> bool:
@@ -65,6 +76,53 @@ def _image_present(client: docker.DockerClient, image_id: str) -> bool:
         return False
 
 
+class ScanBlocked(TeachlabError):
+    """A known vulnerability in the Jupyter server environment that no admin accepted."""
+
+
+@dataclass(frozen=True)
+class VersionLocks:
+    """The three locks of a published version, read back to rebuild it (``--from-lock``)."""
+
+    course: str
+    server: str | None
+    debian: str | None
+
+
+def read_version_locks(registry: VersionRegistry, slug: str, version: str) -> VersionLocks:
+    """A version's locks; versions published before the server and Debian layers were locked have only the course lock."""
+    optional = {
+        kind: registry.read_lock(slug, version, kind) if registry.has_file(slug, version, kind) else None
+        for kind in ("server", "debian")
+    }
+    return VersionLocks(registry.read_lock(slug, version), optional["server"], optional["debian"])
+
+
+def build_from_locks(builder: ImageBuilder, course: Course, locks: VersionLocks) -> CandidateImage:
+    """The whole image from a version's locks: the base from its server and Debian locks, then the course layer."""
+    base = None
+    if locks.server is not None or locks.debian is not None:
+        base = builder.build_base(course.image_flavor, server_lock=locks.server, debian_lock=locks.debian)
+    return builder.build_course(course, lock=locks.course, base_image=base)
+
+
+def _blocked_message(slug: str, blocked: list[dict], scan: dict) -> str:
+    data = scan["advisory_data"]
+    lines = [
+        f"{slug}: known vulnerabilities in the Jupyter server environment (advisory data of {data['date']}, {data['source']}):"
+    ]
+    for finding in blocked:
+        fixed = ", ".join(finding["fixed"]) or "no fixed version yet"
+        lines.append(
+            f"  {finding['id']}: {finding['package']} {finding['installed']} (fixed in {fixed}) {finding['summary'][:100]}"
+        )
+    lines.append(
+        "update the pin in constraints.txt and the server lock (teachlab image lock-server), or, if it cannot be exploited here, "
+        f"accept it: --accept {blocked[0]['id']} --reason '...' --expires YYYY-MM-DD"
+    )
+    return "\n".join(lines)
+
+
 def publish_course(
     course: Course,
     *,
@@ -72,16 +130,26 @@ def publish_course(
     progress: Progress | None = None,
     client: docker.DockerClient | None = None,
     from_lock: str | None = None,
+    accept: Sequence[Acceptance] = (),
+    today: date | None = None,
 ) -> PublishResult:
-    """Build, smoke-test and make current a new version of ``course``; reuse an identical version."""
+    """Build, smoke-test, scan and make current a new version of ``course``; reuse an identical version.
+
+    ``accept`` records admins' acceptances of advisories in the server environment (used by this and
+    later publishes until they expire)."""
     started = time.monotonic()
     progress = progress or Progress(quiet=True)
     client = client or connect()
+    today = today or date.today()
     builder = ImageBuilder(settings, progress, client)
     registry = VersionRegistry(settings.registry_dir)
+    database = load_advisories(settings.advisory_db) if settings.advisory_db else None
+    store = AcceptanceStore(settings.layout.acceptances)
     with registry.exclusive(course.slug):
-        lock = registry.read_lock(course.slug, from_lock) if from_lock else None
-        candidate = builder.build_course(course, lock=lock)
+        if from_lock:
+            candidate = build_from_locks(builder, course, read_version_locks(registry, course.slug, from_lock))
+        else:
+            candidate = builder.build_course(course)
         record = registry.read(course.slug)
         same = record.with_environment_hash(candidate.environment_hash)
         if same and _image_present(client, same.image_id):
@@ -99,8 +167,27 @@ def publish_course(
                 distributions=candidate.top_level_distributions,
                 labels={**settings.labels, Labels.SMOKE_TEST: course.slug},
             )
+        helper_labels = {**settings.labels, Labels.LOCK_READER: course.slug}
+        with progress.step(f"scan {course.slug}: both Python environments and the Debian packages"):
+            contents = read_contents(client, candidate.image_id, helper_labels)
+            debian = scan_debian_with_trivy(candidate.image_id, settings.trivy_cache_dir)
+            scan = scan_image(contents, database, acceptances=[*store.read(), *accept], today=today, debian=debian)
+        blocked = blocking_findings(scan)
+        if blocked:
+            raise ScanBlocked(_blocked_message(course.slug, blocked, scan))
+        if accept:
+            store.add(accept)
         version = record.next_version()
-        reference, image_id = builder.tag_version(candidate, version)
+        reference, image_id = builder.tag_version(candidate, version, image_labels(contents))
+        files: dict[str, str | bytes] = {
+            "server": _read_file(client, image_id, IMAGE.server_lock, helper_labels),
+            "debian": contents.debian_lock(),
+            "contents": json.dumps(contents.as_dict(), indent=1),
+        }
+        with progress.step(f"SBOM of {course.slug} {version} (CycloneDX)"), tempfile.TemporaryDirectory() as folder:
+            sbom = Path(folder) / "sbom.cdx.json"
+            write_sbom(image_id, sbom)
+            files["sbom"] = sbom.read_bytes()
         entry = CourseVersion(
             version=version,
             image=reference,
@@ -110,11 +197,51 @@ def publish_course(
             size_bytes=int(client.images.get(image_id).attrs.get("Size", 0)),
             base_image=candidate.base_image,
             flavor=candidate.flavor.name,
+            kernel_python=contents.kernel_python,
+            server_python=contents.server_python,
+            jupyter_server=contents.server_packages.get("jupyter-server"),
+            cuda_runtime=cuda_runtime(contents),
+            scan=scan,
         )
-        registry.add_current(
-            course.slug, entry, read_lock(client, candidate, {**settings.labels, Labels.LOCK_READER: course.slug})
-        )
+        registry.add_current(course.slug, entry, read_lock(client, candidate, helper_labels), files)
     return PublishResult(course.slug, version, reference, candidate.environment_hash, "published", time.monotonic() - started)
+
+
+def audit_version(
+    registry: VersionRegistry,
+    slug: str,
+    *,
+    settings: BuildSettings,
+    today: date,
+    client: docker.DockerClient | None = None,
+) -> tuple[dict, list[tuple[str, dict]]]:
+    """Re-check a course's current version against the newest advisory data; returns the audit and the
+    findings its publish-time scan did not have. The audit is recorded with the version. Docker is needed
+    only for Trivy, or for a version published before its contents were recorded."""
+    database = load_advisories(settings.advisory_db) if settings.advisory_db else None
+    with registry.exclusive(slug):
+        record = registry.read(slug)
+        current = record.current_version
+        if current is None:
+            raise TeachlabError(f"course {slug} has no published version to audit (publish it: teachlab course publish {slug})")
+        labels = {**settings.labels, Labels.LOCK_READER: slug}
+        if registry.has_file(slug, current.version, "contents"):
+            contents = ImageContents.from_dict(json.loads(registry.version_file(slug, current.version, "contents").read_text()))
+        else:
+            client = client or connect()
+            if not _image_present(client, current.image_id):
+                raise TeachlabError(f"{slug} {current.version}: neither its recorded contents nor its image are here to audit")
+            contents = read_contents(client, current.image_id, labels)
+        debian = None
+        if trivy_database_present(settings.trivy_cache_dir):
+            client = client or connect()
+            if _image_present(client, current.image_id):
+                debian = scan_debian_with_trivy(current.image_id, settings.trivy_cache_dir)
+        audit = scan_image(
+            contents, database, acceptances=AcceptanceStore(settings.layout.acceptances).read(), today=today, debian=debian
+        )
+        registry.record_audit(slug, current.version, audit)
+    return audit, new_findings(current.scan, audit)
 
 
 def rollback_course(

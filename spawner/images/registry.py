@@ -12,7 +12,7 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -31,6 +31,24 @@ class CourseVersion:
     size_bytes: int
     base_image: str
     flavor: str
+    # Recorded since the two-Python images (older records read with these defaults):
+    kernel_python: str | None = None
+    server_python: str | None = None
+    jupyter_server: str | None = None
+    cuda_runtime: str | None = None
+    scan: dict | None = None  # spawner.images.scan.scan_image's record, plus later audits under "audits"
+    sbom: str | None = None  # path of the CycloneDX SBOM beside the locks
+    locks: dict | None = None  # layer -> path: course, server, debian
+
+
+# Files recorded beside each version, under ``<slug>/``: layer locks, what the image contains, its SBOM.
+VERSION_FILES = {
+    "course": "{version}.lock.txt",
+    "server": "{version}.server-lock.txt",
+    "debian": "{version}.debian-lock.txt",
+    "contents": "{version}.contents.json",
+    "sbom": "{version}.sbom.cdx.json",
+}
 
 
 @dataclass(frozen=True)
@@ -68,7 +86,10 @@ class VersionRegistry:
         return self.root / f"{slug}.json"
 
     def lock_path(self, slug: str, version: str) -> Path:
-        return self.root / slug / f"{version}.lock.txt"
+        return self.version_file(slug, version, "course")
+
+    def version_file(self, slug: str, version: str, kind: str) -> Path:
+        return self.root / slug / VERSION_FILES[kind].format(version=version)
 
     def read(self, slug: str) -> CourseRecord:
         try:
@@ -80,12 +101,15 @@ class VersionRegistry:
     def current_image(self, slug: str) -> CourseVersion | None:
         return self.read(slug).current_version
 
-    def read_lock(self, slug: str, version: str) -> str:
-        path = self.lock_path(slug, version)
+    def read_lock(self, slug: str, version: str, kind: str = "course") -> str:
+        path = self.version_file(slug, version, kind)
         try:
             return path.read_text()
         except FileNotFoundError:
-            raise TeachlabError(f"no package lock for {slug} {version} at {path}") from None
+            raise TeachlabError(f"no {kind} lock for {slug} {version} at {path}") from None
+
+    def has_file(self, slug: str, version: str, kind: str) -> bool:
+        return self.version_file(slug, version, kind).is_file()
 
     @contextmanager
     def exclusive(self, slug: str) -> Iterator[None]:
@@ -112,14 +136,39 @@ class VersionRegistry:
             Path(temporary).unlink(missing_ok=True)
             raise
 
-    def add_current(self, slug: str, version: CourseVersion, lock_text: str) -> CourseRecord:
-        """Write the version's lock, then record the version and make it current in one atomic replace
-        (a lock without a registry entry is harmless; the reverse never happens)."""
-        lock_path = self.lock_path(slug, version.version)
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path.write_text(lock_text)
+    def add_current(
+        self, slug: str, version: CourseVersion, lock_text: str, files: Mapping[str, str | bytes] | None = None
+    ) -> CourseRecord:
+        """Write the version's lock and its other files (``VERSION_FILES`` kinds), then record the version
+        and make it current in one atomic replace (files without a registry entry are harmless; the
+        reverse never happens)."""
+        written = {"course": lock_text, **(files or {})}
+        for kind, content in written.items():
+            path = self.version_file(slug, version.version, kind)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content)
+        paths = {kind: str(self.version_file(slug, version.version, kind)) for kind in written}
+        version = replace(
+            version,
+            locks={kind: paths[kind] for kind in ("course", "server", "debian") if kind in paths},
+            sbom=paths.get("sbom"),
+        )
         record = self.read(slug)
         updated = replace(record, current=version.version, versions=record.versions + (version,))
+        self._write(updated)
+        return updated
+
+    def record_audit(self, slug: str, version: str, audit: dict) -> CourseRecord:
+        """Keep the newest audit of a version beside its publish-time scan."""
+        record = self.read(slug)
+        record.version(version)
+        versions = tuple(
+            replace(v, scan={**(v.scan or {}), "last_audit": audit}) if v.version == version else v for v in record.versions
+        )
+        updated = replace(record, versions=versions)
         self._write(updated)
         return updated
 

@@ -55,6 +55,8 @@ class BuildSettings:
     conda_channel_alias: str | None = None
     miniconda_mirror: str | None = None
     debian_mirror: str | None = None
+    advisory_db: Path | None = None
+    trivy_cache_dir: Path | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -76,7 +78,9 @@ class BuildSettings:
         TEACHLAB_STATE_DIR, TEACHLAB_IMAGE_NAMESPACE, TEACHLAB_PIP_INDEX_URL,
         TEACHLAB_PIP_EXTRA_INDEX_URLS (space separated), TEACHLAB_CA_BUNDLE,
         TEACHLAB_CONDA_CHANNELS (space separated), TEACHLAB_CONDA_CHANNEL_ALIAS, TEACHLAB_MINICONDA_MIRROR,
-        TEACHLAB_DEBIAN_MIRROR (for debootstrap; its default mirror when unset).
+        TEACHLAB_DEBIAN_MIRROR (for debootstrap; its default mirror when unset),
+        TEACHLAB_ADVISORY_DB (folder of OSV advisory records; unset: images are "not scanned"),
+        TEACHLAB_TRIVY_CACHE_DIR (Trivy's cache folder holding db/trivy.db; unset: Debian packages are "not scanned").
         """
         env = os.environ if environ is None else environ
         pip = _host_pip_config(env)
@@ -94,6 +98,8 @@ class BuildSettings:
             conda_channel_alias=env.get("TEACHLAB_CONDA_CHANNEL_ALIAS") or None,
             miniconda_mirror=env.get("TEACHLAB_MINICONDA_MIRROR") or None,
             debian_mirror=env.get("TEACHLAB_DEBIAN_MIRROR") or None,
+            advisory_db=Path(env["TEACHLAB_ADVISORY_DB"]) if env.get("TEACHLAB_ADVISORY_DB") else None,
+            trivy_cache_dir=Path(env["TEACHLAB_TRIVY_CACHE_DIR"]) if env.get("TEACHLAB_TRIVY_CACHE_DIR") else None,
         )
         values.update(overrides)
         return cls(**values)

@@ -21,40 +21,73 @@ from support.catalogs import add_pip_requirements, copy_course
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("print_container_logs_on_failure")]
 
 
-def test_rootfs_from_debootstrap_runs_python_39(docker_client, base_image, build_settings):
-    """The offline root filesystem (debootstrap + docker import) starts and runs Debian's Python 3.9."""
+def test_rootfs_from_debootstrap_is_bookworm_with_its_python_311(docker_client, base_image, build_settings):
+    """The offline root filesystem (debootstrap + docker import) starts and runs bookworm's Python 3.11."""
     flavor = ImageBuilder(build_settings, client=docker_client).flavor("debian-py39")
     output = docker_client.containers.run(
         flavor.rootfs_image(build_settings.image_namespace),
-        ["python3", "-c", "import sys; print(sys.version.split()[0])"],
+        ["bash", "-c", "python3 -c 'import sys; print(sys.version.split()[0])'; . /etc/os-release; echo $VERSION_CODENAME"],
         remove=True,
         labels=build_settings.labels,
         network_mode="none",
     )
-    assert output.decode().strip() == "3.9.2"
+    assert output.decode().split() == ["3.11.2", "bookworm"]
+
+
+def _pin(name: str) -> str:
+    return next(line.split("==")[1] for line in Path("constraints.txt").read_text().splitlines() if line.startswith(f"{name}=="))
 
 
 def test_base_image_contract(docker_client, base_image):
-    """uid 1000 (jovyan), tini as PID 1, home and work dir, the hub's JupyterHub in its own environment."""
+    """uid 1000 (jovyan) with bash as login shell, tini as PID 1, home and work dir; the hub's JupyterHub in
+    the server environment on Python 3.11; Debian's Python 3.9 for course kernels; what SSH clients need."""
     image = docker_client.images.get(base_image)
     config = image.attrs["Config"]
     assert config["User"] == "1000:1000"
     assert config["Entrypoint"] == ["/usr/bin/tini", "-g", "--"]
     assert config["WorkingDir"] == "/home/jovyan/work"
     assert config["Cmd"] == ["/opt/jupyter/bin/jupyterhub-singleuser"]
-    assert image.labels[label("base-flavor")] == "debian-py39"
-    script = "id -u; id -un; /opt/jupyter/bin/python -c 'import jupyterhub; print(jupyterhub.__version__)'; stat -c %u /home/jovyan/work; cat /proc/1/comm"
+    assert base_image.endswith(":v2.0.0")
+    labels = image.labels
+    assert labels[label("base-flavor")] == "debian-py39" and labels[label("base-version")] == "2.0.0"
+    assert (labels[label("python-kernel")], labels[label("python-server")]) == ("3.9.2", "3.11")
+    assert labels[label("jupyter-server")] == _pin("jupyter-server") and labels[label("jupyterlab")] == _pin("jupyterlab")
+    script = (
+        "id -u; id -un; getent passwd jovyan | cut -d: -f7; "
+        "/opt/jupyter/bin/python -c 'import sys, jupyterhub, jupyter_server, jupyterlab; "
+        "print(sys.version.split()[0], jupyterhub.__version__, jupyter_server.__version__, jupyterlab.__version__)'; "
+        "python3.9 -c 'import sys; print(sys.version.split()[0])'; "
+        "stat -c %u /home/jovyan/work; cat /proc/1/comm; test -x /usr/lib/openssh/sftp-server && echo sftp-server; "
+        "tar --version | head -1 | cut -d' ' -f1-2"
+    )
     output = (
         docker_client.containers.run(
             base_image, ["bash", "-c", script], remove=True, network_mode="none", labels={"org.teachlab.test": "base"}
         )
         .decode()
-        .split()
+        .splitlines()
     )
-    pinned = next(
-        line.split("==")[1] for line in Path("constraints.txt").read_text().splitlines() if line.startswith("jupyterhub==")
-    )
-    assert output == ["1000", "jovyan", pinned, "1000", "tini"]
+    assert output == [
+        "1000",
+        "jovyan",
+        "/bin/bash",
+        f"3.11.2 {_pin('jupyterhub')} {_pin('jupyter-server')} {_pin('jupyterlab')}",
+        "3.9.2",
+        "1000",
+        "tini",
+        "sftp-server",
+        "tar (GNU",
+    ]
+
+
+def test_only_what_bookworm_lacks_comes_from_bullseye(docker_client, base_image):
+    """apt preferences pin bullseye below bookworm: Python 3.9 and the libraries only it needs come from
+    bullseye; nothing that bookworm has is replaced by a bullseye version."""
+    script = "dpkg-query -W -f '${Package} ${Version}\n' | grep -E '(deb11|bullseye)' | cut -d' ' -f1"
+    output = docker_client.containers.run(base_image, ["bash", "-c", script], remove=True, network_mode="none", user="0")
+    from_bullseye = set(output.decode().split())
+    assert {"python3.9", "python3.9-minimal", "libpython3.9-stdlib", "libssl1.1"} <= from_bullseye
+    assert not from_bullseye & {"libc6", "bash", "python3", "python3.11", "libssl3", "openssl", "tini"}
 
 
 @pytest.mark.parametrize(
@@ -84,6 +117,13 @@ def test_published_example_runs_code_in_its_default_kernel(
         assert image.labels.get(label(key)), key
     assert image.labels[label("course")] == slug
     assert image.labels[label("version")] == current.version
+    # What is inside, on the labels: both Pythons, the Jupyter server, major libraries.
+    assert image.labels[label("python-kernel")] == report.python
+    assert image.labels[label("python-server")] == "3.11.2" == current.server_python
+    assert image.labels[label("jupyter-server")] == _pin("jupyter-server") == current.jupyter_server
+    if slug == "intro-python":
+        assert image.labels[label("lib.numpy")].startswith("1.26.") and image.labels[label("lib.pandas")].startswith("2.2.")
+    assert label("cuda-runtime") not in image.labels and current.cuda_runtime is None
 
 
 @pytest.fixture
@@ -173,16 +213,33 @@ def test_rollback_and_republish(docker_client, scratch_settings, scratch_course)
     assert len(registry.read("data-analysis").versions) == len(record.versions)
 
 
-def test_version_rebuilt_from_its_lock_has_the_same_packages(docker_client, build_settings, published_examples):
-    from spawner.images.publish import read_lock
+def test_version_rebuilt_from_its_locks_has_the_same_packages_in_all_three_layers(
+    docker_client, build_settings, published_examples
+):
+    """`--from-lock` rebuilds the whole image: the base from the version's server and Debian locks (a new
+    base tag), the course environment from its lock; the rebuilt image's package sets equal the recorded ones."""
+    import json
+
+    from spawner.images.contents import ImageContents
+    from spawner.images.evidence import read_contents
+    from spawner.images.publish import build_from_locks, read_lock, read_version_locks
 
     registry = VersionRegistry(build_settings.registry_dir)
     current = registry.current_image("data-analysis")
-    lock = registry.read_lock("data-analysis", current.version)
-    course = load_course(Path("course_envs/data-analysis"))
-    candidate = ImageBuilder(build_settings, client=docker_client).build_course(course, lock=lock)
-    assert read_lock(docker_client, candidate, build_settings.labels) == lock
-    assert "tabulate==0.9.0" in lock.splitlines()
+    locks = read_version_locks(registry, "data-analysis", current.version)
+    assert all(" --hash=sha256:" in line for line in locks.server.splitlines())
+    assert "python3.9=" in locks.debian and "tabulate==0.9.0" in locks.course.splitlines()
+    builder = ImageBuilder(build_settings, client=docker_client)
+    candidate = build_from_locks(builder, load_course(Path("course_envs/data-analysis")), locks)
+    assert "-lock-" in candidate.base_image
+    recorded = ImageContents.from_dict(
+        json.loads(registry.version_file("data-analysis", current.version, "contents").read_text())
+    )
+    rebuilt = read_contents(docker_client, candidate.image_id, build_settings.labels)
+    assert rebuilt.debian_packages == recorded.debian_packages
+    assert rebuilt.server_packages == recorded.server_packages
+    assert rebuilt.course_packages == recorded.course_packages
+    assert read_lock(docker_client, candidate, build_settings.labels) == locks.course
 
 
 def test_missing_base_image_is_one_clear_error(docker_client, build_settings, repo_root):
@@ -191,7 +248,7 @@ def test_missing_base_image_is_one_clear_error(docker_client, build_settings, re
     settings = replace(build_settings, image_namespace="teachlab-missing")
     with pytest.raises(
         TeachlabError,
-        match=r"base image teachlab-missing/debian-py39:v1.0.0 is missing \(build it: teachlab image build-base --flavor debian-py39\)",
+        match=r"base image teachlab-missing/debian-py39:v2\.0\.0 is missing \(build it: teachlab image build-base --flavor debian-py39\)",
     ):
         publish_course(load_course(repo_root / "course_envs" / "intro-python"), settings=settings, client=docker_client)
 

@@ -1,7 +1,8 @@
 """A student's day in a real browser: sign in, start the course, work in JupyterLab, stop, come back.
 
 Everything goes through the doors a student uses: the hub's login page, the university's login form
-(the real OIDC provider), the hub home page and its buttons, and JupyterLab. Each step leaves a
+(the real OIDC provider), the hub home page and its buttons, and JupyterLab. The course's kernel runs
+Python 3.9 while the Jupyter server beside it runs a current jupyter-server and JupyterLab on Python 3.11. Each step leaves a
 screenshot in test-output/<test name>/; the spawn times are printed and written to timings.json there.
 """
 
@@ -12,6 +13,7 @@ import re
 import time
 
 import pytest
+from packaging.version import Version
 from playwright.sync_api import expect  # a test dependency: missing fails the run instead of skipping this tier
 
 from support.browser import sign_in_at_the_provider
@@ -21,6 +23,11 @@ COURSE = "intro-python"
 COURSE_TITLE = "Introduction to Python"
 WORK_FILE = "/home/jovyan/work/from-the-browser.txt"
 NOTEBOOK_NAME = "from-the-browser.ipynb"
+SERVER_PYTHON_CODE = (
+    "import os, subprocess; server = os.readlink(f'/proc/{os.getppid()}/exe'); "
+    "print('server Python', subprocess.run([server, '-c', 'import platform; print(platform.python_version())'], "
+    "capture_output=True, text=True).stdout.strip())"
+)
 SPAWN_TIMEOUT_MS = 120_000
 KERNEL_TIMEOUT_MS = 60_000
 STOP_TIMEOUT_S = 60
@@ -181,6 +188,21 @@ def test_student_works_in_jupyterlab_and_finds_the_work_again_after_a_restart(la
     output = run_in_last_cell(page, "import sys, pandas; print(sys.version.split()[0], pandas.__version__)")
     expect(output).to_have_text(re.compile(r"^\s*3\.9\.\d+ \d+\.\d+\.\d+\s*$"), timeout=KERNEL_TIMEOUT_MS)
     screenshots.take("notebook-python-and-pandas")
+
+    # 4b. Beside the kernel, the server: jupyter-server >= 2.21.1 and JupyterLab >= 4.6 on Python >= 3.11.
+    #     The kernel's parent process is the Jupyter server: its Python is the one /proc names.
+    server = page.request.get(f"{lab.public_url}/user/{STUDENT}/{COURSE}/api").json()
+    assert Version(server["version"]) >= Version("2.21.1"), server
+    lab_version = page.evaluate("JSON.parse(document.getElementById('jupyter-config-data').textContent).appVersion")
+    assert Version(lab_version) >= Version("4.6"), lab_version
+    output = run_in_last_cell(page, SERVER_PYTHON_CODE)
+    expect(output).to_have_text(re.compile(r"^\s*server Python 3\.(1[1-9]|[2-9]\d)\.\d+\s*$"), timeout=KERNEL_TIMEOUT_MS)
+    record_versions = {
+        "jupyter-server": server["version"],
+        "jupyterlab": lab_version,
+        "server-python": output.inner_text().split()[-1],
+    }
+    (output_dir / "server-versions.json").write_text(json.dumps(record_versions, indent=2) + "\n")
 
     # 5. Write a file into the work folder; save the notebook there too.
     output = run_in_last_cell(page, f"open({WORK_FILE!r}, 'w').write('written by {STUDENT}')")

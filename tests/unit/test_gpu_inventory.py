@@ -9,6 +9,7 @@ from spawner.core.units import parse_memory
 from spawner.gpu.inventory import GpuDevice, GpuInventoryError, declared_inventory, discover_nvml
 
 GIB = 1 << 30
+DRIVER = "550.54.14"
 
 
 class FakeNvmlError(Exception):
@@ -33,8 +34,11 @@ class FakeNvml:
     NVMLError_NotFound = FakeNotFound
     NVML_DEVICE_MIG_ENABLE = 1
 
-    def __init__(self, gpus: list[dict], init_error: Exception | None = None, broken_call: str | None = None):
+    def __init__(
+        self, gpus: list[dict], init_error: Exception | None = None, broken_call: str | None = None, driver: str | bytes = DRIVER
+    ):
         self.gpus = gpus
+        self.driver = driver
         self.init_error = init_error
         self.broken_call = broken_call
         self.shutdowns = 0
@@ -49,6 +53,9 @@ class FakeNvml:
 
     def nvmlShutdown(self) -> None:
         self.shutdowns += 1
+
+    def nvmlSystemGetDriverVersion(self) -> str | bytes:
+        return self.driver
 
     def nvmlDeviceGetCount(self) -> int:
         return len(self.gpus)
@@ -92,8 +99,8 @@ def mig(uuid: str, profile: str = "1g.5gb", memory: int = 5 * GIB) -> dict:
 def test_whole_gpus_are_listed_in_nvml_order():
     fake_nvml = FakeNvml([gpu("GPU-aaa", "Tesla T4", 16 * GIB), gpu("GPU-bbb", mig=(0, 0), slots=[None] * 7)])
     assert discover_nvml(fake_nvml) == [
-        GpuDevice(uuid="GPU-aaa", index=0, model="Tesla T4", memory_bytes=16 * GIB),
-        GpuDevice(uuid="GPU-bbb", index=1, model="NVIDIA A100-SXM4-40GB", memory_bytes=40 * GIB),
+        GpuDevice(uuid="GPU-aaa", index=0, model="Tesla T4", memory_bytes=16 * GIB, driver_version=DRIVER),
+        GpuDevice(uuid="GPU-bbb", index=1, model="NVIDIA A100-SXM4-40GB", memory_bytes=40 * GIB, driver_version=DRIVER),
     ]
     assert fake_nvml.shutdowns == 1
 
@@ -102,12 +109,22 @@ def test_a_gpu_in_mig_mode_contributes_its_instances_instead_of_itself():
     slots = [mig("MIG-one"), None, mig("MIG-three", "3g.20gb", 20 * GIB), None, None, None, None]
     fake_nvml = FakeNvml([gpu("GPU-plain"), gpu("GPU-split", mig=(1, 1), slots=slots)])
     assert discover_nvml(fake_nvml) == [
-        GpuDevice(uuid="GPU-plain", index=0, model="NVIDIA A100-SXM4-40GB", memory_bytes=40 * GIB),
+        GpuDevice(uuid="GPU-plain", index=0, model="NVIDIA A100-SXM4-40GB", memory_bytes=40 * GIB, driver_version=DRIVER),
         GpuDevice(
-            uuid="MIG-one", index=1, model="NVIDIA A100-SXM4-40GB MIG 1g.5gb", memory_bytes=5 * GIB, parent_uuid="GPU-split"
+            uuid="MIG-one",
+            index=1,
+            model="NVIDIA A100-SXM4-40GB MIG 1g.5gb",
+            memory_bytes=5 * GIB,
+            parent_uuid="GPU-split",
+            driver_version=DRIVER,
         ),
         GpuDevice(
-            uuid="MIG-three", index=1, model="NVIDIA A100-SXM4-40GB MIG 3g.20gb", memory_bytes=20 * GIB, parent_uuid="GPU-split"
+            uuid="MIG-three",
+            index=1,
+            model="NVIDIA A100-SXM4-40GB MIG 3g.20gb",
+            memory_bytes=20 * GIB,
+            parent_uuid="GPU-split",
+            driver_version=DRIVER,
         ),
     ]
 
@@ -174,7 +191,7 @@ VALID = {"uuid": "GPU-a", "index": 0, "model": "NVIDIA H100", "memory": "80G"}
         pytest.param({**VALID, "parent_uuid": 3}, "gpu_devices:[0].parent_uuid: must be the UUID", id="parent-number"),
         pytest.param(
             {**VALID, "memroy": "80G"},
-            "gpu_devices:[0].memroy: unknown key (allowed: uuid, index, model, memory, parent_uuid)",
+            "gpu_devices:[0].memroy: unknown key (allowed: uuid, index, model, memory, parent_uuid, driver_version)",
             id="typo-key",
         ),
         pytest.param("GPU-a", "gpu_devices:[0]: must be a mapping", id="not-a-mapping"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import docker
@@ -206,3 +207,30 @@ def test_the_helper_that_hands_data_volumes_over_runs_the_platforms_image_confin
     host = helper["host_config"]
     assert host["CapDrop"] == ["ALL"] and host["CapAdd"] == ["CHOWN"] and host["NetworkMode"] == "none"
     assert host["SecurityOpt"] == ["no-new-privileges"] and host["ReadonlyRootfs"] is True
+
+
+def test_a_gpu_course_needing_a_newer_driver_is_refused_before_a_gpu_is_held(lab_state):
+    """The image of gpu-course v2 carries CUDA 12.4; the declared GPUs run driver 535.54.03."""
+    _catalog, state = lab_state
+    registry = VersionRegistry(StateLayout(state).courses)
+    current = registry.current_image("gpu-course")
+    registry.add_current("gpu-course", replace(current, version="v2", cuda_runtime="12.4"), "lock")
+    stand_in = StandInDocker()
+    spawner = make_spawner(lab_state, "gpu-course", stand_in)
+    spawner.gpu_inventory = [{**device, "driver_version": "535.54.03"} for device in GPUS]
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(spawner.start())
+    assert refused.value.status_code == 409
+    assert "CUDA 12.4, which needs NVIDIA driver 550.54.14" in refused.value.log_message
+    assert "run driver 535.54.03" in refused.value.log_message
+    ledger = ledger_for(spawner.gpu_ledger_url)
+    assert ledger.holdings() == [] and ledger.usage_report(course="gpu-course") == []  # never reserved
+    assert stand_in.calls == [] and spawner.gpu_devices == []
+    # On a host whose driver is new enough the same start passes the check and reserves its GPU
+    # (then fails at the stand-in's storage step, which releases it again).
+    newer = make_spawner(lab_state, "gpu-course", StandInDocker(fail_on="create_volume"))
+    newer.gpu_inventory = [{**device, "driver_version": "550.54.14"} for device in GPUS]
+    with pytest.raises(web.HTTPError) as later:
+        asyncio.run(newer.start())
+    assert later.value.status_code == 503
+    assert [row.username for row in ledger.usage_report(course="gpu-course")] == ["alice"]
