@@ -21,6 +21,7 @@ from ..core.schemacheck import schema_problems
 from ..core.yamlfile import load_yaml_file
 from .envfile import CondaEnvironment, load_environment
 from .model import Catalog, Course, Members, Resources, Term
+from .timetable import Session
 
 COURSE_FILE = "course.yaml"
 ENVIRONMENT_FILE = "environment.yml"
@@ -103,6 +104,7 @@ def load_course(folder: Path) -> Course:
         image_flavor=data["image_flavor"],
         data_volumes=tuple(volume["name"] for volume in data.get("data_volumes", ())),
         network=data.get("network", schema_default("network")),
+        sessions=tuple(Session.from_yaml(session) for session in data.get("sessions", ())),
         environment=environment,
         folder=folder,
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..core.units import parse_memory
 from .envfile import CondaEnvironment
+from .timetable import Session
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Course:
     network: str  # "open" or "off": may servers reach the public internet
     environment: CondaEnvironment
     folder: Path
+    sessions: tuple[Session, ...] = ()
 
     def access(self, username: str, user_groups: Iterable[str], today: date) -> Access:
         """Instructors always; students only during the term."""

@@ -1,8 +1,7 @@
 """The one way Teachlab runs blocking calls (databases, files, NVML) off the event loop.
 
 Each concern gets a named thread pool, so a slow database never queues behind a slow file system and
-neither holds DockerSpawner's own single Docker thread (``spawner.docker(...)``), which every start and
-poll of the hub needs.
+neither holds the Docker threads (``spawner.docker(...)``) that every start and poll of the hub needs.
 """
 
 from __future__ import annotations
@@ -20,10 +19,9 @@ T = TypeVar("T")
 # beside a write. Catalog and registry reads are quick file reads: one thread keeps them in order.
 LEDGER: Final = "ledger"
 FILES: Final = "files"
-DOCKER_HELPERS: Final = "docker-helpers"
 DISKS: Final = "disks"  # mkfs and mount of size-limited volumes: seconds each, never on the files pool
 SSH_DOCKER: Final = "ssh-docker"  # the SSH gateway's exec calls: quick, but one per session and forward
-_POOL_SIZES: Final = {LEDGER: 4, FILES: 1, DOCKER_HELPERS: 4, DISKS: 2, SSH_DOCKER: 8}
+_POOL_SIZES: Final = {LEDGER: 4, FILES: 1, DISKS: 2, SSH_DOCKER: 8}
 
 _pools: dict[str, ThreadPoolExecutor] = {}
 _lock = threading.Lock()

@@ -85,7 +85,7 @@ class StateLayout:
 
     @property
     def lab_secrets(self) -> Path:
-        """Proxy token, OIDC client secret, CLI token and demo passwords of ``teachlab lab up`` (0600)."""
+        """Proxy token, OIDC client secret, CLI and monitoring tokens and demo passwords of ``teachlab lab up`` (0600)."""
         return self.lab / "secrets.json"
 
     @property
@@ -207,6 +207,8 @@ class Scopes:
 
     GPU_SERVICE: Final = "teachlab-gpu"
     GPU_ADMIN: Final = "custom:teachlab-gpu:admin"
+    WARMER_SERVICE: Final = "teachlab-warmer"
+    WARM: Final = "custom:teachlab-warmer:warm"  # start a course's servers ahead of a session
 
     @staticmethod
     def gpu_usage(course: str) -> str:

@@ -174,6 +174,7 @@ class LabPorts:
     gpu_service: int = 8083
     ssh: int = 2222
     ssh_service: int = 8084
+    warmer: int = 8085
 
 
 @dataclass
@@ -240,16 +241,20 @@ class Lab:
     def secrets(self) -> dict:
         """Tokens and demo passwords, made once per state folder (mode 0600)."""
         path = self.layout.lab_secrets
+        values = {}
         if path.exists():
             narrow(path)
-            return json.loads(path.read_text())
-        values = {
-            "proxy_token": secrets.token_hex(32),
-            "oidc_client_secret": secrets.token_hex(32),
-            "cli_token": secrets.token_hex(32),
-            "passwords": {account["username"]: secrets.token_urlsafe(9) for account in self.accounts},
+            values = json.loads(path.read_text())
+        made = {
+            key: secrets.token_hex(32)
+            for key in ("proxy_token", "oidc_client_secret", "cli_token", "metrics_token")
+            if key not in values  # a state folder from an earlier release lacks the newer ones
         }
-        write_private(path, json.dumps(values, indent=2).encode())
+        if "passwords" not in values:
+            made["passwords"] = {account["username"]: secrets.token_urlsafe(9) for account in self.accounts}
+        if made:
+            values.update(made)
+            write_private(path, json.dumps(values, indent=2).encode())
         return values
 
     def rotate_cli_token(self) -> None:
@@ -277,12 +282,14 @@ class Lab:
             gpu_service_port=self.ports.gpu_service,
             ssh_port=self.ports.ssh,
             ssh_service_port=self.ports.ssh_service,
+            warmer_port=self.ports.warmer,
             proxy_api_url=f"http://127.0.0.1:{self.ports.proxy_api}",
             network=self.network,
             oidc_issuer=self.issuer,
             oidc_client_id=OIDC_CLIENT_ID,
             oidc_client_secret=values["oidc_client_secret"],
             cli_token=values["cli_token"],
+            metrics_token=values["metrics_token"],
             extra_labels=dict(self.extra_labels),
             today=self.today,
             per_server_origins=self.per_server_origins,
@@ -379,10 +386,11 @@ class Lab:
         )
 
     def _services_routed(self) -> bool:
-        """Both services answer: the hub adds a service's route (host-routed with per-server origins) once it does."""
+        """The lab's services answer: the hub adds a service's route (host-routed with per-server origins) once it does."""
         routes = [route.rstrip("/") for route in self.proxy_routes()]
         return all(
-            any(route.endswith(f"/services/{name}") for route in routes) for name in (Scopes.GPU_SERVICE, Scopes.SSH_SERVICE)
+            any(route.endswith(f"/services/{name}") for route in routes)
+            for name in (Scopes.GPU_SERVICE, Scopes.SSH_SERVICE, Scopes.WARMER_SERVICE)
         )
 
     def ssh_command(self, username: str, course: str) -> str:

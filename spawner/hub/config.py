@@ -19,13 +19,14 @@ from ..core.contract import Scopes
 from ..core.problems import ProblemsError
 from ..core.secrets import hex_secret, narrow, private_folder
 from .home import TEMPLATES_DIR, course_rows, notices_for
+from .metrics import LabGauges, register_lab_collector
 from .role_sync import retire_replaced_tokens_listener, sync_roles_listener
-from .roles import CLI_SERVICE, IDLE_CULLER, all_roles, custom_scopes, instructor_scopes_hook
+from .roles import CLI_SERVICE, IDLE_CULLER, METRICS_SERVICE, all_roles, custom_scopes, instructor_scopes_hook
 from .settings import HubSettings
 from .startup import HubHost, load_catalog_or_stop, stop_hub
 
-START_TIMEOUT_SECONDS = 120
 HTTP_TIMEOUT_SECONDS = 90
+ACTIVITY_INTERVAL_SECONDS = 60  # how often the hub reads servers' last activity from the proxy (warm servers used?)
 IDLE_FALLBACK_TIMEOUT_SECONDS = 3600
 
 
@@ -98,6 +99,27 @@ def ssh_service(settings: HubSettings) -> dict:
     }
 
 
+def warmer_service(settings: HubSettings) -> dict:
+    """teachlab-warmer (spawner/services/warmer.py): the class pre-warm, as a hub-managed service."""
+    environment = {
+        "TEACHLAB_CATALOG": str(settings.catalog_path),
+        "TEACHLAB_RECORDS_URL": settings.ledger_url,
+        "TEACHLAB_WARM_LEAD_MINUTES": str(settings.warm_lead_minutes),
+        "TEACHLAB_WARM_UNUSED_MINUTES": str(settings.warm_unused_minutes),
+        "TEACHLAB_WARM_MEMORY_BUDGET_BYTES": str(settings.warm_memory_budget_bytes),
+        "TEACHLAB_WARM_STAGGER_SECONDS": str(settings.warm_stagger_seconds),
+        "TEACHLAB_TIMEZONE": settings.timezone,
+    }
+    if settings.today:
+        environment["TEACHLAB_TODAY"] = settings.today
+    return {
+        "name": Scopes.WARMER_SERVICE,
+        "url": f"http://127.0.0.1:{settings.warmer_port}",
+        "command": [sys.executable, "-m", "spawner.services.warmer"],
+        "environment": environment,
+    }
+
+
 def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     """Configure JupyterHub (``c``) for this lab. Stops the hub, with one line per problem, when the
     catalog, the students' network, the provider or the GPU inventory is broken."""
@@ -148,13 +170,22 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     c.CourseSpawner.network_name = settings.network
     c.CourseSpawner.offline_address_range = net.offline_range
     c.CourseSpawner.use_internal_ip = True
-    c.CourseSpawner.start_timeout = START_TIMEOUT_SECONDS
+    # A start may wait in the admission queue (spawner/hub/admission.py): it is not failing while it waits, so
+    # the timeout is long and the queue, not JupyterHub's concurrent-spawn limit, paces a crowd.
+    c.CourseSpawner.start_timeout = settings.start_timeout_seconds
     c.CourseSpawner.http_timeout = HTTP_TIMEOUT_SECONDS
+    if settings.concurrent_boots:
+        c.CourseSpawner.concurrent_boots = settings.concurrent_boots
+    c.JupyterHub.concurrent_spawn_limit = 0
+    c.JupyterHub.last_activity_interval = ACTIVITY_INTERVAL_SECONDS
     c.CourseSpawner.poll_interval = settings.poll_interval_seconds
 
     # GPUs: discovered with NVML ("nvml") or declared (a JSON list); the ledger is made equal to what this
     # lab's containers hold before the hub takes any request.
-    c.CourseSpawner.gpu_inventory = host.gpu_inventory(settings.gpu_inventory)
+    c.CourseSpawner.gpu_inventory = inventory = host.gpu_inventory(settings.gpu_inventory)
+    gauges = LabGauges(ledger_url=settings.ledger_url, inventory_setting=inventory, today=today)
+    register_lab_collector(gauges.snapshot)
+    cache.on_reload_async(gauges.update)
     c.CourseSpawner.gpu_ledger_url = settings.ledger_url
     host.reconcile_gpus(settings.ledger_url, settings.lab_id)
 
@@ -202,12 +233,26 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     scopes = custom_scopes(catalog)
     c.JupyterHub.custom_scopes = scopes
     c.JupyterHub.load_roles = all_roles(
-        catalog, host.group_members(hub_db_url), settings.admin_groups, with_cli=settings.cli_token is not None
+        catalog,
+        host.group_members(hub_db_url),
+        settings.admin_groups,
+        with_cli=settings.cli_token is not None,
+        with_metrics=settings.metrics_token is not None,
     )
-    c.JupyterHub.services = [idle_culler_service(settings), gpu_service(settings, scopes), ssh_service(settings)]
+    c.JupyterHub.services = [
+        idle_culler_service(settings),
+        gpu_service(settings, scopes),
+        ssh_service(settings),
+        warmer_service(settings),
+    ]
     if settings.cli_token:
         c.JupyterHub.services.append({"name": CLI_SERVICE, "api_token": settings.cli_token})
         cache.on_reload_async(retire_replaced_tokens_listener(CLI_SERVICE, settings.cli_token))
+    # /hub/metrics needs read:metrics (JupyterHub's authenticate_prometheus): admins have it, and the monitoring
+    # system's own token when the lab has one.
+    if settings.metrics_token:
+        c.JupyterHub.services.append({"name": METRICS_SERVICE, "api_token": settings.metrics_token})
+        cache.on_reload_async(retire_replaced_tokens_listener(METRICS_SERVICE, settings.metrics_token))
 
 
 def nothing_to_refresh_without_a_sign_in(authenticator: Any, user: Any, auth_state: Any) -> bool | None:

@@ -55,13 +55,30 @@ def _members(db: Any, role: Any, wanted: list[str], kind: str) -> bool:
     return changed
 
 
+def _listed_students(db: Any, catalog: Catalog) -> list[str]:
+    """Students named in course.yaml get a user record, as the instructors do: the hub then knows them before their
+    first sign-in (the class pre-warm starts their servers; their access stays the catalog's to decide)."""
+    from jupyterhub import orm, roles
+
+    made = []
+    for course in catalog.courses.values():
+        for name in course.students.users:
+            if orm.User.find(db, name) is None:
+                user = orm.User(name=name)
+                db.add(user)
+                db.flush()
+                roles.assign_default_roles(db, entity=user)  # the "user" role, as a sign-in would give
+                made.append(f"user {name} recorded: listed in {course.slug}")
+    return made
+
+
 def sync_roles(db: Any, catalog: Catalog) -> list[str]:
     """Make the managed roles equal to the catalog; returns one line per change (for the log)."""
     from jupyterhub import orm, roles
 
     _define_new_custom_scopes(catalog)
+    changes = _listed_students(db, catalog)
     wanted = instructor_roles(catalog, group_members(db)) + gpu_usage_roles(catalog)
-    changes = []
     for spec in wanted:
         role = orm.Role.find(db, spec["name"])
         if role is None:

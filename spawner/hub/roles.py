@@ -24,8 +24,15 @@ CLI_SERVICE = "teachlab-cli"
 # The SSH gateway: whose token a password is needs no scope; it reads a user's groups and servers, starts
 # the course server, follows its progress, and reports SSH traffic as the server's activity.
 SSH_GATEWAY_SCOPES = ["read:users:name", "read:users:groups", "read:servers", "servers", "users:activity"]
-# The CLI token of the demo lab (`make down`, admins' scripts): list users and their servers, stop servers.
-CLI_SCOPES = ["list:users", "read:users:name", "read:servers", "delete:servers"]
+# The class pre-warm: reads who is in a course's groups and whose server runs, starts and stops servers.
+WARMER_SCOPES = ["read:users:name", "read:groups", "read:servers", "servers"]
+WARM_NOW = [Scopes.WARM, f"access:services!service={Scopes.WARMER_SERVICE}"]
+# The CLI token of the demo lab (`make down`, `teachlab class warm`, admins' scripts): list users and their servers,
+# stop servers, ask the pre-warm to warm a course now.
+CLI_SCOPES = ["list:users", "read:users:name", "read:servers", "delete:servers", *WARM_NOW]
+# The monitoring system's token (Prometheus scraping /hub/metrics): nothing but the metrics.
+METRICS_SERVICE = "teachlab-metrics"
+METRICS_SCOPES = ["read:metrics"]
 
 
 def instructor_role_name(slug: str) -> str:
@@ -71,7 +78,10 @@ def instructor_roles(catalog: Catalog, group_members: Mapping[str, Iterable[str]
 
 def custom_scopes(catalog: Catalog) -> dict[str, dict]:
     """The custom scopes the lab's services understand, for ``c.JupyterHub.custom_scopes``."""
-    scopes = {Scopes.GPU_ADMIN: {"description": "Read all GPU holdings and usage, set GPU quotas, release GPUs."}}
+    scopes = {
+        Scopes.GPU_ADMIN: {"description": "Read all GPU holdings and usage, set GPU quotas, release GPUs."},
+        Scopes.WARM: {"description": "Start a course's students' servers ahead of a session (the class pre-warm)."},
+    }
     for course in catalog.courses.values():
         scopes[Scopes.gpu_usage(course.slug)] = {"description": f"Read the GPU usage of {course.title} ({course.slug})."}
     return scopes
@@ -109,11 +119,25 @@ def gpu_roles(catalog: Catalog, admin_groups: Iterable[str]) -> list[dict]:
     ]
 
 
-def service_roles(*, with_cli: bool) -> list[dict]:
-    """The idle culler's and the SSH gateway's roles, and the CLI's when the lab has a CLI token."""
+def class_admin_roles(admin_groups: Iterable[str]) -> list[dict]:
+    """Admins may warm a course's servers now (``teachlab class warm``, the warmer's API)."""
+    return [
+        {
+            "name": "warm-admins",
+            "description": "Warm a course's servers ahead of a session",
+            "scopes": WARM_NOW,
+            "groups": list(admin_groups),
+        }
+    ]
+
+
+def service_roles(*, with_cli: bool, with_metrics: bool = False) -> list[dict]:
+    """The idle culler's, the SSH gateway's and the warmer's roles; the CLI's and the monitoring token's when the
+    lab has those tokens."""
     roles = [
         {"name": IDLE_CULLER, "scopes": IDLE_CULLER_SCOPES, "services": [IDLE_CULLER]},
         {"name": Scopes.SSH_SERVICE, "scopes": SSH_GATEWAY_SCOPES, "services": [Scopes.SSH_SERVICE]},
+        {"name": Scopes.WARMER_SERVICE, "scopes": WARMER_SCOPES, "services": [Scopes.WARMER_SERVICE]},
     ]
     if with_cli:
         roles.append(
@@ -124,14 +148,33 @@ def service_roles(*, with_cli: bool) -> list[dict]:
                 "services": [CLI_SERVICE],
             }
         )
+    if with_metrics:
+        roles.append(
+            {
+                "name": METRICS_SERVICE,
+                "description": "Monitoring: scrape the hub's Prometheus metrics",
+                "scopes": METRICS_SCOPES,
+                "services": [METRICS_SERVICE],
+            }
+        )
     return roles
 
 
 def all_roles(
-    catalog: Catalog, group_members: Mapping[str, Iterable[str]], admin_groups: Iterable[str], *, with_cli: bool
+    catalog: Catalog,
+    group_members: Mapping[str, Iterable[str]],
+    admin_groups: Iterable[str],
+    *,
+    with_cli: bool,
+    with_metrics: bool = False,
 ) -> list[dict]:
     """``c.JupyterHub.load_roles``: every role the lab defines."""
-    return instructor_roles(catalog, group_members) + gpu_roles(catalog, admin_groups) + service_roles(with_cli=with_cli)
+    return (
+        instructor_roles(catalog, group_members)
+        + gpu_roles(catalog, admin_groups)
+        + class_admin_roles(admin_groups)
+        + service_roles(with_cli=with_cli, with_metrics=with_metrics)
+    )
 
 
 def sync_instructor_scopes(db: Any, catalog: Catalog, username: str, groups: Iterable[str]) -> None:

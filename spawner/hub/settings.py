@@ -19,6 +19,7 @@ from urllib.parse import quote, urlparse
 
 from ..core.contract import REPO_ROOT, STATE_DIR_VARIABLE, StateLayout, default_state_dir
 from ..core.problems import Problem, ProblemsError
+from ..core.units import parse_memory
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -37,6 +38,16 @@ def _boolean(text: str) -> bool:
     if value not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
         raise ValueError("must be true or false")
     return value in ("1", "true", "yes", "on")
+
+
+def _time_zone(text: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("is not a time zone name") from None
+    return text
 
 
 def _optional(text: str) -> str | None:
@@ -129,6 +140,12 @@ class HubSettings:
     )
     cli_token: str | None = setting(
         "TEACHLAB_CLI_TOKEN", None, "API token of the `teachlab` CLI's hub service (none: no CLI service).", parse=_optional
+    )
+    metrics_token: str | None = setting(
+        "TEACHLAB_METRICS_TOKEN",
+        None,
+        "API token of the monitoring system: it may read the hub's Prometheus metrics (/hub/metrics) and nothing else.",
+        parse=_optional,
     )
     cull_every_seconds: int = setting(
         "TEACHLAB_CULL_EVERY", 60, "How often the idle culler looks for idle servers (seconds).", parse=int
@@ -233,6 +250,57 @@ class HubSettings:
         "How often the SSH gateway reports sessions that moved data as their server's activity (seconds).",
         parse=int,
     )
+    start_timeout_seconds: int = setting(
+        "TEACHLAB_START_TIMEOUT",
+        900,
+        "How long a start may take, waiting in line included (seconds): a crowd at the start of a class waits its turn "
+        "instead of failing.",
+        parse=int,
+    )
+    concurrent_boots: int | None = setting(
+        "TEACHLAB_CONCURRENT_BOOTS",
+        None,
+        "How many servers boot at once on this node; more starts wait in line, told their place (default: twice the CPU count).",
+        parse=lambda text: int(text) if text else None,
+        example="8",
+    )
+    timezone: str = setting(
+        "TEACHLAB_TIMEZONE",
+        "UTC",
+        "The lab's time zone: course sessions (course.yaml `sessions`) are in it.",
+        parse=_time_zone,
+        example="Europe/Vienna",
+    )
+    warm_lead_minutes: float = setting(
+        "TEACHLAB_WARM_LEAD_MINUTES",
+        10.0,
+        "How long before a session the class pre-warm starts its students' servers (minutes).",
+        parse=float,
+    )
+    warm_unused_minutes: float = setting(
+        "TEACHLAB_WARM_UNUSED_MINUTES",
+        15.0,
+        "How long after a session's start a warm server nobody opened is stopped (minutes).",
+        parse=float,
+    )
+    warm_memory_budget: str = setting(
+        "TEACHLAB_WARM_MEMORY_BUDGET",
+        "",
+        "Memory all warm servers waiting for their students may take together (e.g. 16G; default: half of this node's memory).",
+        example="16G",
+    )
+    warm_stagger_seconds: float = setting(
+        "TEACHLAB_WARM_STAGGER_SECONDS",
+        1.0,
+        "Seconds between two warm starts' requests (the boots queue on the node).",
+        parse=float,
+    )
+    warmer_port: int = setting(
+        "TEACHLAB_WARMER_PORT",
+        8085,
+        "Port of the `teachlab-warmer` service on 127.0.0.1 (`teachlab class warm` calls it).",
+        parse=int,
+    )
     site_config_dir: Path | None = setting(
         "TEACHLAB_SITE_CONFIG_DIR",
         None,
@@ -268,6 +336,13 @@ class HubSettings:
     def service_url(self, name: str) -> str:
         """The public URL of a hub-managed service's pages."""
         return f"{self._host(name, 'service')}/services/{name}/"
+
+    @property
+    def warm_memory_budget_bytes(self) -> int:
+        """The warm servers' memory budget: the setting, or half of this node's memory."""
+        if self.warm_memory_budget:
+            return parse_memory(self.warm_memory_budget)
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
     @property
     def auth_state_key_path(self) -> Path:

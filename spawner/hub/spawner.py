@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,10 @@ from typing import Any
 import docker.errors
 import jinja2
 from dockerspawner import DockerSpawner
+from jupyterhub.utils import wait_for_http_server
 from tornado import web
 from traitlets import Any as AnyTrait
-from traitlets import Dict, List, Unicode, Union, default
+from traitlets import Dict, Integer, List, Unicode, Union, default
 
 from ..catalog import Access, Course
 from ..catalog.cache import CatalogCache
@@ -35,11 +38,17 @@ from ..gpu.cache import inventory_for, ledger_for
 from ..gpu.cuda import cuda_driver_refusal, host_driver_version
 from ..images.registry import CourseVersion, VersionRegistry
 from ..node.disks import VolumeStore
+from .admission import admission_for
 from .container_spec import ContainerSpec, make_container_spec
 from .home import NOTICES, TEMPLATES_DIR, user_group_names
+from .metrics import SPAWN_SECONDS
 from .storage import ServerStorage, StorageFailed
 
 STATE_VERSION = 1
+DOCKER_THREADS = 8
+# Server extensions a course server does not use: jupyter_lsp scans for some twenty language servers at every
+# boot and finds none (no course image installs one).
+LEAN_SERVER_ARGUMENTS = ("--ServerApp.jpserver_extensions=jupyter_lsp=False",)
 OFFLINE_ADDRESS_ATTEMPTS = 5
 ALLOWED_OPTION_KEYS = ("course",)
 MAX_OPTION_LENGTH = 64
@@ -47,6 +56,8 @@ MAX_OPTION_LENGTH = 64
 
 class CourseSpawner(DockerSpawner):
     """One container per (student, course), from the course's current published image."""
+
+    _docker_pool: ThreadPoolExecutor | None = None
 
     catalog_path = Unicode(
         help="""Folder of the course catalog (course_envs/<slug>/course.yaml + environment.yml).
@@ -111,6 +122,15 @@ class CourseSpawner(DockerSpawner):
         forwards nothing from them. Set by apply() from the network.
 
         c.CourseSpawner.offline_address_range = "172.24.8.0/21"
+        """,
+    ).tag(config=True)
+
+    concurrent_boots = Integer(
+        help="""How many servers boot at once; more starts wait in line, told their place and an estimate.
+
+        Booting a Jupyter server takes about a second of CPU: on a node with few cores, booting all of a class at
+        once makes everyone wait for the last. Default: twice the node's CPU count.
+        c.CourseSpawner.concurrent_boots = 8
         """,
     ).tag(config=True)
 
@@ -185,6 +205,28 @@ class CourseSpawner(DockerSpawner):
     @default("gpu_ledger_url")
     def _default_gpu_ledger_url(self):
         return StateLayout(Path(self.state_dir)).gpu_ledger_url
+
+    @default("concurrent_boots")
+    def _default_concurrent_boots(self):
+        return 2 * (os.cpu_count() or 1)
+
+    @default("args")
+    def _default_args(self):
+        """Spawner.args: the extensions a course server does not use stay off (each boot costs less CPU)."""
+        return list(LEAN_SERVER_ARGUMENTS)
+
+    @default("client_kwargs")
+    def _default_client_kwargs(self):
+        return {"max_pool_size": DOCKER_THREADS}
+
+    @property
+    def executor(self):
+        """Docker calls of every spawn in a pool of threads, not DockerSpawner's single one: a slow call (a
+        volume helper's wait, a busy engine) must not hold up everyone else's start and poll."""
+        cls = type(self)
+        if cls._docker_pool is None:
+            cls._docker_pool = ThreadPoolExecutor(DOCKER_THREADS, thread_name_prefix="teachlab-docker")
+        return cls._docker_pool
 
     @default("volume_dir")
     def _default_volume_dir(self):
@@ -377,6 +419,9 @@ class CourseSpawner(DockerSpawner):
         self._progress_events = []
         self._start_finished = False
         self._gpus_requested = False
+        began = time.monotonic()
+        ticket = None
+        booted = False
         try:
             self._report(5, "Checking your access to the course")
             course, access = await self._resolve_course()
@@ -390,6 +435,9 @@ class CourseSpawner(DockerSpawner):
                 await self._check_cuda_driver(course, version)  # before any GPU is held
                 self._report(15, f"Reserving {course.gpu} GPU(s) for {course.title}")
                 await self._reserve_gpus(course)
+            admission = admission_for(self.concurrent_boots)
+            ticket = admission.join(f"{self.user.name}/{self.name}", course.slug)
+            await admission.wait(ticket, lambda line: self._report(18, f"Many students are starting now: you are {line}"))
             self._report(20, f"Preparing storage for {course.title}")
             await self._prepare_storage(course, version)
             self.mem_limit = course.resources.memory_bytes  # also tells the server its limits (MEM_LIMIT, CPU_LIMIT)
@@ -409,13 +457,20 @@ class CourseSpawner(DockerSpawner):
                 extra_host_config=self.extra_host_config if isinstance(self.extra_host_config, dict) else None,
             )
             self._report(50, f"Creating your container from {course.title} {version.version}")
-            ip_port = await super().start()
+            ip, port = await super().start()
             self._report(80, "Waiting for JupyterLab to start")
-            return ip_port
+            # The boot is the CPU-heavy part: the slot is held until the server answers, so a crowd boots a few
+            # at a time instead of all together; JupyterHub's own wait then finds it up at once.
+            await wait_for_http_server(f"http://{ip}:{port}{self.server.base_url}api", timeout=self.http_timeout)
+            booted = True
+            SPAWN_SECONDS.labels(course=course.slug).observe(time.monotonic() - began)
+            return ip, port
         except BaseException:
             await self._release_gpus("the start failed", held=self._gpus_requested or bool(self.gpu_devices))
             raise
         finally:
+            if ticket is not None:
+                admission_for(self.concurrent_boots).leave(ticket, booted=booted)
             self._start_finished = True
 
     async def create_object(self):

@@ -3,8 +3,10 @@
 * The work volume is an ext4 filesystem of the course's ``resources.disk`` (``spawner.node.disks``), owned by
   the student uid from the moment it is made; Docker sees a bind volume of its mount point. It is mounted
   again (by file) before every start. A plain volume made by an earlier release keeps working, unsized.
-* A new data volume belongs to root: a short helper hands it to the student uid once. The helper runs the
-  platform's base image (never the course author's), as root with only CHOWN, without network.
+* A new data volume belongs to root: a short helper hands it to the student uid once, when the course's
+  first server starts. The helper runs the platform's base image (never the course author's), as root with
+  only CHOWN, without network. A crowd of first starts waits for that one helper (a lock per volume set), not
+  one helper each; its wait holds one of the spawner's Docker threads (a pool, ``CourseSpawner.executor``).
 
 A failure part-way removes what this start made, so the next start begins from nothing half-done; what
 existed before (last week's work) is never touched.
@@ -12,7 +14,9 @@ existed before (last week's work) is never touched.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +31,15 @@ from ..core.hardening import HELPER_HARDENING
 from ..node.disks import VolumeStore
 
 DockerCall = Callable[..., Awaitable[Any]]
+
+_DATA_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = weakref.WeakKeyDictionary()
+
+
+def _data_lock(volume: str) -> asyncio.Lock:
+    """One lock per data volume (and event loop): the first start of a course makes and hands it over, the
+    others wait for it."""
+    locks = _DATA_LOCKS.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault(volume, asyncio.Lock())
 
 
 class StorageFailed(Exception):
@@ -73,15 +86,17 @@ class ServerStorage:
                     labels={**labels, Labels.USER: username},
                 )
                 made.append(home_volume)
-            new_data = []
             for name in course.data_volumes:
                 volume = self.names.data_volume(course.slug, name)
-                if not await self._exists(volume):
-                    await self.docker("create_volume", name=volume, labels=labels)
-                    made.append(volume)
-                    new_data.append(volume)
-            if new_data:
-                await self._give_to_student_uid(helper_image, new_data)
+                async with _data_lock(volume):
+                    if not await self._exists(volume):
+                        await self.docker("create_volume", name=volume, labels=labels)
+                        try:
+                            await self._give_to_student_uid(helper_image, [volume])
+                        except Exception:
+                            await self._remove([volume], sized_home=None)  # before a waiting start sees it
+                            raise
+                        made.append(volume)
         except Exception as exc:
             await self._remove(made, sized_home=home_volume if sized_now else None)
             raise StorageFailed(str(exc)) from exc

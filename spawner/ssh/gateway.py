@@ -34,9 +34,9 @@ from ..catalog.cache import CatalogCache
 from ..core.blocking import LEDGER, run_blocking
 from ..core.contract import IMAGE
 from ..core.problems import TeachlabError
+from ..hubclient.api import HubApi, HubRefused
 from .backoff import SourceBackoff
 from .bridge import STDERR, ContainerBridge, CourseContainer, ExecStream
-from .hubapi import HubApi, HubRefused
 from .keys import SshKeyStore, fingerprint
 from .login import LoginName, LoginNameError, forward_refusal, parse_login_name
 

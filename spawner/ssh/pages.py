@@ -24,7 +24,7 @@ from tornado import web
 
 from ..catalog.cache import CatalogCache
 from ..core.blocking import LEDGER, run_blocking
-from .hubapi import HubApi, HubRefused
+from ..hubclient.api import HubApi, HubRefused
 from .keys import KeyRejected, SshKeyStore
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")

@@ -23,9 +23,9 @@ from ..catalog.cache import CatalogCache
 from ..core.contract import StateLayout, default_state_dir
 from ..core.naming import DEFAULT_PREFIX, LabNames
 from ..engine import DockerUnavailable, connect
+from ..hubclient.api import HubApi
 from .bridge import ContainerBridge
 from .gateway import Gateway, load_host_key
-from .hubapi import HubApi
 from .keys import SshKeyStore
 from .pages import make_app
 

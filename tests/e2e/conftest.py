@@ -17,8 +17,8 @@ import shutil
 
 import pytest
 
+from spawner.devlab.names import chromium_resolver_rules
 from support.browser import CHROMIUM_ARGS, VIEWPORT, trusting_home
-from support.dns import chromium_resolver_rules
 
 DEFAULT_TIMEOUT_MS = 30_000
 

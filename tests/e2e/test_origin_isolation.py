@@ -21,8 +21,8 @@ import time
 import pytest
 import requests
 
+from spawner.devlab.names import chromium_resolver_rules
 from support.browser import CHROMIUM_ARGS, VIEWPORT, sign_in_at_the_provider, trusting_home
-from support.dns import chromium_resolver_rules
 from support.hub import HubUser
 from support.lab_fixtures import TEST_DOMAIN, start_test_lab, stop_test_lab
 

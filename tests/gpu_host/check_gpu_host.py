@@ -42,7 +42,7 @@ def container_uuids(client: docker.DockerClient, image: str, uuid: str) -> list[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--image", default="teachlab/debian-py39:v2.0.0", help="any image; the NVIDIA container toolkit mounts nvidia-smi into it"
+        "--image", default="teachlab/debian-py39:v2.1.0", help="any image; the NVIDIA container toolkit mounts nvidia-smi into it"
     )
     args = parser.parse_args()
     failures = 0

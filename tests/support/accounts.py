@@ -15,6 +15,7 @@ TEST_ACCOUNTS = (
     {"username": "rita", "name": "Rita", "groups": ["cs101-students"]},  # removed from cs101 by the revocation test
     {"username": "tom", "name": "Tom", "groups": ["tas"]},  # made an instructor of a course while the hub runs
     {"username": "sam", "name": "Sam", "groups": ["cs101-students"]},  # writes hostile HTML in the origin test
+    {"username": "warm01", "name": "Wanda", "groups": []},  # comes to class and finds her warm server
 )
 HUB_COURSES = (
     "intro-python",
@@ -25,8 +26,15 @@ HUB_COURSES = (
     "gpu-course",
     "offline-course",
     "tiny-disk",
+    "crowd-course",
+    "warm-course",
+    "timetable-course",
 )
 GPU_STUDENTS = tuple(f"gpu{number:02d}" for number in range(1, 51))
+# The class-start tests: a hundred first starts at once; a class warmed by hand; a class warmed by its timetable.
+CROWD_STUDENTS = tuple(f"crowd{number:03d}" for number in range(1, 101))
+WARM_STUDENTS = ("warm01", "warm02", "warm03")
+TIMETABLE_STUDENTS = ("tt01", "tt02")
 # fake_gpu_inventory: four declared GPUs that do not exist. dockerd runs with the stand-in
 # nvidia-container-runtime-hook (tests/fake_gpu_runtime), so containers requesting them start and see
 # exactly the requested IDs in NVIDIA_VISIBLE_DEVICES; no real device is attached.

@@ -7,15 +7,25 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 
 import pytest
 
+from spawner.catalog.timetable import WEEKDAYS
 from spawner.devlab.lab import Lab, LabPorts, free_port
+from spawner.devlab.names import names_on_loopback
 from spawner.node import firewall
 from spawner.node.disks import VolumeStore
-from support.accounts import FAKE_GPU_INVENTORY, GPU_STUDENTS, HUB_COURSES, TEST_ACCOUNTS
+from support.accounts import (
+    CROWD_STUDENTS,
+    FAKE_GPU_INVENTORY,
+    GPU_STUDENTS,
+    HUB_COURSES,
+    TEST_ACCOUNTS,
+    TIMETABLE_STUDENTS,
+    WARM_STUDENTS,
+)
 from support.catalogs import copy_course
-from support.dns import names_on_loopback
 from support.hub import HubUser
 
 
@@ -71,6 +81,21 @@ def hub_catalog(tmp_path_factory, repo_root):
         students={"users": list(GPU_STUDENTS), "groups": ["gpu-testers"]},
         gpu_idle_timeout_minutes=60,
     )
+    copy_course(
+        repo_root, "intro-python", catalog, new_slug="crowd-course", title="Crowd", students={"users": list(CROWD_STUDENTS)}
+    )
+    copy_course(repo_root, "intro-python", catalog, new_slug="warm-course", title="Warm", students={"users": list(WARM_STUDENTS)})
+    # A session that began when the catalog was made and lasts the whole test run (the lab's time zone is UTC).
+    began = datetime.now(timezone.utc)
+    copy_course(
+        repo_root,
+        "intro-python",
+        catalog,
+        new_slug="timetable-course",
+        title="Timetable",
+        students={"users": list(TIMETABLE_STUDENTS)},
+        sessions=[{"weekday": WEEKDAYS[began.weekday()], "start": began.strftime("%H:%M"), "minutes": 720}],
+    )
     return catalog
 
 
@@ -100,6 +125,8 @@ def site_config_dir(tmp_path_factory, session_labels):
 
 
 TEST_DOMAIN = "teachlab.test"
+# Warm servers nobody opened are stopped this long after the session's start (production: 15 minutes).
+WARM_UNUSED_MINUTES = 3
 
 
 def start_test_lab(
@@ -118,6 +145,7 @@ def start_test_lab(
             gpu_service=free_port(),
             ssh=free_port(),
             ssh_service=free_port(),
+            warmer=free_port(),
         ),
         network=network,
         extra_labels=labels,
@@ -133,6 +161,7 @@ def start_test_lab(
             "TEACHLAB_GPU_INVENTORY": json.dumps(FAKE_GPU_INVENTORY),
             "TEACHLAB_SITE_CONFIG_DIR": str(site_config_dir),
             "TEACHLAB_SSH_ACTIVITY_INTERVAL": "3",
+            "TEACHLAB_WARM_UNUSED_MINUTES": str(WARM_UNUSED_MINUTES),
         },
     )
     lab.up()

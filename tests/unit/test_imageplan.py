@@ -81,7 +81,7 @@ def test_miniconda_base_plan(miniconda):
     assert "teachlab-build" not in final.replace("COPY --from=build", "")  # no installer, settings or CA in the image
     assert "USER 1000:1000" in final and 'ENTRYPOINT ["/usr/bin/tini", "-g", "--"]' in final
     assert "WORKDIR /home/jovyan/work" in final
-    assert miniconda.base_image("teachlab") == "teachlab/miniconda-py39:v2.0.0"
+    assert miniconda.base_image("teachlab") == "teachlab/miniconda-py39:v2.1.0"
     assert miniconda.rootfs_suite == "bookworm" and "openssh-sftp-server" in miniconda.rootfs_packages
     assert "apt-get upgrade -y -qq" in final and "bookworm-security" in final and "bullseye" not in final
 
@@ -107,7 +107,7 @@ def test_miniconda_course_plan_uses_conda_with_the_instructors_file(miniconda):
     plan = render_course_context(
         course,
         miniconda,
-        base_image="teachlab/miniconda-py39:v2.0.0",
+        base_image="teachlab/miniconda-py39:v2.1.0",
         base_image_id="sha256:1",
         constraints=CONSTRAINTS,
         pip=MIRROR,
@@ -222,7 +222,7 @@ def test_debian_base_plan_two_pythons_each_with_its_job(debian):
     pinned below bookworm by apt preferences; what SSH clients expect; the contract kept."""
     files = render_base_context(debian, rootfs_image="teachlab/rootfs-bookworm-minbase:abc", server_lock=SERVER_LOCK, pip=MIRROR)
     dockerfile = _text(files, "Dockerfile")
-    assert debian.version == "2.0.0" and debian.base_image("t") == "t/debian-py39:v2.0.0"
+    assert debian.version == "2.1.0" and debian.base_image("t") == "t/debian-py39:v2.1.0"
     assert debian.rootfs_suite == "bookworm" and debian.server_python_version == "3.11"
     assert {"openssh-sftp-server", "bash", "tar", "tini", "python3"} <= set(debian.rootfs_packages)
     assert debian.kernel_python.suite == "bullseye" and debian.kernel_python.packages == ("python3.9",)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -19,9 +20,12 @@ import pytest
 from tornado import web
 from traitlets.config import Config
 
+from spawner.catalog import load_catalog
+from spawner.core import naming
 from spawner.core.contract import StateLayout
 from spawner.gpu.cache import ledger_for
 from spawner.hub.spawner import CourseSpawner
+from spawner.hub.storage import ServerStorage
 from spawner.images.registry import CourseVersion, VersionRegistry
 from support.catalogs import copy_course
 
@@ -234,3 +238,39 @@ def test_a_gpu_course_needing_a_newer_driver_is_refused_before_a_gpu_is_held(lab
         asyncio.run(newer.start())
     assert later.value.status_code == 503
     assert [row.username for row in ledger.usage_report(course="gpu-course")] == ["alice"]
+
+
+def test_a_crowd_of_first_starts_hands_a_new_data_volume_over_once(lab_state, tmp_path):
+    """Twenty students start a course for the first time together: one helper container, not twenty, and
+    nobody's start goes on before the data volume belongs to the student uid."""
+    course = load_catalog(lab_state[0]).courses["intro-python"]
+    handed_over: list[float] = []
+
+    class SlowHelper(StandInDocker):
+        async def __call__(self, method, *args, **kwargs):
+            if method == "wait":
+                await asyncio.sleep(0.2)
+                handed_over.append(asyncio.get_running_loop().time())
+            return await super().__call__(method, *args, **kwargs)
+
+    stand_in = SlowHelper()
+    storage = ServerStorage(
+        docker=stand_in,
+        client=CourseSpawner._client,
+        store=StandInVolumeStore(tmp_path),
+        names=naming.LabNames("teachlab"),
+        extra_labels={},
+        log=logging.getLogger("test"),
+    )
+
+    async def start(username: str) -> float:
+        await storage.prepare(course=course, username=username, home_volume=f"home-{username}", helper_image="base:v1")
+        return asyncio.get_running_loop().time()
+
+    async def crowd():
+        return await asyncio.gather(*(start(f"student{n}") for n in range(20)))
+
+    ready = asyncio.run(crowd())
+    assert stand_in.calls.count("create_container") == 1
+    assert len(handed_over) == 1 and min(ready) >= handed_over[0]
+    assert stand_in.volumes == {f"home-student{n}" for n in range(20)} | {storage.names.data_volume("intro-python", "datasets")}

@@ -16,12 +16,14 @@ ALLOWED = {
     "engine": {"core"},
     "gpu": {"core"},
     "node": {"core"},
+    "hubclient": {"core"},
+    "prewarm": {"core", "catalog"},
     "images": {"core", "catalog", "engine"},
-    "hub": {"core", "catalog", "engine", "images", "gpu", "node"},
-    "services": {"core", "catalog", "gpu"},
+    "hub": {"core", "catalog", "engine", "images", "gpu", "node", "prewarm"},
+    "services": {"core", "catalog", "gpu", "prewarm", "hubclient"},
     "cli": {"core", "catalog", "engine", "images", "gpu"},
-    "ssh": {"core", "catalog", "engine"},  # the SSH gateway service: the hub only through its REST API
-    "devlab": {"core", "catalog", "engine", "images", "gpu", "node", "hub", "services", "cli", "ssh"},
+    "ssh": {"core", "catalog", "engine", "hubclient"},  # the SSH gateway service: the hub only through its REST API
+    "devlab": {"core", "catalog", "engine", "images", "gpu", "node", "hubclient", "prewarm", "hub", "services", "cli", "ssh"},
 }
 # Pure cores: no Docker, no JupyterHub, no Tornado (tested without a daemon or a hub).
 PURE = [
@@ -29,6 +31,9 @@ PURE = [
     "catalog",
     "gpu",
     "node",
+    "prewarm/planner.py",
+    "catalog/timetable.py",
+    "hub/admission.py",
     "hub/container_spec.py",
     "images/plan.py",
     "images/registry.py",

@@ -32,7 +32,7 @@ def _version(tag: str, scan: dict | None) -> CourseVersion:
         environment_hash=tag,
         created="2026-11-25T12:00:00+00:00",
         size_bytes=900_000_000,
-        base_image="teachlab/debian-py39:v2.0.0",
+        base_image="teachlab/debian-py39:v2.1.0",
         flavor="debian-py39",
         kernel_python="3.9.2",
         server_python="3.11.2",

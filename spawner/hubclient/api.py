@@ -1,10 +1,11 @@
-"""The gateway's calls to JupyterHub's REST API, with the service token and the least scopes it holds.
+"""Calls to JupyterHub's REST API with a service's token; each method names the scopes it needs.
 
 * ``user_for_token``: whose API token a password is (with the person's own token, no service scope).
 * ``user``: a user's groups and servers (``read:users:name``, ``read:users:groups``, ``read:servers``).
 * ``start_server`` and ``progress``: start a course server and follow the hub's progress events
   (``servers``, ``read:servers``), as the home page does.
 * ``report_activity``: an SSH session with traffic counts as activity for the idle culler (``users:activity``).
+* ``group_members`` (``read:groups``) and ``stop_server`` (``servers``): the class pre-warm.
 """
 
 from __future__ import annotations
@@ -142,6 +143,19 @@ class HubApi:
                 await asyncio.wait([fetch], timeout=0.2)
         finally:
             fetch.cancel()
+
+    async def group_members(self, group: str) -> list[str]:
+        """The names in a hub group (empty when the hub has no such group yet)."""
+        try:
+            model = await self._request("GET", f"/groups/{_quoted(group)}")
+        except HubRefused as refused:
+            if refused.status == 404:
+                return []
+            raise
+        return list(model.get("users", []))
+
+    async def stop_server(self, user: str, server: str) -> None:
+        await self._request("DELETE", f"/users/{_quoted(user)}/servers/{_quoted(server)}")
 
     async def report_activity(self, user: str, server: str, when: datetime) -> None:
         stamp = when.isoformat().replace("+00:00", "Z")

@@ -1,6 +1,6 @@
-"""Host names of a test domain, resolved to loopback in this test process (the browser gets the same mapping
-from Chromium's --host-resolver-rules), so tests reach the lab the way production is reached: by name, over
-HTTPS, one host per user's servers. Only names under the test's own domain are mapped; everything else
+"""Host names of a lab's domain, resolved to loopback in this process (the browser gets the same mapping from
+Chromium's --host-resolver-rules), so tests and benchmarks reach a lab the way production is reached: by
+name, over HTTPS, one host per user's servers. Only names under that domain are mapped; everything else
 resolves as usual."""
 
 from __future__ import annotations
