@@ -30,6 +30,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -459,6 +460,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,10,25,50,100", help="concurrent starts per round, comma separated")
     parser.add_argument("--skip-browser", action="store_true", help="the warmed session without the Chromium student")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still takes its labs down
     sizes = [int(size) for size in args.sizes.split(",")]
     students = {size: [f"s{size:03d}u{index:03d}" for index in range(size)] for size in sizes}
     session_students = [f"ws{index:03d}" for index in range(WARM_SESSION_SIZE)]

@@ -260,7 +260,7 @@ class HubSettings:
     concurrent_boots: int | None = setting(
         "TEACHLAB_CONCURRENT_BOOTS",
         None,
-        "How many servers boot at once on this node; more starts wait in line, told their place (default: twice the CPU count).",
+        "How many servers boot at once on this node; more starts wait in line, told their place (default: four times the CPU count).",
         parse=lambda text: int(text) if text else None,
         example="8",
     )

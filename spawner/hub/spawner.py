@@ -23,8 +23,9 @@ from typing import Any
 import docker.errors
 import jinja2
 from dockerspawner import DockerSpawner
-from jupyterhub.utils import wait_for_http_server
+from jupyterhub.utils import exponential_backoff
 from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Any as AnyTrait
 from traitlets import Dict, Integer, List, Unicode, Union, default
 
@@ -129,7 +130,8 @@ class CourseSpawner(DockerSpawner):
         help="""How many servers boot at once; more starts wait in line, told their place and an estimate.
 
         Booting a Jupyter server takes about a second of CPU: on a node with few cores, booting all of a class at
-        once makes everyone wait for the last. Default: twice the node's CPU count.
+        once makes everyone wait for the last. Too few slots leave cores idle while a slot's container is being
+        created. Default: four times the node's CPU count.
         c.CourseSpawner.concurrent_boots = 8
         """,
     ).tag(config=True)
@@ -208,7 +210,7 @@ class CourseSpawner(DockerSpawner):
 
     @default("concurrent_boots")
     def _default_concurrent_boots(self):
-        return 2 * (os.cpu_count() or 1)
+        return 4 * (os.cpu_count() or 1)
 
     @default("args")
     def _default_args(self):
@@ -435,11 +437,11 @@ class CourseSpawner(DockerSpawner):
                 await self._check_cuda_driver(course, version)  # before any GPU is held
                 self._report(15, f"Reserving {course.gpu} GPU(s) for {course.title}")
                 await self._reserve_gpus(course)
-            admission = admission_for(self.concurrent_boots)
-            ticket = admission.join(f"{self.user.name}/{self.name}", course.slug)
-            await admission.wait(ticket, lambda line: self._report(18, f"Many students are starting now: you are {line}"))
             self._report(20, f"Preparing storage for {course.title}")
             await self._prepare_storage(course, version)
+            admission = admission_for(self.concurrent_boots)
+            ticket = admission.join(f"{self.user.name}/{self.name}", course.slug)
+            await admission.wait(ticket, lambda line: self._report(25, f"Many students are starting now: you are {line}"))
             self.mem_limit = course.resources.memory_bytes  # also tells the server its limits (MEM_LIMIT, CPU_LIMIT)
             self.cpu_limit = course.resources.cpu
             self._spec = make_container_spec(
@@ -461,7 +463,7 @@ class CourseSpawner(DockerSpawner):
             self._report(80, "Waiting for JupyterLab to start")
             # The boot is the CPU-heavy part: the slot is held until the server answers, so a crowd boots a few
             # at a time instead of all together; JupyterHub's own wait then finds it up at once.
-            await wait_for_http_server(f"http://{ip}:{port}{self.server.base_url}api", timeout=self.http_timeout)
+            await self._wait_until_answering(f"http://{ip}:{port}{self.server.base_url}api")
             booted = True
             SPAWN_SECONDS.labels(course=course.slug).observe(time.monotonic() - began)
             return ip, port
@@ -472,6 +474,27 @@ class CourseSpawner(DockerSpawner):
             if ticket is not None:
                 admission_for(self.concurrent_boots).leave(ticket, booted=booted)
             self._start_finished = True
+
+    async def _wait_until_answering(self, url: str) -> None:
+        """Wait for the booting server at ``url`` in short, even steps: JupyterHub's own wait doubles its pause up
+        to 5 s, which would keep a boot slot idle for seconds after the server is up."""
+        client = AsyncHTTPClient()
+
+        async def answers() -> bool:
+            try:
+                response = await client.fetch(url, raise_error=False, follow_redirects=False, request_timeout=5)
+            except (OSError, HTTPClientError):
+                return False
+            return response.code != 599
+
+        await exponential_backoff(
+            answers,
+            f"The server at {url} did not answer within {self.http_timeout} seconds",
+            start_wait=0.05,
+            scale_factor=1.5,
+            max_wait=0.2,
+            timeout=self.http_timeout,
+        )
 
     async def create_object(self):
         """Create the container from the spec ``start()`` built (DockerSpawner's hook for this). A course without

@@ -14,9 +14,11 @@ from support.catalogs import copy_course
 
 @pytest.fixture
 def hub_db():
-    from jupyterhub import orm
+    from jupyterhub import orm, roles
 
     db = orm.new_session_factory("sqlite://")()
+    for role in roles.get_default_roles():  # as the hub makes them at start
+        roles.create_role(db, role)
     yield db
     db.close()
 
@@ -59,6 +61,8 @@ def test_an_instructor_added_to_the_catalog_gains_access_and_a_removed_one_loses
     lee = orm.User.find(hub_db, "prof-lee")
     assert "instructor-intro-python" not in {r.name for r in lee.roles}
     assert sync_roles(hub_db, load_catalog(catalog_folder)) == []  # nothing left to change
+    # Someone listed by name is recorded with the role a sign-in gives (a server's activity reports need it).
+    assert {r.name for r in orm.User.find(hub_db, "student-alice").roles} == {"user"}
 
 
 def test_a_student_who_left_the_group_leaves_the_instructors_scopes(hub_db, catalog_folder):
