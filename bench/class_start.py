@@ -14,8 +14,8 @@ seconds per spawn (the hub process), CPU seconds each server took to become read
 that moment) and idle memory per server (10 s after the last one was ready).
 
 Then the warmed session (Teachlab): the class pre-warm (``api/warm/<course>``, what ``teachlab class warm
---now`` calls) starts 50 students' servers; once they idle, all 50 "click" at the same moment: through the
-hub (``/hub/spawn/<user>/<course>``, redirected to the running server) to the JupyterLab page and its
+--now`` calls) starts 50 students' servers; once they idle, all 50 "click" at the same moment: the home page's
+"open" link of a running server (its own origin, through the proxy) to the JupyterLab page and its
 kernelspecs, and one more student in Chromium, from the home page's "open" to the JupyterLab launcher.
 
     .venv/bin/python bench/class_start.py [--sizes 1,10,25,50,100] [--skip-browser]
@@ -41,7 +41,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin
 
 import docker
 import requests
@@ -268,21 +267,16 @@ def run_round(system: System, users: list[str], kind: str) -> dict:
 
 
 # -- the warmed session ----------------------------------------------------------------------------------
-def click_through_the_hub(lab: Lab, token: str, user: str, barrier: threading.Barrier) -> float:
-    """A student's "start" on a warm server: the hub sends them to it; JupyterLab's page and kernelspecs load."""
+def open_warm_server(lab: Lab, token: str, user: str, barrier: threading.Barrier) -> float:
+    """A student's "open" on a warm server (the home page links to it): JupyterLab's page and kernelspecs load."""
     headers = {"Authorization": f"token {token}"}
+    server = lab.server_url(user, SESSION_COURSE)
     barrier.wait()
     began = time.monotonic()
-    url = f"{lab.public_url}/hub/spawn/{user}/{SESSION_COURSE}"
-    for _ in range(8):
-        response = requests.get(url, headers=headers, allow_redirects=False, timeout=60)
-        if response.is_redirect:
-            url = urljoin(url, response.headers["Location"])
-            continue
-        break
-    if response.status_code != 200 or "/lab" not in url:
-        raise RuntimeError(f"{user}: ended at {url} with HTTP {response.status_code}")
-    kernelspecs = requests.get(url.split("/lab")[0] + "/api/kernelspecs", headers=headers, timeout=60)
+    page = requests.get(server + "lab", headers=headers, allow_redirects=False, timeout=60)
+    if page.status_code != 200 or "JupyterLab" not in page.text:
+        raise RuntimeError(f"{user}: {server}lab answered HTTP {page.status_code}")
+    kernelspecs = requests.get(server + "api/kernelspecs", headers=headers, timeout=60)
     kernelspecs.raise_for_status()
     return time.monotonic() - began
 
@@ -336,7 +330,7 @@ def warmed_session(lab: Lab, token: str, students: list[str], *, with_browser: b
     time.sleep(2 * SETTLE_SECONDS)  # the class has not started yet: the warm servers idle
     barrier = threading.Barrier(len(everyone))
     with ThreadPoolExecutor(len(everyone)) as pool:
-        clicks = [pool.submit(click_through_the_hub, lab, token, user, barrier) for user in students]
+        clicks = [pool.submit(open_warm_server, lab, token, user, barrier) for user in students]
         browser = pool.submit(browser_click, lab, BROWSER_STUDENT, barrier, home) if with_browser else None
         api_seconds, errors = [], []
         for click in clicks:
