@@ -60,15 +60,17 @@ def _listed_students(db: Any, catalog: Catalog) -> list[str]:
     first sign-in (the class pre-warm starts their servers; their access stays the catalog's to decide)."""
     from jupyterhub import orm, roles
 
+    listed = {name: course.slug for course in catalog.courses.values() for name in course.students.users}
+    # One query for the whole class (this runs at every catalog refresh, for hundreds of names).
+    known = {name for (name,) in db.query(orm.User.name).filter(orm.User.name.in_(list(listed)))}
     made = []
-    for course in catalog.courses.values():
-        for name in course.students.users:
-            if orm.User.find(db, name) is None:
-                user = orm.User(name=name)
-                db.add(user)
-                db.flush()
-                roles.assign_default_roles(db, entity=user)  # the "user" role, as a sign-in would give
-                made.append(f"user {name} recorded: listed in {course.slug}")
+    for name, slug in listed.items():
+        if name not in known:
+            user = orm.User(name=name)
+            db.add(user)
+            db.flush()
+            roles.assign_default_roles(db, entity=user)  # the "user" role, as a sign-in would give
+            made.append(f"user {name} recorded: listed in {slug}")
     return made
 
 
