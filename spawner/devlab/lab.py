@@ -174,6 +174,7 @@ class LabPorts:
     gpu_service: int = 8083
     ssh: int = 2222
     ssh_service: int = 8084
+    courses_service: int = 8085
 
 
 @dataclass
@@ -277,6 +278,7 @@ class Lab:
             gpu_service_port=self.ports.gpu_service,
             ssh_port=self.ports.ssh,
             ssh_service_port=self.ports.ssh_service,
+            courses_service_port=self.ports.courses_service,
             proxy_api_url=f"http://127.0.0.1:{self.ports.proxy_api}",
             network=self.network,
             oidc_issuer=self.issuer,
@@ -379,11 +381,10 @@ class Lab:
         )
 
     def _services_routed(self) -> bool:
-        """Both services answer: the hub adds a service's route (host-routed with per-server origins) once it does."""
+        """The services answer: the hub adds a service's route (host-routed with per-server origins) once it does."""
         routes = [route.rstrip("/") for route in self.proxy_routes()]
-        return all(
-            any(route.endswith(f"/services/{name}") for route in routes) for name in (Scopes.GPU_SERVICE, Scopes.SSH_SERVICE)
-        )
+        services = (Scopes.GPU_SERVICE, Scopes.SSH_SERVICE, Scopes.COURSES_SERVICE)
+        return all(any(route.endswith(f"/services/{name}") for route in routes) for name in services)
 
     def ssh_command(self, username: str, course: str) -> str:
         """What a student types to reach their course container over SSH (the gateway of this lab)."""
@@ -456,3 +457,14 @@ class Lab:
     def down(self) -> None:
         for process in (self.hub, self.proxy, self.oidc):
             process.stop()
+        self.remove_mirror_proxy()
+
+    def remove_mirror_proxy(self) -> None:
+        """The mirror proxy of confined builds that teachlab-courses started goes with the lab."""
+        from ..engine import DockerUnavailable, connect
+        from ..images.mirror_proxy import remove_mirror_proxy
+
+        try:
+            remove_mirror_proxy(connect(), self.hub_settings().lab_id)
+        except DockerUnavailable:
+            pass

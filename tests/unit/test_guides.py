@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-GUIDES = ("students.md", "instructors.md")
+GUIDES = ("students.md", "instructors.md", "admins.md")
 PICTURE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
