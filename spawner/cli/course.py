@@ -238,6 +238,8 @@ def _course_versions(args: argparse.Namespace, console: Console) -> int:
             version.published_by or "",
         )
     console.print(table)
+    if record.history:
+        console.print(f"Publishes and rollbacks (the newest {HISTORY_SHOWN}, oldest first):")
     for entry in record.history[-HISTORY_SHOWN:]:
         change = f"{entry.from_version or '-'} -> {entry.to_version or '-'}"
         detail = f": {entry.detail}" if entry.detail else ""

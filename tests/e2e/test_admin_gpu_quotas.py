@@ -67,6 +67,11 @@ def teachlab_cli(lab, *args) -> str:
     return result.stdout
 
 
+def table_row(text: str, first_cell: str) -> list[str]:
+    """The cells of the CLI table's row that starts with ``first_cell``."""
+    return next(line.split() for line in text.splitlines() if line.split()[:1] == [first_cell])
+
+
 def spawn_form_hours_left(page, lab) -> str:
     page.goto(f"{lab.public_url}/hub/spawn/{STUDENT}/{COURSE}")
     return page.locator("#gpu-hours-remaining").inner_text()
@@ -91,7 +96,7 @@ def test_an_admin_sets_quotas_in_the_forms_the_cli_and_the_students_spawn_form_s
 
         # The course's limits: labelled fields, saved with the form's XSRF token, audited under the admin's name.
         form = page.locator("#course-quota-form")
-        form.get_by_label("Course").select_option(COURSE)
+        form.get_by_label("Course", exact=True).select_option(COURSE)
         form.get_by_label("GPUs the course's servers may hold at once").fill("3")
         form.get_by_label("GPU-hours per student this term").fill("12.5")
         form.get_by_role("button", name="Save the course's limits").click()
@@ -104,8 +109,7 @@ def test_an_admin_sets_quotas_in_the_forms_the_cli_and_the_students_spawn_form_s
             "set course quota",
             {"max_concurrent_gpus": 3, "gpu_hours_per_student": 12.5},
         )
-        shown = teachlab_cli(lab, "gpu", "quota", "show", "--course", COURSE)
-        assert COURSE in shown and "12.5" in shown and "3" in shown
+        assert table_row(teachlab_cli(lab, "gpu", "quota", "show", COURSE), COURSE) == [COURSE, "3", "12.5"]
 
         # quinn's spawn form shows the new allowance.
         student = student_context.new_page()
@@ -115,17 +119,17 @@ def test_an_admin_sets_quotas_in_the_forms_the_cli_and_the_students_spawn_form_s
 
         # One student's own limit, then the form refuses nonsense with one line and changes nothing.
         form = page.locator("#student-quota-form")
-        form.get_by_label("Course").select_option(COURSE)
+        form.get_by_label("Course", exact=True).select_option(COURSE)
         form.get_by_label("Student (username)").fill(STUDENT)
         form.get_by_label("GPU-hours this term").fill("3")
         form.get_by_role("button", name="Save the student's limits").click()
         expect(page.locator("#teachlab-message")).to_contain_text(f"{STUDENT} in {COURSE}: 3 GPU-hours")
-        assert "3.0" in teachlab_cli(lab, "gpu", "quota", "show", "--course", COURSE).split(STUDENT, 1)[1]
+        assert table_row(teachlab_cli(lab, "gpu", "quota", "show", COURSE), STUDENT) == [STUDENT, COURSE, "3.0", "course's"]
         assert "You have 3.0 GPU-hours left this term." in " ".join(spawn_form_hours_left(student, lab).split())
 
         page.locator("#course-quota-form").evaluate("form => form.noValidate = true")  # past the browser's own check
         form = page.locator("#course-quota-form")
-        form.get_by_label("Course").select_option(COURSE)
+        form.get_by_label("Course", exact=True).select_option(COURSE)
         form.get_by_label("GPU-hours per student this term").fill("-2")
         form.get_by_role("button", name="Save the course's limits").click()
         expect(page.locator("#teachlab-message")).to_have_text(

@@ -168,6 +168,9 @@ def test_an_instructor_of_another_course_gets_403_on_its_pages_and_api(lab, user
         expect(page.locator("#error-message")).to_contain_text(f"{COURSE}")
         expect(page.locator("#login_widget")).to_contain_text(OTHER_INSTRUCTOR)  # the hub's navigation bar
     assert page.goto(f"{lab.service_url(SERVICE)}courses/intro-python/").status == 200
+    page.goto(lab.service_url(SERVICE))  # the service's index lists prof's courses only
+    expect(page.locator("#course-intro-python")).to_be_visible()
+    expect(page.locator(f"#course-{COURSE}")).to_have_count(0)
 
 
 @pytest.mark.usefixtures("hub_log_on_failure", "print_container_logs_on_failure")
