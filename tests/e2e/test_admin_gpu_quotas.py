@@ -2,7 +2,8 @@
 
 The real lab with four declared GPUs that do not exist (the stand-in nvidia-container-runtime-hook lets GPU
 containers start; see docs/gpu.md). quinn (gpu-testers) takes gpu-course and has used no GPU before this test;
-the quotas this test sets are put back afterwards. Pictures go to docs/img/ for docs/admins.md.
+the quotas this test sets are put back afterwards. Pictures go to docs/img/ for docs/admins.md and
+docs/students.md.
 """
 
 from __future__ import annotations
@@ -126,6 +127,12 @@ def test_an_admin_sets_quotas_in_the_forms_the_cli_and_the_students_spawn_form_s
         expect(page.locator("#teachlab-message")).to_contain_text(f"{STUDENT} in {COURSE}: 3 GPU-hours")
         assert table_row(teachlab_cli(lab, "gpu", "quota", "show", COURSE), STUDENT) == [STUDENT, COURSE, "3.0", "course's"]
         assert "You have 3.0 GPU-hours left this term." in " ".join(spawn_form_hours_left(student, lab).split())
+        # quinn's own GPU page (Services -> GPUs) says the same, and only about quinn.
+        student.goto(lab.service_url(SERVICE))
+        expect(student.get_by_role("heading", name="Your GPU time this term", level=1)).to_be_visible()
+        expect(student.locator(f'#my-gpu-usage tr[data-course="{COURSE}"] td').nth(2)).to_have_text("3.00")
+        expect(student.locator("#course-quota-form")).to_have_count(0)
+        pictures(student, "student-gpu-time")
 
         page.locator("#course-quota-form").evaluate("form => form.noValidate = true")  # past the browser's own check
         form = page.locator("#course-quota-form")
