@@ -63,6 +63,7 @@ def pictures(repo_root):
     folder.mkdir(parents=True, exist_ok=True)
 
     def take(page, name: str, **kwargs) -> None:
+        page.evaluate("document.activeElement && document.activeElement.blur()")  # no focus ring left by a check
         page.screenshot(path=folder / f"{name}.png", **kwargs)
 
     return take
