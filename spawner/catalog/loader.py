@@ -45,11 +45,15 @@ def _members(data: Mapping[str, Any]) -> Members:
     return Members(groups=tuple(data.get("groups", ())), users=tuple(data.get("users", ())))
 
 
-def load_course(folder: Path) -> Course:
-    """Load and check one course folder; ProblemsError lists every problem in both files."""
+def load_course(folder: Path, shown_folder: Path | None = None) -> Course:
+    """Load and check one course folder; ProblemsError lists every problem in both files.
+
+    ``shown_folder`` names the folder in problems when ``folder`` is a copy (a candidate environment.yml
+    checked beside the course's course.yaml before it replaces the catalog's)."""
     course_file = folder / COURSE_FILE
     env_file = folder / ENVIRONMENT_FILE
-    course_shown = str(course_file)
+    shown = shown_folder or folder
+    course_shown = str(shown / COURSE_FILE)
     problems: list[Problem] = []
     slug = folder.name
     if not is_course_slug(slug):
@@ -77,7 +81,7 @@ def load_course(folder: Path) -> Course:
 
     environment: CondaEnvironment | None = None
     try:
-        environment = load_environment(env_file, str(env_file))
+        environment = load_environment(env_file, str(shown / ENVIRONMENT_FILE))
     except ProblemsError as exc:
         problems.extend(exc.problems)
 

@@ -12,6 +12,8 @@ from rich.table import Table
 from ..catalog import is_course_folder, load_catalog, load_course
 from ..core.problems import TeachlabError
 
+HISTORY_SHOWN = 10  # the newest publishes and rollbacks `teachlab course versions` lists under its table
+
 
 def _course_validate(args: argparse.Namespace, console: Console) -> int:
     catalog = load_catalog(Path(args.path))
@@ -195,6 +197,7 @@ def _course_versions(args: argparse.Namespace, console: Console) -> int:
                     "course": record.slug,
                     "current": record.current,
                     "versions": [asdict(v) for v in record.versions],
+                    "history": [asdict(entry) for entry in record.history],
                     "acceptances": [
                         {**asdict(a), "active": a.active(date.today())}
                         for a in AcceptanceStore(settings.layout.acceptances).read()
@@ -217,6 +220,7 @@ def _course_versions(args: argparse.Namespace, console: Console) -> int:
         "server",
         "course",
         "Debian",
+        "by",
         box=None,
         header_style="bold",
     )
@@ -231,8 +235,15 @@ def _course_versions(args: argparse.Namespace, console: Console) -> int:
             f"{version.size_bytes / 1e6:.0f} MB",
             (scan.get("advisory_data") or {}).get("date") or "no data",
             *(environment_cell(scan.get(key)) for key in ("server", "course", "debian")),
+            version.published_by or "",
         )
     console.print(table)
+    if record.history:
+        console.print(f"Publishes and rollbacks (the newest {HISTORY_SHOWN}, oldest first):")
+    for entry in record.history[-HISTORY_SHOWN:]:
+        change = f"{entry.from_version or '-'} -> {entry.to_version or '-'}"
+        detail = f": {entry.detail}" if entry.detail else ""
+        console.print(f"{entry.at} {entry.actor} {entry.action} {change} ({entry.outcome}{detail})", markup=False)
     current = record.current_version
     if current is not None:
         scan = (current.scan or {}).get("last_audit") or current.scan

@@ -108,7 +108,11 @@ def quota_show(args: argparse.Namespace, console: Console) -> int:
     if overrides:
         table = Table("student", "course", "GPU-hours", "GPUs at once", box=None, header_style="bold")
         for override in overrides:
-            table.add_row(override["username"], override["course"], str(override["gpu_hours"]), str(override["max_gpus"]))
+            table.add_row(
+                override["username"],
+                override["course"],
+                *(str(override[key]) if override[key] is not None else "course's" for key in ("gpu_hours", "max_gpus")),
+            )
         console.print(table)
     return 0
 

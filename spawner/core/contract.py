@@ -34,6 +34,7 @@ class Labels:
     LOCK_READER: Final = LABEL_PREFIX + "lock-reader"
     TEST_CACHE: Final = LABEL_PREFIX + "test-cache"  # images tests keep between sessions
     TEST_SESSION: Final = LABEL_PREFIX + "test-session"  # objects one test session made, removed at its end
+    BUILD_PROXY: Final = LABEL_PREFIX + "build-proxy"  # the mirror proxy and networks of confined builds (value: the lab)
 
     @staticmethod
     def image(name: str) -> str:
@@ -216,9 +217,24 @@ class Scopes:
 
     SSH_SERVICE: Final = "teachlab-ssh"
 
+    COURSES_SERVICE: Final = "teachlab-courses"
+    COURSES_ADMIN: Final = "custom:teachlab-courses:admin"
+
+    @staticmethod
+    def course_publish(course: str) -> str:
+        """Edit, publish and roll back one course's environment."""
+        return f"custom:teachlab-courses:publish:{course}"
+
+    @staticmethod
+    def course_class(course: str) -> str:
+        """Follow one course's class: its students and their servers."""
+        return f"custom:teachlab-courses:class:{course}"
+
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 STATE_DIR_VARIABLE: Final = "TEACHLAB_STATE_DIR"
+# The lab's pages a service shows in the hub's navigation bar: a JSON list of {"name", "href"} the hub sets.
+PAGE_LINKS_VARIABLE: Final = "TEACHLAB_PAGE_LINKS"
 
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:

@@ -175,6 +175,7 @@ class LabPorts:
     ssh: int = 2222
     ssh_service: int = 8084
     warmer: int = 8085
+    courses_service: int = 8086
 
 
 @dataclass
@@ -283,6 +284,7 @@ class Lab:
             ssh_port=self.ports.ssh,
             ssh_service_port=self.ports.ssh_service,
             warmer_port=self.ports.warmer,
+            courses_service_port=self.ports.courses_service,
             proxy_api_url=f"http://127.0.0.1:{self.ports.proxy_api}",
             network=self.network,
             oidc_issuer=self.issuer,
@@ -388,10 +390,8 @@ class Lab:
     def _services_routed(self) -> bool:
         """The lab's services answer: the hub adds a service's route (host-routed with per-server origins) once it does."""
         routes = [route.rstrip("/") for route in self.proxy_routes()]
-        return all(
-            any(route.endswith(f"/services/{name}") for route in routes)
-            for name in (Scopes.GPU_SERVICE, Scopes.SSH_SERVICE, Scopes.WARMER_SERVICE)
-        )
+        services = (Scopes.GPU_SERVICE, Scopes.SSH_SERVICE, Scopes.WARMER_SERVICE, Scopes.COURSES_SERVICE)
+        return all(any(route.endswith(f"/services/{name}") for route in routes) for name in services)
 
     def ssh_command(self, username: str, course: str) -> str:
         """What a student types to reach their course container over SSH (the gateway of this lab)."""
@@ -464,3 +464,14 @@ class Lab:
     def down(self) -> None:
         for process in (self.hub, self.proxy, self.oidc):
             process.stop()
+        self.remove_mirror_proxy()
+
+    def remove_mirror_proxy(self) -> None:
+        """The mirror proxy of confined builds that teachlab-courses started goes with the lab."""
+        from ..engine import DockerUnavailable, connect
+        from ..images.mirror_proxy import remove_mirror_proxy
+
+        try:
+            remove_mirror_proxy(connect(), self.hub_settings().lab_id)
+        except DockerUnavailable:
+            pass

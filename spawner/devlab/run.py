@@ -67,6 +67,11 @@ def lab_up(*, state_dir: Path, catalog_path: Path, console: Console, progress: P
         markup=False,
     )
     console.print(
+        f"\nInstructors (prof-lee) publish course environments and follow their class at {lab.service_url('teachlab-courses')}; "
+        f"admins (admin-ada) set GPU quotas at {lab.service_url('teachlab-gpu')}",
+        markup=False,
+    )
+    console.print(
         f"\nAdmin API token for the CLI: {token_path}\nLogs: {lab.folder}/*.log\nStop with: make down (keeps all data)",
         markup=False,
     )

@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import re
 import tarfile
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import docker
 import docker.errors
+import requests.exceptions
+import urllib3.exceptions
 
 from ..core.problems import TeachlabError
 
@@ -64,12 +67,21 @@ def build_image(
     target: str | None = None,
     network_mode: str | None = None,
     no_cache: bool = False,
+    build_arguments: Mapping[str, str] | None = None,
+    container_limits: Mapping[str, int] | None = None,
+    time_limit_seconds: float | None = None,
 ) -> str:
     """Build with the classic builder, stream the log to ``log_path``; return the image ID. ``no_cache``
-    runs every step again (a rebuild from locks must prove itself, not reuse layers)."""
+    runs every step again (a rebuild from locks must prove itself, not reuse layers).
+
+    ``network_mode``, ``build_arguments`` and ``container_limits`` apply to every ``RUN`` step. Past
+    ``time_limit_seconds`` the build is abandoned: the connection closes and the engine cancels the build
+    and removes its step's container (a step that prints nothing is cut when a read waits that long)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
     image_id: str | None = None
+    deadline = None if time_limit_seconds is None else time.monotonic() + time_limit_seconds
+    too_long = f"the build ran longer than its limit of {time_limit_seconds or 0:.0f} s and was stopped"
     with log_path.open("w", encoding="utf-8") as log:
         try:
             stream = client.api.build(
@@ -83,8 +95,15 @@ def build_image(
                 target=target,
                 network_mode=network_mode,
                 nocache=no_cache,
+                buildargs=dict(build_arguments) if build_arguments else None,
+                container_limits=dict(container_limits) if container_limits else None,
+                timeout=time_limit_seconds,
             )
             for chunk in stream:
+                if deadline is not None and time.monotonic() > deadline:
+                    stream.close()
+                    log.write(too_long + "\n")
+                    raise BuildFailed(too_long, log_path)
                 if "stream" in chunk:
                     for line in _ANSI.sub("", chunk["stream"]).splitlines():
                         log.write(line + "\n")
@@ -98,6 +117,11 @@ def build_image(
                     raise BuildFailed(summarize_build_failure(lines, chunk["error"]), log_path)
         except docker.errors.APIError as exc:
             raise BuildFailed(str(exc.explanation or exc), log_path) from None
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, TimeoutError):
+            if deadline is None:
+                raise
+            log.write(too_long + "\n")
+            raise BuildFailed(too_long, log_path) from None
     if image_id is None:
         image_id = client.images.get(tag).id
     return image_id

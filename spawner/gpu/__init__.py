@@ -14,6 +14,7 @@ from .ledger import (
     GpuLedger,
     Holding,
     ReconcileReport,
+    UsageInterval,
     UsageRow,
 )
 from .quotas import EffectiveQuota, QuotaError, Refusal, check_allocation, remaining_gpu_hours, term_window
@@ -31,6 +32,7 @@ __all__ = [
     "QuotaError",
     "ReconcileReport",
     "Refusal",
+    "UsageInterval",
     "UsageRow",
     "check_allocation",
     "declared_inventory",

@@ -224,6 +224,17 @@ class UsageRow:
 
 
 @dataclass(frozen=True)
+class UsageInterval:
+    """One device held by one student's server of a course; ``ended_at`` is None while it is held."""
+
+    course: str
+    username: str
+    device_uuid: str
+    started_at: datetime
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     at: datetime
     actor: str
@@ -591,6 +602,18 @@ class GpuLedger:
                 key = (row.course, row.username)
                 totals[key] = totals.get(key, 0.0) + _overlap_seconds(row.started_at, row.ended_at, since, until)
         return [UsageRow(course=c, username=u, gpu_seconds=seconds) for (c, u), seconds in sorted(totals.items())]
+
+    def usage_intervals(self, *, since: datetime, until: datetime | None = None) -> list[UsageInterval]:
+        """Every interval that overlaps [since, until] (default: up to now), oldest first: the charts' data."""
+        until = self._now() if until is None else until
+        table = usage_intervals_table
+        with self._transaction(write=False) as connection:
+            rows = connection.execute(
+                select(table)
+                .where(table.c.started_at <= until, or_(table.c.ended_at.is_(None), table.c.ended_at > since))
+                .order_by(table.c.started_at, table.c.id)
+            )
+            return [UsageInterval(row.course, row.username, row.device_uuid, row.started_at, row.ended_at) for row in rows]
 
     # Quotas
 

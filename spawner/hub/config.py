@@ -8,20 +8,29 @@ unit tests pass a stand-in and assert on the traits (tests/unit/test_hub_config.
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from ..catalog.cache import CatalogCache
-from ..core.contract import Scopes
+from ..core.contract import PAGE_LINKS_VARIABLE, STATE_DIR_VARIABLE, Scopes
 from ..core.problems import ProblemsError
 from ..core.secrets import hex_secret, narrow, private_folder
 from .home import TEMPLATES_DIR, course_rows, notices_for
 from .metrics import LabGauges, register_lab_collector
 from .role_sync import retire_replaced_tokens_listener, sync_roles_listener
-from .roles import CLI_SERVICE, IDLE_CULLER, METRICS_SERVICE, all_roles, custom_scopes, instructor_scopes_hook
+from .roles import (
+    CLI_SERVICE,
+    IDLE_CULLER,
+    METRICS_SERVICE,
+    all_roles,
+    custom_scopes,
+    instructor_scopes_hook,
+    oauth_client_scopes,
+)
 from .settings import HubSettings
 from .startup import HubHost, load_catalog_or_stop, stop_hub
 
@@ -55,12 +64,19 @@ def idle_culler_service(settings: HubSettings) -> dict:
     }
 
 
-def gpu_service(settings: HubSettings, scopes: dict[str, dict]) -> dict:
+def page_links(settings: HubSettings, *names: str) -> str:
+    """``TEACHLAB_PAGE_LINKS`` of a service: the lab's pages its navigation bar shows."""
+    titles = {Scopes.COURSES_SERVICE: "Courses", Scopes.GPU_SERVICE: "GPUs", Scopes.SSH_SERVICE: "SSH keys"}
+    return json.dumps([{"name": titles[name], "href": settings.service_url(name)} for name in names])
+
+
+def gpu_service(settings: HubSettings, allowed_scopes: list[str]) -> dict:
     """teachlab-gpu as a hub-managed service; its OAuth sessions may carry its custom scopes."""
     environment = {
         "TEACHLAB_GPU_LEDGER_URL": settings.ledger_url,
         "TEACHLAB_GPU_INVENTORY": settings.gpu_inventory,
         "TEACHLAB_CATALOG": str(settings.catalog_path),
+        PAGE_LINKS_VARIABLE: page_links(settings, Scopes.GPU_SERVICE, Scopes.SSH_SERVICE),
     }
     if settings.today:
         environment["TEACHLAB_TODAY"] = settings.today
@@ -69,7 +85,35 @@ def gpu_service(settings: HubSettings, scopes: dict[str, dict]) -> dict:
         "url": f"http://127.0.0.1:{settings.gpu_service_port}",
         "command": [sys.executable, "-m", "spawner.services.gpu"],
         "oauth_no_confirm": True,
-        "oauth_client_allowed_scopes": sorted(scopes),
+        "oauth_client_allowed_scopes": allowed_scopes,
+        "environment": environment,
+    }
+
+
+def courses_service(settings: HubSettings, allowed_scopes: list[str], build_environment: Mapping[str, str]) -> dict:
+    """teachlab-courses (spawner/services/courses.py) as a hub-managed service: instructors' publish and class
+    pages and the confined builder. It gets the hub's image-build settings, so its builds use the same mirrors,
+    trust and image namespace as the CLI's, and the lab's names and labels for the mirror proxy it runs."""
+    environment = {
+        **build_environment,
+        STATE_DIR_VARIABLE: str(settings.state_dir),
+        "TEACHLAB_CATALOG": str(settings.catalog_path),
+        "TEACHLAB_GPU_LEDGER_URL": settings.ledger_url,
+        "TEACHLAB_LAB_ID": settings.lab_id,
+        "TEACHLAB_NAME_PREFIX": settings.name_prefix,
+        "TEACHLAB_EXTRA_LABELS": json.dumps(dict(settings.extra_labels)),
+        "TEACHLAB_PUBLIC_URL": settings.public_url,
+        "TEACHLAB_PER_SERVER_ORIGINS": "true" if settings.per_server_origins else "false",
+        PAGE_LINKS_VARIABLE: page_links(settings, Scopes.COURSES_SERVICE, Scopes.GPU_SERVICE, Scopes.SSH_SERVICE),
+    }
+    if settings.today:
+        environment["TEACHLAB_TODAY"] = settings.today
+    return {
+        "name": Scopes.COURSES_SERVICE,
+        "url": f"http://127.0.0.1:{settings.courses_service_port}",
+        "command": [sys.executable, "-m", "spawner.services.courses"],
+        "oauth_no_confirm": True,
+        "oauth_client_allowed_scopes": allowed_scopes,
         "environment": environment,
     }
 
@@ -157,6 +201,7 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
         "courses": course_rows(cache, layout.courses, today),
         "notices": notices_for,
         "ssh_keys_url": settings.service_url(Scopes.SSH_SERVICE),
+        "course_pages_url": settings.service_url(Scopes.COURSES_SERVICE),
     }
 
     c.JupyterHub.spawner_class = "teachlab"
@@ -239,11 +284,13 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
         with_cli=settings.cli_token is not None,
         with_metrics=settings.metrics_token is not None,
     )
+    clients = oauth_client_scopes(catalog)
     c.JupyterHub.services = [
         idle_culler_service(settings),
-        gpu_service(settings, scopes),
+        gpu_service(settings, clients[Scopes.GPU_SERVICE]),
         ssh_service(settings),
         warmer_service(settings),
+        courses_service(settings, clients[Scopes.COURSES_SERVICE], host.build_environment()),
     ]
     if settings.cli_token:
         c.JupyterHub.services.append({"name": CLI_SERVICE, "api_token": settings.cli_token})

@@ -4,7 +4,7 @@ Every time the live catalog is re-read (``CatalogCache``, every few seconds), th
 roles in the hub's database are made equal to what ``spawner.hub.roles`` derives from the catalog and the
 hub's current groups: an instructor added to course.yaml gains their students' servers, one removed loses
 them, a student who left the course's group is taken out of its instructors' scopes, and a new course gets
-its custom scope and roles. It runs on the hub's event loop (the database session is not thread-safe).
+its custom scopes and roles (its publish right and class page included). It runs on the hub's event loop (the database session is not thread-safe).
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import logging
 from typing import Any
 
 from ..catalog import Catalog
-from ..core.contract import Scopes
-from .roles import custom_scopes, gpu_usage_roles, instructor_roles
+from .roles import course_staff_roles, custom_scopes, gpu_usage_roles, instructor_roles, oauth_client_scopes
 
 log = logging.getLogger("teachlab")
-MANAGED_PREFIXES = ("instructor-", "gpu-usage-")
+MANAGED_PREFIXES = ("instructor-", "gpu-usage-", "course-staff-")
 
 
 def group_members(db: Any) -> dict[str, set[str]]:
@@ -80,7 +79,7 @@ def sync_roles(db: Any, catalog: Catalog) -> list[str]:
 
     _define_new_custom_scopes(catalog)
     changes = _listed_students(db, catalog)
-    wanted = instructor_roles(catalog, group_members(db)) + gpu_usage_roles(catalog)
+    wanted = instructor_roles(catalog, group_members(db)) + gpu_usage_roles(catalog) + course_staff_roles(catalog)
     for spec in wanted:
         role = orm.Role.find(db, spec["name"])
         if role is None:
@@ -98,10 +97,11 @@ def sync_roles(db: Any, catalog: Catalog) -> list[str]:
             for kind in ("users", "groups"):
                 _members(db, role, [], kind)
             changes.append(f"role {role.name} emptied: its course left the catalog")
-    client = db.query(orm.OAuthClient).filter_by(identifier=f"service-{Scopes.GPU_SERVICE}").one_or_none()
-    if client is not None and set(client.allowed_scopes or []) != set(custom_scopes(catalog)):
-        client.allowed_scopes = sorted(custom_scopes(catalog))
-        changes.append(f"{Scopes.GPU_SERVICE} may now request {len(client.allowed_scopes)} scopes")
+    for service, allowed in oauth_client_scopes(catalog).items():
+        client = db.query(orm.OAuthClient).filter_by(identifier=f"service-{service}").one_or_none()
+        if client is not None and set(client.allowed_scopes or []) != set(allowed):
+            client.allowed_scopes = sorted(allowed)
+            changes.append(f"{service} may now request {len(client.allowed_scopes)} scopes")
     if changes:
         db.commit()
     return changes

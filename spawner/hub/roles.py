@@ -1,8 +1,10 @@
 """Every role and custom scope the hub grants, made in this one module.
 
 * Instructors of a course: list their students, open, start and stop exactly that course's server of
-  each student (``servers!server=<student>/<course>``), and read the course's GPU usage.
-* Admins (the provider's admin groups): manage GPUs through the ``teachlab-gpu`` service.
+  each student (``servers!server=<student>/<course>``), read the course's GPU usage, and publish its
+  environment and follow its class on the ``teachlab-courses`` pages (``custom:teachlab-courses:*:<course>``).
+* Admins (the provider's admin groups): manage GPUs through the ``teachlab-gpu`` service, and every
+  course's pages of ``teachlab-courses``.
 * Every user: their own things, and the GPU service's page for their own usage.
 * Services: the idle culler and the CLI get only the scopes they use.
 """
@@ -33,6 +35,11 @@ CLI_SCOPES = ["list:users", "read:users:name", "read:servers", "delete:servers",
 # The monitoring system's token (Prometheus scraping /hub/metrics): nothing but the metrics.
 METRICS_SERVICE = "teachlab-metrics"
 METRICS_SCOPES = ["read:metrics"]
+# teachlab-courses reads who is enrolled and whose server runs since when; it changes nothing with its own token.
+COURSES_SERVICE_SCOPES = ["list:users", "read:users:name", "read:users:groups", "read:users:activity", "read:servers"]
+# Its OAuth tokens may also carry the signed-in person's own ``servers`` scopes: a start or stop on the class
+# page is made with the instructor's token, so the hub checks it against the instructor's own role.
+COURSES_CLIENT_SERVER_SCOPES = ("servers",)
 
 
 def instructor_role_name(slug: str) -> str:
@@ -76,15 +83,69 @@ def instructor_roles(catalog: Catalog, group_members: Mapping[str, Iterable[str]
     ]
 
 
-def custom_scopes(catalog: Catalog) -> dict[str, dict]:
-    """The custom scopes the lab's services understand, for ``c.JupyterHub.custom_scopes``."""
-    scopes = {
-        Scopes.GPU_ADMIN: {"description": "Read all GPU holdings and usage, set GPU quotas, release GPUs."},
-        Scopes.WARM: {"description": "Start a course's students' servers ahead of a session (the class pre-warm)."},
-    }
+def gpu_custom_scopes(catalog: Catalog) -> dict[str, dict]:
+    """The custom scopes of ``teachlab-gpu``."""
+    scopes = {Scopes.GPU_ADMIN: {"description": "Read all GPU holdings and usage, set GPU quotas, release GPUs."}}
     for course in catalog.courses.values():
         scopes[Scopes.gpu_usage(course.slug)] = {"description": f"Read the GPU usage of {course.title} ({course.slug})."}
     return scopes
+
+
+def course_custom_scopes(catalog: Catalog) -> dict[str, dict]:
+    """The custom scopes of ``teachlab-courses``: each course's publish right and class page, and admins' all."""
+    scopes = {Scopes.COURSES_ADMIN: {"description": "Publish and roll back every course's environment, follow every class."}}
+    for course in catalog.courses.values():
+        scopes[Scopes.course_publish(course.slug)] = {
+            "description": f"Edit, publish and roll back the environment of {course.title} ({course.slug})."
+        }
+        scopes[Scopes.course_class(course.slug)] = {"description": f"Follow the class of {course.title} ({course.slug})."}
+    return scopes
+
+
+def custom_scopes(catalog: Catalog) -> dict[str, dict]:
+    """The custom scopes the lab's services understand, for ``c.JupyterHub.custom_scopes``."""
+    warm = {Scopes.WARM: {"description": "Start a course's students' servers ahead of a session (the class pre-warm)."}}
+    return {**gpu_custom_scopes(catalog), **course_custom_scopes(catalog), **warm}
+
+
+def oauth_client_scopes(catalog: Catalog) -> dict[str, list[str]]:
+    """Per service, the scopes its OAuth tokens may carry (``oauth_client_allowed_scopes``), kept current by
+    ``spawner.hub.role_sync`` as courses come and go."""
+    return {
+        Scopes.GPU_SERVICE: sorted(gpu_custom_scopes(catalog)),
+        Scopes.COURSES_SERVICE: sorted(course_custom_scopes(catalog)) + list(COURSES_CLIENT_SERVER_SCOPES),
+    }
+
+
+def course_staff_role_name(slug: str) -> str:
+    return f"course-staff-{slug}"
+
+
+def course_staff_roles(catalog: Catalog) -> list[dict]:
+    """Instructors of a course publish its environment and follow its class, and only theirs."""
+    access = f"access:services!service={Scopes.COURSES_SERVICE}"
+    return [
+        {
+            "name": course_staff_role_name(course.slug),
+            "description": f"Instructors of {course.slug}: publish its environment, follow its class",
+            "scopes": [Scopes.course_publish(course.slug), Scopes.course_class(course.slug), access],
+            "users": list(course.instructors.users),
+            "groups": list(course.instructors.groups),
+        }
+        for course in sorted(catalog.courses.values(), key=lambda c: c.slug)
+        if course.instructors.users or course.instructors.groups
+    ]
+
+
+def course_roles(catalog: Catalog, admin_groups: Iterable[str]) -> list[dict]:
+    """Admins reach every course's pages; each course's instructors reach theirs."""
+    admins = {
+        "name": "course-admins",
+        "description": "Publish and roll back every course's environment, follow every class",
+        "scopes": [Scopes.COURSES_ADMIN, f"access:services!service={Scopes.COURSES_SERVICE}"],
+        "groups": list(admin_groups),
+    }
+    return [admins, *course_staff_roles(catalog)]
 
 
 def gpu_usage_roles(catalog: Catalog) -> list[dict]:
@@ -132,12 +193,13 @@ def class_admin_roles(admin_groups: Iterable[str]) -> list[dict]:
 
 
 def service_roles(*, with_cli: bool, with_metrics: bool = False) -> list[dict]:
-    """The idle culler's, the SSH gateway's and the warmer's roles; the CLI's and the monitoring token's when the
-    lab has those tokens."""
+    """The idle culler's, the SSH gateway's, the warmer's and teachlab-courses' roles; the CLI's and the monitoring
+    token's when the lab has those tokens."""
     roles = [
         {"name": IDLE_CULLER, "scopes": IDLE_CULLER_SCOPES, "services": [IDLE_CULLER]},
         {"name": Scopes.SSH_SERVICE, "scopes": SSH_GATEWAY_SCOPES, "services": [Scopes.SSH_SERVICE]},
         {"name": Scopes.WARMER_SERVICE, "scopes": WARMER_SCOPES, "services": [Scopes.WARMER_SERVICE]},
+        {"name": Scopes.COURSES_SERVICE, "scopes": COURSES_SERVICE_SCOPES, "services": [Scopes.COURSES_SERVICE]},
     ]
     if with_cli:
         roles.append(
@@ -173,6 +235,7 @@ def all_roles(
         instructor_roles(catalog, group_members)
         + gpu_roles(catalog, admin_groups)
         + class_admin_roles(admin_groups)
+        + course_roles(catalog, admin_groups)
         + service_roles(with_cli=with_cli, with_metrics=with_metrics)
     )
 

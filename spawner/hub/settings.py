@@ -183,6 +183,12 @@ class HubSettings:
     gpu_service_port: int = setting(
         "TEACHLAB_GPU_SERVICE_PORT", 8083, "Port of the `teachlab-gpu` service on 127.0.0.1.", parse=int
     )
+    courses_service_port: int = setting(
+        "TEACHLAB_COURSES_SERVICE_PORT",
+        8086,
+        "Port of the `teachlab-courses` service on 127.0.0.1 (instructors' publish and class pages).",
+        parse=int,
+    )
     per_server_origins: bool = setting(
         "TEACHLAB_PER_SERVER_ORIGINS",
         True,

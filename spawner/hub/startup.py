@@ -1,8 +1,8 @@
 """What a hub start needs from its machine, and the checks that stop a broken start.
 
 ``HubHost`` is the hub's view of the outside world at start: the Docker engine (students' network,
-GPU reconciliation), the login provider (discovery), the hub database (group members) and the GPU
-inventory. Each method stops the hub with one line per problem, never a traceback, when what it
+GPU reconciliation), the login provider (discovery), the hub database (group members), the GPU
+inventory and the image-build settings of its own environment. Each method stops the hub with one line per problem, never a traceback, when what it
 needs is broken. ``spawner.hub.config.apply`` takes a host, so its unit tests pass a stand-in.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import sys
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -22,6 +23,7 @@ from ..core.problems import ProblemsError, TeachlabError
 from ..engine import DockerUnavailable, connect
 from ..gpu.cache import InventorySetting, inventory_for, parse_inventory_setting
 from ..gpu.ledger import ReconcileReport
+from ..images.settings import BUILD_VARIABLES
 from ..node import firewall
 from ..node.firewall import FirewallError, StudentNetwork, free_subnet, split_subnet
 
@@ -51,6 +53,11 @@ def load_catalog_or_stop(path: Path) -> Catalog:
 
 class HubHost:
     """The real machine: Docker, the provider's discovery document, the hub's database, NVML."""
+
+    def build_environment(self) -> dict[str, str]:
+        """The image-build settings the hub was started with (mirrors, trust, image namespace, limits): the
+        teachlab-courses service builds with the same ones."""
+        return {name: os.environ[name] for name in BUILD_VARIABLES if os.environ.get(name)}
 
     def student_network(self, name: str, labels: Mapping[str, str], hub_port: int) -> StudentNetwork:
         """Create (once) the bridge network of student containers and install its egress policy.

@@ -28,6 +28,7 @@ from ..core.problems import TeachlabError
 from ..core.progress import Progress
 from ..engine import connect
 from ..engine.build import BuildFailed, build_image, summarize_build_failure, tar_context
+from .confinement import BuildConfinement
 from .contents import JUPYTER_PACKAGES
 from .locks import pip_lock_versions, server_lock_from_report
 from .plan import (
@@ -60,10 +61,31 @@ class CandidateImage:
 
 
 class ImageBuilder:
-    def __init__(self, settings: BuildSettings, progress: Progress | None = None, client: docker.DockerClient | None = None):
+    """Builds the three layers. With a ``confinement``, course environments build on the mirror proxy's
+    network within its limits (instructors' builds through the ``teachlab-courses`` service)."""
+
+    def __init__(
+        self,
+        settings: BuildSettings,
+        progress: Progress | None = None,
+        client: docker.DockerClient | None = None,
+        confinement: BuildConfinement | None = None,
+    ):
         self.settings = settings
         self.progress = progress or Progress(quiet=True)
         self.client = client or connect()
+        self.confinement = confinement
+
+    def course_build_options(self) -> dict:
+        """How a course environment's ``RUN`` steps run: confined, or on the engine's default network."""
+        if self.confinement is None:
+            return {}
+        return {
+            "network_mode": self.confinement.network,
+            "build_arguments": self.confinement.build_arguments(),
+            "container_limits": self.confinement.limits.container_limits(),
+            "time_limit_seconds": self.confinement.limits.seconds,
+        }
 
     def pip_settings(self) -> PipSettings:
         ca = self.settings.ca_bundle.read_bytes() if self.settings.ca_bundle else None
@@ -314,6 +336,7 @@ class ImageBuilder:
                     log_path=self._log_path(f"course-{course.slug}"),
                     on_line=step.detail,
                     no_cache=lock is not None,
+                    **self.course_build_options(),
                 )
             except BuildFailed as failure:
                 raise BuildFailed(f"{course.slug}: the environment did not build: {failure.cause}", failure.log_path) from None

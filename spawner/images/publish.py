@@ -1,19 +1,22 @@
 """Publishing course environments: build, smoke-test, scan, version, make current, roll back, audit.
 
-A library API (``publish_course``, ``rollback_course``, ``audit_version``) used by the CLI and usable by
-a service. A failure at any step (a blocking scan finding included) leaves the registry as it was: the
-previous version stays current. Each version records its three locks, what its image contains, its
-scan and its SBOM (``spawner.images.registry.VERSION_FILES``).
+A library API (``publish_course``, ``rollback_course``, ``audit_version``) used by the CLI and the
+``teachlab-courses`` service. A failure at any step (a blocking scan finding included) leaves the registry
+as it was: the previous version stays current. Each version records its three locks, what its image
+contains, its scan, its SBOM and the environment.yml it was built from
+(``spawner.images.registry.VERSION_FILES``); every publish and rollback is kept in the course's history
+(who, when, from which version to which, how it ended).
 """
 
 from __future__ import annotations
 
+import getpass
 import io
 import json
 import tarfile
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -21,21 +24,21 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from ..catalog import Course
+from ..catalog import ENVIRONMENT_FILE, Course
 from ..core.contract import IMAGE, Labels
 from ..core.naming import version_number
 from ..core.problems import TeachlabError
 from ..core.progress import Progress
 from ..engine import connect
 from .advisories import load_advisories
-from .build import CandidateImage, ImageBuilder
+from .build import BuildConfinement, CandidateImage, ImageBuilder
 from .contents import ImageContents, cuda_runtime, image_labels
 from .evidence import read_contents, scan_debian_with_trivy, trivy_database_present, write_sbom
 from .locks import CONDA_PIP_SEPARATOR
-from .registry import CourseRecord, CourseVersion, VersionRegistry
-from .scan import Acceptance, AcceptanceStore, blocking_findings, new_findings, scan_image
+from .registry import CourseRecord, CourseVersion, HistoryEntry, VersionRegistry
+from .scan import Acceptance, AcceptanceStore, blocking_findings, new_findings, scan_image, scan_summary
 from .settings import BuildSettings
-from .smoke import run_smoke_test
+from .smoke import SmokeReport, run_smoke_test
 
 LOCK_PATHS = {"venv": (IMAGE.pip_lock,), "conda": (IMAGE.conda_lock, IMAGE.pip_lock)}
 
@@ -48,6 +51,24 @@ class PublishResult:
     environment_hash: str
     outcome: str  # "published", "unchanged" (already current) or "restored" (an earlier identical version made current)
     seconds: float
+    previous: str | None = None  # the version that was current before
+    smoke: SmokeReport | None = None  # None when an existing version was reused
+
+
+def login_name() -> str:
+    """Who runs a CLI command: the admin behind sudo if any."""
+    import os
+
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:500]
 
 
 def _read_file(client: docker.DockerClient, image_id: str, path: str, labels: dict[str, str]) -> str:
@@ -132,79 +153,156 @@ def publish_course(
     from_lock: str | None = None,
     accept: Sequence[Acceptance] = (),
     today: date | None = None,
+    actor: str | None = None,
+    confinement: BuildConfinement | None = None,
+    on_wait: Callable[[], None] | None = None,
 ) -> PublishResult:
     """Build, smoke-test, scan and make current a new version of ``course``; reuse an identical version.
 
     ``accept`` records admins' acceptances of advisories in the server environment (used by this and
-    later publishes until they expire)."""
+    later publishes until they expire). ``actor`` is who publishes (the history and the version record
+    it); ``confinement`` runs the course build on the mirror proxy's network with limits (the service's
+    builds of instructors' environments); ``on_wait`` is called when another publish of the course runs."""
     started = time.monotonic()
     progress = progress or Progress(quiet=True)
     client = client or connect()
     today = today or date.today()
-    builder = ImageBuilder(settings, progress, client)
+    actor = actor or login_name()
+    builder = ImageBuilder(settings, progress, client, confinement=confinement)
     registry = VersionRegistry(settings.registry_dir)
     database = load_advisories(settings.advisory_db) if settings.advisory_db else None
     store = AcceptanceStore(settings.layout.acceptances)
-    with registry.exclusive(course.slug):
-        if from_lock:
-            candidate = build_from_locks(builder, course, read_version_locks(registry, course.slug, from_lock))
+    with registry.exclusive(course.slug, on_wait=on_wait):
+        previous = registry.read(course.slug).current
+        try:
+            return _publish_locked(
+                course,
+                builder=builder,
+                registry=registry,
+                database=database,
+                store=store,
+                progress=progress,
+                client=client,
+                from_lock=from_lock,
+                accept=accept,
+                today=today,
+                actor=actor,
+                started=started,
+            )
+        except Exception as error:
+            registry.record_event(
+                course.slug, HistoryEntry(_now(), actor, "publish", previous, None, "failed", _first_line(error))
+            )
+            raise
+
+
+def _publish_locked(
+    course: Course,
+    *,
+    builder: ImageBuilder,
+    registry: VersionRegistry,
+    database,
+    store: AcceptanceStore,
+    progress: Progress,
+    client: docker.DockerClient,
+    from_lock: str | None,
+    accept: Sequence[Acceptance],
+    today: date,
+    actor: str,
+    started: float,
+) -> PublishResult:
+    """``publish_course`` while it holds the course's lock."""
+    settings = builder.settings
+    if from_lock:
+        candidate = build_from_locks(builder, course, read_version_locks(registry, course.slug, from_lock))
+    else:
+        candidate = builder.build_course(course)
+    record = registry.read(course.slug)
+    same = record.with_environment_hash(candidate.environment_hash)
+    if same and _image_present(client, same.image_id):
+        outcome = "unchanged" if record.current == same.version else "restored"
+        event = HistoryEntry(_now(), actor, "publish", record.current, same.version, outcome)
+        if outcome == "restored":
+            registry.make_current(course.slug, same.version, event)
         else:
-            candidate = builder.build_course(course)
-        record = registry.read(course.slug)
-        same = record.with_environment_hash(candidate.environment_hash)
-        if same and _image_present(client, same.image_id):
-            outcome = "unchanged" if record.current == same.version else "restored"
-            if outcome == "restored":
-                registry.make_current(course.slug, same.version)
-            return PublishResult(
-                course.slug, same.version, same.image, same.environment_hash, outcome, time.monotonic() - started
-            )
-        with progress.step(f"smoke test {course.slug}: run code in the default kernel"):
-            run_smoke_test(
-                client,
-                image=candidate.image_id,
-                course=course,
-                distributions=candidate.top_level_distributions,
-                labels={**settings.labels, Labels.SMOKE_TEST: course.slug},
-            )
-        helper_labels = {**settings.labels, Labels.LOCK_READER: course.slug}
-        with progress.step(f"scan {course.slug}: both Python environments and the Debian packages"):
-            contents = read_contents(client, candidate.image_id, helper_labels)
-            debian = scan_debian_with_trivy(candidate.image_id, settings.trivy_cache_dir)
-            scan = scan_image(contents, database, acceptances=[*store.read(), *accept], today=today, debian=debian)
-        blocked = blocking_findings(scan)
-        if blocked:
-            raise ScanBlocked(_blocked_message(course.slug, blocked, scan))
-        if accept:
-            store.add(accept)
-        version = record.next_version()
-        reference, image_id = builder.tag_version(candidate, version, image_labels(contents))
-        files: dict[str, str | bytes] = {
-            "server": _read_file(client, image_id, IMAGE.server_lock, helper_labels),
-            "debian": contents.debian_lock(),
-            "contents": json.dumps(contents.as_dict(), indent=1),
-        }
-        with progress.step(f"SBOM of {course.slug} {version} (CycloneDX)"), tempfile.TemporaryDirectory() as folder:
-            sbom = Path(folder) / "sbom.cdx.json"
-            write_sbom(image_id, sbom)
-            files["sbom"] = sbom.read_bytes()
-        entry = CourseVersion(
-            version=version,
-            image=reference,
-            image_id=image_id,
-            environment_hash=candidate.environment_hash,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            size_bytes=int(client.images.get(image_id).attrs.get("Size", 0)),
-            base_image=candidate.base_image,
-            flavor=candidate.flavor.name,
-            kernel_python=contents.kernel_python,
-            server_python=contents.server_python,
-            jupyter_server=contents.server_packages.get("jupyter-server"),
-            cuda_runtime=cuda_runtime(contents),
-            scan=scan,
+            registry.record_event(course.slug, event)
+        return PublishResult(
+            course.slug,
+            same.version,
+            same.image,
+            same.environment_hash,
+            outcome,
+            time.monotonic() - started,
+            previous=record.current,
         )
-        registry.add_current(course.slug, entry, read_lock(client, candidate, helper_labels), files)
-    return PublishResult(course.slug, version, reference, candidate.environment_hash, "published", time.monotonic() - started)
+    with progress.step(f"smoke test {course.slug}: run code in the default kernel"):
+        smoke = run_smoke_test(
+            client,
+            image=candidate.image_id,
+            course=course,
+            distributions=candidate.top_level_distributions,
+            labels={**settings.labels, Labels.SMOKE_TEST: course.slug},
+        )
+    progress.info(
+        f"smoke test passed: Python {smoke.python} in the kernel '{smoke.default_kernel_title}', "
+        f"{len(smoke.imports)} package(s) import"
+    )
+    helper_labels = {**settings.labels, Labels.LOCK_READER: course.slug}
+    with progress.step(f"scan {course.slug}: both Python environments and the Debian packages"):
+        contents = read_contents(client, candidate.image_id, helper_labels)
+        debian = scan_debian_with_trivy(candidate.image_id, settings.trivy_cache_dir)
+        scan = scan_image(contents, database, acceptances=[*store.read(), *accept], today=today, debian=debian)
+    progress.info(f"scan: {scan_summary(scan)}")
+    blocked = blocking_findings(scan)
+    if blocked:
+        raise ScanBlocked(_blocked_message(course.slug, blocked, scan))
+    if accept:
+        store.add(accept)
+    version = record.next_version()
+    reference, image_id = builder.tag_version(candidate, version, image_labels(contents))
+    files: dict[str, str | bytes] = {
+        "server": _read_file(client, image_id, IMAGE.server_lock, helper_labels),
+        "debian": contents.debian_lock(),
+        "contents": json.dumps(contents.as_dict(), indent=1),
+        "environment": (course.folder / ENVIRONMENT_FILE).read_text(),
+    }
+    with progress.step(f"SBOM of {course.slug} {version} (CycloneDX)"), tempfile.TemporaryDirectory() as folder:
+        sbom = Path(folder) / "sbom.cdx.json"
+        write_sbom(image_id, sbom)
+        files["sbom"] = sbom.read_bytes()
+    entry = CourseVersion(
+        version=version,
+        image=reference,
+        image_id=image_id,
+        environment_hash=candidate.environment_hash,
+        created=_now(),
+        size_bytes=int(client.images.get(image_id).attrs.get("Size", 0)),
+        base_image=candidate.base_image,
+        flavor=candidate.flavor.name,
+        kernel_python=contents.kernel_python,
+        server_python=contents.server_python,
+        jupyter_server=contents.server_packages.get("jupyter-server"),
+        cuda_runtime=cuda_runtime(contents),
+        scan=scan,
+        published_by=actor,
+    )
+    registry.add_current(
+        course.slug,
+        entry,
+        read_lock(client, candidate, helper_labels),
+        files,
+        HistoryEntry(_now(), actor, "publish", record.current, version, "published"),
+    )
+    return PublishResult(
+        course.slug,
+        version,
+        reference,
+        candidate.environment_hash,
+        "published",
+        time.monotonic() - started,
+        previous=record.current,
+        smoke=smoke,
+    )
 
 
 def audit_version(
@@ -245,9 +343,14 @@ def audit_version(
 
 
 def rollback_course(
-    slug: str, *, settings: BuildSettings, to_version: str | None = None, client: docker.DockerClient | None = None
+    slug: str,
+    *,
+    settings: BuildSettings,
+    to_version: str | None = None,
+    client: docker.DockerClient | None = None,
+    actor: str | None = None,
 ) -> CourseRecord:
-    """Make an earlier version current again (default: the one before the current)."""
+    """Make an earlier version current again (default: the one before the current); the history records who."""
     registry = VersionRegistry(settings.registry_dir)
     client = client or connect()
     with registry.exclusive(slug):
@@ -271,4 +374,5 @@ def rollback_course(
                 f"the image of {slug} {target.version} is gone from this engine "
                 f"(rebuild it: teachlab course publish {slug} --from-lock {target.version})"
             )
-        return registry.make_current(slug, target.version)
+        event = HistoryEntry(_now(), actor or login_name(), "rollback", record.current, target.version, "rolled back")
+        return registry.make_current(slug, target.version, event)

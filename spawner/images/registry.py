@@ -3,7 +3,8 @@
 One JSON file per course under ``<state>/courses/``. Writers hold an exclusive lock on the course and
 replace the file atomically (write, fsync, rename), so the hub, which reads it at every spawn, sees
 the old current version or the new one and never a half-written file. Locks of installed packages
-sit beside it, one file per version.
+sit beside it, one file per version. Every publish and rollback (who, when, from which version to which,
+how it ended) is kept in the same file, written in the same replace as the change it records.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -39,6 +40,20 @@ class CourseVersion:
     scan: dict | None = None  # spawner.images.scan.scan_image's record, plus later audits under "audits"
     sbom: str | None = None  # path of the CycloneDX SBOM beside the locks
     locks: dict | None = None  # layer -> path: course, server, debian
+    published_by: str | None = None  # who published it (the hub user, or the admin's login for the CLI)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One publish or rollback of a course, kept for the audit: who, when, from which version to which."""
+
+    at: str  # ISO 8601, UTC
+    actor: str
+    action: str  # "publish" or "rollback"
+    from_version: str | None
+    to_version: str | None  # None when a publish failed
+    outcome: str  # "published", "unchanged", "restored", "rolled back" or "failed"
+    detail: str = ""  # why a publish failed (its first line)
 
 
 # Files recorded beside each version, under ``<slug>/``: layer locks, what the image contains, its SBOM.
@@ -48,6 +63,7 @@ VERSION_FILES = {
     "debian": "{version}.debian-lock.txt",
     "contents": "{version}.contents.json",
     "sbom": "{version}.sbom.cdx.json",
+    "environment": "{version}.environment.yml",  # the environment.yml it was built from (a rollback restores it)
 }
 
 
@@ -56,6 +72,7 @@ class CourseRecord:
     slug: str
     current: str | None
     versions: tuple[CourseVersion, ...]
+    history: tuple[HistoryEntry, ...] = ()
 
     def version(self, tag: str) -> CourseVersion:
         for entry in self.versions:
@@ -96,7 +113,12 @@ class VersionRegistry:
             data = json.loads(self._path(slug).read_text())
         except FileNotFoundError:
             return CourseRecord(slug, None, ())
-        return CourseRecord(slug, data["current"], tuple(CourseVersion(**v) for v in data["versions"]))
+        return CourseRecord(
+            slug,
+            data["current"],
+            tuple(CourseVersion(**v) for v in data["versions"]),
+            tuple(HistoryEntry(**entry) for entry in data.get("history", ())),
+        )
 
     def current_image(self, slug: str) -> CourseVersion | None:
         return self.read(slug).current_version
@@ -112,18 +134,29 @@ class VersionRegistry:
         return self.version_file(slug, version, kind).is_file()
 
     @contextmanager
-    def exclusive(self, slug: str) -> Iterator[None]:
-        """Serialize publishers of one course (across processes); readers never wait."""
+    def exclusive(self, slug: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Serialize publishers of one course (across processes); readers never wait. ``on_wait`` is called
+        once when another publisher holds the course, before waiting for it."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / f".{slug}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _write(self, record: CourseRecord) -> None:
-        payload = {"course": record.slug, "current": record.current, "versions": [asdict(v) for v in record.versions]}
+        payload = {
+            "course": record.slug,
+            "current": record.current,
+            "versions": [asdict(v) for v in record.versions],
+            "history": [asdict(entry) for entry in record.history],
+        }
         self.root.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=self.root, prefix=f".{record.slug}.", suffix=".json")
         try:
@@ -137,7 +170,12 @@ class VersionRegistry:
             raise
 
     def add_current(
-        self, slug: str, version: CourseVersion, lock_text: str, files: Mapping[str, str | bytes] | None = None
+        self,
+        slug: str,
+        version: CourseVersion,
+        lock_text: str,
+        files: Mapping[str, str | bytes] | None = None,
+        event: HistoryEntry | None = None,
     ) -> CourseRecord:
         """Write the version's lock and its other files (``VERSION_FILES`` kinds), then record the version
         and make it current in one atomic replace (files without a registry entry are harmless; the
@@ -157,7 +195,9 @@ class VersionRegistry:
             sbom=paths.get("sbom"),
         )
         record = self.read(slug)
-        updated = replace(record, current=version.version, versions=record.versions + (version,))
+        updated = replace(
+            record, current=version.version, versions=record.versions + (version,), history=_appended(record, event)
+        )
         self._write(updated)
         return updated
 
@@ -172,9 +212,20 @@ class VersionRegistry:
         self._write(updated)
         return updated
 
-    def make_current(self, slug: str, version: str) -> CourseRecord:
+    def make_current(self, slug: str, version: str, event: HistoryEntry | None = None) -> CourseRecord:
         record = self.read(slug)
         record.version(version)
-        updated = replace(record, current=version)
+        updated = replace(record, current=version, history=_appended(record, event))
         self._write(updated)
         return updated
+
+    def record_event(self, slug: str, event: HistoryEntry) -> CourseRecord:
+        """Keep a publish or rollback that changed nothing (unchanged, failed) in the course's history."""
+        record = self.read(slug)
+        updated = replace(record, history=_appended(record, event))
+        self._write(updated)
+        return updated
+
+
+def _appended(record: CourseRecord, event: HistoryEntry | None) -> tuple[HistoryEntry, ...]:
+    return record.history if event is None else (*record.history, event)

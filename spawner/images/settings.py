@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.contract import REPO_ROOT, StateLayout, default_state_dir
+from ..core.contract import REPO_ROOT, STATE_DIR_VARIABLE, StateLayout, default_state_dir
+from ..core.units import parse_memory
 
 
 def _host_pip_config(environ: Mapping[str, str]) -> dict[str, str]:
@@ -58,6 +59,11 @@ class BuildSettings:
     advisory_db: Path | None = None
     trivy_cache_dir: Path | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    # Confined builds (the teachlab-courses service's builds of instructors' environments):
+    build_allowed_hosts: tuple[str, ...] = ()
+    build_memory_bytes: int = 4 * 2**30
+    build_cpu_shares: int = 512
+    build_time_limit_seconds: int = 1800
 
     @property
     def layout(self) -> StateLayout:
@@ -80,7 +86,9 @@ class BuildSettings:
         TEACHLAB_CONDA_CHANNELS (space separated), TEACHLAB_CONDA_CHANNEL_ALIAS, TEACHLAB_MINICONDA_MIRROR,
         TEACHLAB_DEBIAN_MIRROR (for debootstrap; its default mirror when unset),
         TEACHLAB_ADVISORY_DB (folder of OSV advisory records; unset: images are "not scanned"),
-        TEACHLAB_TRIVY_CACHE_DIR (Trivy's cache folder holding db/trivy.db; unset: Debian packages are "not scanned").
+        TEACHLAB_TRIVY_CACHE_DIR (Trivy's cache folder holding db/trivy.db; unset: Debian packages are "not scanned"),
+        TEACHLAB_BUILD_ALLOWED_HOSTS (space separated: hosts a confined build may reach beside the mirrors' own),
+        TEACHLAB_BUILD_MEMORY (bytes, or e.g. 4G), TEACHLAB_BUILD_CPU_SHARES, TEACHLAB_BUILD_TIME_LIMIT (seconds).
         """
         env = os.environ if environ is None else environ
         pip = _host_pip_config(env)
@@ -100,6 +108,40 @@ class BuildSettings:
             debian_mirror=env.get("TEACHLAB_DEBIAN_MIRROR") or None,
             advisory_db=Path(env["TEACHLAB_ADVISORY_DB"]) if env.get("TEACHLAB_ADVISORY_DB") else None,
             trivy_cache_dir=Path(env["TEACHLAB_TRIVY_CACHE_DIR"]) if env.get("TEACHLAB_TRIVY_CACHE_DIR") else None,
+            build_allowed_hosts=tuple(env.get("TEACHLAB_BUILD_ALLOWED_HOSTS", "").split()),
         )
+        if env.get("TEACHLAB_BUILD_MEMORY"):
+            memory = env["TEACHLAB_BUILD_MEMORY"]
+            values["build_memory_bytes"] = int(memory) if memory.isdigit() else parse_memory(memory)
+        if env.get("TEACHLAB_BUILD_CPU_SHARES"):
+            values["build_cpu_shares"] = int(env["TEACHLAB_BUILD_CPU_SHARES"])
+        if env.get("TEACHLAB_BUILD_TIME_LIMIT"):
+            values["build_time_limit_seconds"] = int(env["TEACHLAB_BUILD_TIME_LIMIT"])
         values.update(overrides)
         return cls(**values)
+
+
+# Every variable ``BuildSettings.from_environment`` reads (besides the host's pip files): the hub hands them
+# to the teachlab-courses service, whose builds must use the same mirrors, trust and image namespace.
+BUILD_VARIABLES = (
+    STATE_DIR_VARIABLE,
+    "TEACHLAB_IMAGE_NAMESPACE",
+    "TEACHLAB_PIP_INDEX_URL",
+    "TEACHLAB_PIP_EXTRA_INDEX_URLS",
+    "TEACHLAB_CA_BUNDLE",
+    "TEACHLAB_CONDA_CHANNELS",
+    "TEACHLAB_CONDA_CHANNEL_ALIAS",
+    "TEACHLAB_MINICONDA_MIRROR",
+    "TEACHLAB_DEBIAN_MIRROR",
+    "TEACHLAB_ADVISORY_DB",
+    "TEACHLAB_TRIVY_CACHE_DIR",
+    "TEACHLAB_BUILD_ALLOWED_HOSTS",
+    "TEACHLAB_BUILD_MEMORY",
+    "TEACHLAB_BUILD_CPU_SHARES",
+    "TEACHLAB_BUILD_TIME_LIMIT",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_CERT",
+    "PIP_CONFIG_FILE",
+    "REQUESTS_CA_BUNDLE",
+)

@@ -3,16 +3,20 @@
 Who may do what is decided by JupyterHub scopes on the caller's token or OAuth session:
 ``custom:teachlab-gpu:admin`` (admins: read everything, set quotas, release devices),
 ``custom:teachlab-gpu:usage:<course>`` (instructors: their course's usage); every signed-in user reads
-their own usage. Started by the hub (``python -m spawner.gpu_service``) with the JUPYTERHUB_* variables.
+their own usage. Admins set quotas in the page's forms too (XSRF-protected, audited like the CLI's
+changes) and see charts of GPU-hours per course over the term and of GPUs held over the last day (uPlot,
+served from ``static/``). Pages use the hub's ``page.html``. Started by the hub
+(``python -m spawner.services.gpu``) with the JUPYTERHUB_* variables.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -28,9 +32,17 @@ from ..core.blocking import LEDGER, run_blocking
 from ..core.contract import Scopes
 from ..gpu import GpuDevice, GpuLedger, QuotaError, term_window
 from ..gpu.cache import inventory_for, ledger_for, parse_inventory_setting
+from ..gpu.charts import Span, held_over_time, term_usage
+from .hubpage import STATIC_DIR, HubLinks, page_templates, page_variables, text
 
 ADMIN_SCOPE = Scopes.GPU_ADMIN
 usage_scope = Scopes.gpu_usage
+# sha256 of the vendored chart library (static/uplot/README.md says where it comes from).
+VENDORED = {
+    "uplot/uPlot.iife.min.js": "19c8d4c6ad88929a79f4ae49d6f7161566dfd0ba3d15cc495e974f787eb78f1f",
+    "uplot/uPlot.min.css": "df630c6a8d6f8eeaff264b50f73ce5b114f646ffd9a0bb74f049b0a00135fa04",
+}
+USERNAME_MAX_LENGTH = 255
 
 
 def _json_default(value: Any) -> Any:
@@ -70,6 +82,25 @@ class GpuHandler(HubOAuthenticated, web.RequestHandler):
         message = error.log_message if isinstance(error, web.HTTPError) and error.log_message else self._reason
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": status_code, "message": message}))
+
+    def render_page(self, template: str, *, title: str, status: int = 200, **values: Any) -> None:
+        """A page in the hub's frame (``page.html``)."""
+        templates: jinja2.Environment = self.settings["templates"]
+        html = templates.get_template(template).render(
+            **page_variables(user=self.current_user, links=self.settings["links"], xsrf_token=text(self.xsrf_token), title=title),
+            service_prefix=self.settings["service_prefix"],
+            **values,
+        )
+        self.set_status(status)
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(html)
+
+    async def chart_data(self, now: datetime) -> dict:
+        """The charts' series, from the intervals since the earliest GPU course's term began (or the last day)."""
+        earliest = min((course.term.start for course in self.catalog.courses.values() if course.gpu), default=now.date())
+        since = min(term_window(earliest, earliest)[0], now - timedelta(days=1))
+        intervals = await self.blocking(self.ledger.usage_intervals, since=since, until=now)
+        return chart_data(intervals, catalog=self.catalog, now=now)
 
     def known_course(self, course: str) -> None:
         if course not in self.catalog.courses:
@@ -215,27 +246,157 @@ class AuditHandler(GpuHandler):
         self.write_json([asdict(entry) for entry in await self.blocking(self.ledger.audit_log, limit=200)])
 
 
+def chart_data(intervals: list, *, catalog: Catalog, now: datetime) -> dict:
+    """The two charts' series: GPU-hours per GPU course over its term, GPUs held over the last day."""
+    spans = [Span(interval.course, interval.started_at, interval.ended_at) for interval in intervals]
+    gpu_courses = [course for course in catalog.courses.values() if course.gpu]
+    terms = {course.slug: (course.term.start, course.term.end) for course in gpu_courses}
+    return {
+        "term": term_usage(spans, terms=terms, now=now),
+        "held": held_over_time(spans, courses=sorted(terms), now=now),
+    }
+
+
 class PageHandler(GpuHandler):
-    """The admin page (holdings, quotas, usage) or, for everyone else, the student's own usage."""
+    """The admin page (holdings, charts, quota forms, usage, changes) or, for everyone else, their own usage."""
+
+    async def admin_page(self, *, message: str = "", error: bool = False, status: int = 200) -> None:
+        now = datetime.now(timezone.utc)
+        charts = await self.chart_data(now)
+        holdings = {h.device_uuid: h for h in await self.blocking(self.ledger.holdings)}
+        courses = sorted(self.catalog.courses.values(), key=lambda c: (not c.gpu, c.slug))
+        self.render_page(
+            "gpu_admin.html",
+            title="GPUs",
+            status=status,
+            message=message,
+            error=error,
+            devices=self.settings["devices"],
+            holdings=holdings,
+            courses=courses,
+            charts=charts,
+            quotas=await self.blocking(self.ledger.course_quotas),
+            overrides=await self.blocking(self.ledger.user_overrides),
+            usage=await self.blocking(self.ledger.usage_report),
+            audit=await self.blocking(self.ledger.audit_log, limit=20),
+        )
 
     @web.authenticated
     async def get(self):
-        templates: jinja2.Environment = self.settings["templates"]
         if self.has(ADMIN_SCOPE):
-            holdings = {h.device_uuid: h for h in await self.blocking(self.ledger.holdings)}
-            html = templates.get_template("gpu_admin.html").render(
-                user=self.current_user,
-                devices=self.settings["devices"],
-                holdings=holdings,
-                courses=await self.blocking(self.ledger.course_quotas),
-                overrides=await self.blocking(self.ledger.user_overrides),
-                usage=await self.blocking(self.ledger.usage_report),
-                audit=await self.blocking(self.ledger.audit_log, limit=20),
-            )
+            await self.admin_page()
         else:
-            html = templates.get_template("gpu_student.html").render(user=self.current_user, rows=await self.my_usage())
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(html)
+            self.render_page("gpu_student.html", title="Your GPU time", rows=await self.my_usage())
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        error = kwargs.get("exc_info", (None, None))[1]
+        message = error.log_message if isinstance(error, web.HTTPError) and error.log_message else self._reason
+        if self.current_user is None:
+            super(GpuHandler, self).write_error(status_code, **kwargs)
+            return
+        self.render_page(
+            "error.html",
+            title=self._reason,
+            status=status_code,
+            status_code=status_code,
+            reason=self._reason,
+            error_message=message,
+        )
+
+
+def _form_limit(name: str, text_value: str, *, whole: bool) -> int | float | None:
+    """A limit typed into a form: empty means none; otherwise a number >= 0 (whole for GPU counts)."""
+    value = text_value.strip()
+    if not value:
+        return None
+    try:
+        number = int(value) if whole else float(value)
+    except ValueError:
+        kind = "a whole number" if whole else "a number of hours"
+        raise QuotaError(
+            f"{name}: {value!r} is not {kind} (write e.g. {'2' if whole else '20 or 7.5'}, or leave it empty for no limit)"
+        )
+    if not math.isfinite(number) or number < 0:
+        raise QuotaError(f"{name}: {value!r} must be 0 or more (leave it empty for no limit)")
+    return number
+
+
+class QuotaFormHandler(PageHandler):
+    """The admin page's quota forms: validated, audited with the admin's name, answered with the page."""
+
+    async def save(self, change: Callable[[], Any], done: str) -> None:
+        try:
+            await self.blocking(change)
+        except QuotaError as exc:
+            await self.admin_page(message=f"Nothing was changed: {exc}", error=True, status=400)
+            return
+        await self.admin_page(message=done)
+
+    def course_argument(self) -> str:
+        course = self.get_body_argument("course", "").strip()
+        self.known_course(course)
+        return course
+
+
+class CourseQuotaForm(QuotaFormHandler):
+    @web.authenticated
+    async def post(self):
+        self.require(ADMIN_SCOPE)
+        course = self.course_argument()
+        try:
+            max_concurrent = _form_limit("GPUs at once", self.get_body_argument("max_concurrent_gpus", ""), whole=True)
+            hours = _form_limit("GPU-hours per student", self.get_body_argument("gpu_hours_per_student", ""), whole=False)
+        except QuotaError as exc:
+            await self.admin_page(message=f"Nothing was changed: {exc}", error=True, status=400)
+            return
+        await self.save(
+            lambda: self.ledger.set_course_quota(
+                course, max_concurrent_gpus=max_concurrent, gpu_hours_per_student=hours, actor=self.current_user["name"]
+            ),
+            f"{course}: {'no limit' if max_concurrent is None else max_concurrent} GPUs at once, "
+            f"{'unlimited' if hours is None else f'{hours:g}'} GPU-hours per student this term.",
+        )
+
+
+class StudentQuotaForm(QuotaFormHandler):
+    @web.authenticated
+    async def post(self):
+        self.require(ADMIN_SCOPE)
+        course = self.course_argument()
+        username = self.get_body_argument("username", "").strip()
+        if not username or len(username) > USERNAME_MAX_LENGTH or any(character.isspace() for character in username):
+            await self.admin_page(
+                message="Nothing was changed: name the student by their username (no spaces), e.g. alice", error=True, status=400
+            )
+            return
+        try:
+            hours = _form_limit("GPU-hours", self.get_body_argument("gpu_hours", ""), whole=False)
+            max_gpus = _form_limit("GPUs at once", self.get_body_argument("max_gpus", ""), whole=True)
+        except QuotaError as exc:
+            await self.admin_page(message=f"Nothing was changed: {exc}", error=True, status=400)
+            return
+        if hours is None and max_gpus is None:
+            done = f"{username} in {course}: the override is removed; the course's limits apply."
+        else:
+            done = (
+                f"{username} in {course}: {'the course value of' if hours is None else f'{hours:g}'} GPU-hours, "
+                f"{'no cap of their own on' if max_gpus is None else max_gpus} GPUs at once."
+            )
+        await self.save(
+            lambda: self.ledger.set_user_override(
+                username, course, gpu_hours=hours, max_gpus=max_gpus, actor=self.current_user["name"]
+            ),
+            done,
+        )
+
+
+class ChartsHandler(GpuHandler):
+    @web.authenticated
+    async def get(self):
+        self.require(ADMIN_SCOPE)
+        now = datetime.now(timezone.utc)
+        charts = await self.chart_data(now)
+        self.write_json(charts)
 
 
 def make_app(
@@ -245,13 +406,17 @@ def make_app(
     devices: list[GpuDevice],
     catalog_cache: CatalogCache,
     today: Callable[[], date] = date.today,
+    links: HubLinks | None = None,
 ) -> web.Application:
     api = url_path_join(prefix, "api")
-    templates = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).with_name("templates"))), autoescape=True)
     return web.Application(
         [
             (prefix, PageHandler),
             (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
+            (url_path_join(prefix, "quotas/course"), CourseQuotaForm),
+            (url_path_join(prefix, "quotas/student"), StudentQuotaForm),
+            (url_path_join(prefix, "static/(.*)"), web.StaticFileHandler, {"path": str(STATIC_DIR)}),
+            (url_path_join(api, "charts"), ChartsHandler),
             (url_path_join(api, "holdings"), HoldingsHandler),
             (url_path_join(api, "usage"), UsageHandler),
             (url_path_join(api, "me"), MyUsageHandler),
@@ -265,8 +430,10 @@ def make_app(
         ledger=ledger,
         devices=devices,
         catalog_cache=catalog_cache,
-        templates=templates,
+        templates=page_templates(),
         today=today,
+        links=links or HubLinks(hub_url="/hub/", base_prefix="/"),
+        service_prefix=prefix,
     )
 
 
@@ -279,6 +446,7 @@ def main(environ: dict | None = None) -> None:
         devices=inventory_for(parse_inventory_setting(env.get("TEACHLAB_GPU_INVENTORY"))),
         catalog_cache=CatalogCache.for_root(Path(env["TEACHLAB_CATALOG"])),
         today=(lambda: date.fromisoformat(env["TEACHLAB_TODAY"])) if env.get("TEACHLAB_TODAY") else date.today,
+        links=HubLinks.from_environment(env),
     )
     url = urlparse(env["JUPYTERHUB_SERVICE_URL"])
     app.listen(url.port, url.hostname)

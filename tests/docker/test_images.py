@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from spawner.catalog import load_course
 from spawner.core.problems import ProblemsError, TeachlabError
 from spawner.engine.build import BuildFailed
 from spawner.images.build import ImageBuilder, label
-from spawner.images.publish import publish_course, rollback_course
+from spawner.images.publish import login_name, publish_course, rollback_course
 from spawner.images.registry import VersionRegistry
 from spawner.images.smoke import SmokeTestFailed, run_smoke_test
 from support.catalogs import add_pip_requirements, copy_course
@@ -299,8 +300,17 @@ def test_cli_publish_versions_and_rollback(docker_client, build_settings, scratc
 
     data = json.loads(listing.stdout)
     assert data["current"] == "v2" and [v["version"] for v in data["versions"]] == ["v1", "v2"]
-    rolled = _teachlab("course", "rollback", "data-analysis", *common[2:], env_changes=env)
+    rolled = _teachlab("course", "rollback", "data-analysis", *common[2:], env_changes={**env, "SUDO_USER": "ada"})
     assert rolled.returncode == 0 and "v1 is current" in rolled.stdout
+    # The history names who ran each command (the admin behind sudo): the two publishes, then the rollback.
+    shown = _teachlab("course", "versions", "data-analysis", *common[2:], env_changes={**env, "COLUMNS": "200"}).stdout
+    history = [line.split(" ", 1)[1] for line in shown.splitlines() if re.match(r"^\d{4}-\d\d-\d\dT", line)]
+    publisher = login_name()  # who ran the publishes: this test's user
+    assert history == [
+        f"{publisher} publish - -> v1 (published)",
+        f"{publisher} publish v1 -> v2 (published)",
+        "ada rollback v2 -> v1 (rolled back)",
+    ]
     docker_client.images.remove(data["versions"][1]["image"], force=True)
     missing = _teachlab("course", "rollback", "data-analysis", "--to", "v2", *common[2:], env_changes=env)
     assert missing.returncode == 1 and "is gone from this engine" in missing.stderr

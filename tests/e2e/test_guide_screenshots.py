@@ -97,6 +97,7 @@ def test_instructor_guide_pictures(lab, users, browser_context, guide_pictures):
     sign_in(page, lab, INSTRUCTOR)
     row = page.locator(f"tr#course-{COURSE}")
     expect(row.locator(".badge")).to_have_text("instructor")
+    expect(row.locator(f"#course-page-{COURSE}")).to_have_text("environment and class")
     guide_pictures(page, "instructor-home")
 
     # Opening a student's server: the hub asks the instructor to confirm, then shows the student's JupyterLab.

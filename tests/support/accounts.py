@@ -16,6 +16,9 @@ TEST_ACCOUNTS = (
     {"username": "tom", "name": "Tom", "groups": ["tas"]},  # made an instructor of a course while the hub runs
     {"username": "sam", "name": "Sam", "groups": ["cs101-students"]},  # writes hostile HTML in the origin test
     {"username": "warm01", "name": "Wanda", "groups": []},  # comes to class and finds her warm server
+    {"username": "lena", "name": "Lena", "groups": ["envlab-staff"]},  # teaches env-lab (tests/e2e/test_course_pages.py)
+    {"username": "nora", "name": "Nora", "groups": ["envlab-students"]},  # takes env-lab
+    {"username": "quinn", "name": "Quinn", "groups": ["gpu-testers"]},  # GPU quotas set in the admin's forms
 )
 HUB_COURSES = (
     "intro-python",

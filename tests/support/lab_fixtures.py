@@ -71,6 +71,17 @@ def hub_catalog(tmp_path_factory, repo_root):
         title="Tiny Disk",
         resources={"cpu": 1, "memory": "1G", "disk": "24M"},
     )
+    # Published and republished from the browser by tests/e2e/test_course_pages.py (lena teaches it, nora takes it;
+    # olga is listed but never signs in).
+    copy_course(
+        repo_root,
+        "data-analysis",
+        catalog,
+        new_slug="env-lab",
+        title="Environment Lab",
+        students={"groups": ["envlab-students"], "users": ["olga"]},
+        instructors={"users": ["lena"]},
+    )
     copy_course(
         repo_root,
         "intro-python",
@@ -130,9 +141,19 @@ WARM_UNUSED_MINUTES = 3
 
 
 def start_test_lab(
-    *, state_dir, catalog, network, labels, site_config_dir, name_prefix, per_server_origins=True, domain=TEST_DOMAIN
+    *,
+    state_dir,
+    catalog,
+    network,
+    labels,
+    site_config_dir,
+    name_prefix,
+    per_server_origins=True,
+    domain=TEST_DOMAIN,
+    image_namespace=None,
 ) -> Lab:
-    """A lab on its own ports and network, HTTPS with a CA of its own, its host names under a test domain."""
+    """A lab on its own ports and network, HTTPS with a CA of its own, its host names under a test domain.
+    ``image_namespace``: where its teachlab-courses service builds (the session's, to reuse its base image)."""
     lab = Lab(
         state_dir=state_dir,
         catalog_path=catalog,
@@ -146,6 +167,7 @@ def start_test_lab(
             ssh=free_port(),
             ssh_service=free_port(),
             warmer=free_port(),
+            courses_service=free_port(),
         ),
         network=network,
         extra_labels=labels,
@@ -162,6 +184,7 @@ def start_test_lab(
             "TEACHLAB_SITE_CONFIG_DIR": str(site_config_dir),
             "TEACHLAB_SSH_ACTIVITY_INTERVAL": "3",
             "TEACHLAB_WARM_UNUSED_MINUTES": str(WARM_UNUSED_MINUTES),
+            **({"TEACHLAB_IMAGE_NAMESPACE": image_namespace} if image_namespace else {}),
         },
     )
     lab.up()
@@ -196,6 +219,7 @@ def lab(docker_client, build_settings, hub_courses, hub_catalog, session_id, ses
             labels=session_labels,
             site_config_dir=site_config_dir,
             name_prefix=f"tl{session_id}",
+            image_namespace=build_settings.image_namespace,
         )
         os.environ["REQUESTS_CA_BUNDLE"] = str(lab.certificates.ca_certificate)
         yield lab

@@ -63,6 +63,9 @@ class StandInHost:
         self.calls.append(("reconcile", ledger_url, lab_id))
         return ReconcileReport((), (), (), ())
 
+    def build_environment(self):
+        return {"TEACHLAB_IMAGE_NAMESPACE": "site-images", "TEACHLAB_PIP_INDEX_URL": "https://mirror.example.edu/simple"}
+
 
 def settings(tmp_path, **changes) -> HubSettings:
     values = dict(
@@ -137,8 +140,9 @@ def test_roles_scopes_and_services(tmp_path):
     assert "teachlab-cli" not in roles
     assert Scopes.GPU_ADMIN in c.JupyterHub.custom_scopes
     services = {service["name"]: service for service in c.JupyterHub.services}
-    assert set(services) == {"idle-culler", Scopes.GPU_SERVICE, Scopes.SSH_SERVICE, Scopes.WARMER_SERVICE}
-    assert services[Scopes.GPU_SERVICE]["oauth_client_allowed_scopes"] == sorted(c.JupyterHub.custom_scopes)
+    assert set(services) == {"idle-culler", Scopes.GPU_SERVICE, Scopes.SSH_SERVICE, Scopes.WARMER_SERVICE, Scopes.COURSES_SERVICE}
+    gpu_scopes = sorted(scope for scope in c.JupyterHub.custom_scopes if scope.startswith("custom:teachlab-gpu:"))
+    assert services[Scopes.GPU_SERVICE]["oauth_client_allowed_scopes"] == gpu_scopes
 
 
 def test_the_ssh_gateway_gets_only_the_scopes_it_uses_and_every_user_reaches_its_page(tmp_path):

@@ -115,3 +115,23 @@ def test_a_replaced_service_token_is_retired_and_the_current_one_kept(hub_db):
     assert retire_replaced_service_tokens(hub_db, "teachlab-cli", "new-token-" + "1" * 30) == 1
     assert orm.APIToken.find(hub_db, "old-token-" + "0" * 30) is None
     assert orm.APIToken.find(hub_db, "new-token-" + "1" * 30) is not None
+
+
+def test_a_new_course_gets_its_publish_and_class_scopes_and_the_courses_service_may_grant_them(hub_db, catalog_folder, repo_root):
+    from jupyterhub import orm
+
+    client = orm.OAuthClient(identifier=f"service-{Scopes.COURSES_SERVICE}", allowed_scopes=["servers"])
+    hub_db.add(client)
+    hub_db.commit()
+    sync_roles(hub_db, load_catalog(catalog_folder))
+    copy_course(repo_root, "data-analysis", catalog_folder)
+    changes = sync_roles(hub_db, load_catalog(catalog_folder))
+    staff = _role(hub_db, "course-staff-data-analysis")
+    assert Scopes.course_publish("data-analysis") in staff.scopes and Scopes.course_class("data-analysis") in staff.scopes
+    assert {user.name for user in staff.users} == {"prof-lee"}
+    assert Scopes.course_publish("data-analysis") in client.allowed_scopes and "servers" in client.allowed_scopes
+    assert any(change.startswith(f"{Scopes.COURSES_SERVICE} may now request") for change in changes)
+
+    _edit(catalog_folder, "data-analysis", instructors={"users": ["prof-kim"]})
+    sync_roles(hub_db, load_catalog(catalog_folder))
+    assert {user.name for user in _role(hub_db, "course-staff-data-analysis").users} == {"prof-kim"}

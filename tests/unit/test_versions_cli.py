@@ -130,3 +130,55 @@ def test_audit_exits_1_only_on_findings_the_version_did_not_have(state, capsys):
 def test_audit_needs_one_course_or_all(state, capsys):
     assert main(["course", "audit", "--state-dir", str(state)]) == 1
     assert "name one course (teachlab course audit SLUG) or audit all of them (--all)" in capsys.readouterr().err
+
+
+def test_versions_show_who_published_and_the_newest_publishes_and_rollbacks(tmp_path, capsys):
+    from dataclasses import replace
+
+    from spawner.images.registry import HistoryEntry
+
+    registry = VersionRegistry(StateLayout(tmp_path).courses)
+    registry.add_current(
+        "c1",
+        replace(_version("v1", None), published_by="lena"),
+        "",
+        event=HistoryEntry("2026-11-29T10:00:00+00:00", "lena", "publish", None, "v1", "published"),
+    )
+    registry.record_event(
+        "c1", HistoryEntry("2026-11-29T10:05:00+00:00", "lena", "publish", "v1", None, "failed", "pip: no toolz 9")
+    )
+    assert main(["course", "versions", "c1", "--state-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\s*\*\s+v1 .* lena\s*$", out, re.MULTILINE)
+    assert "2026-11-29T10:05:00+00:00 lena publish v1 -> - (failed: pip: no toolz 9)" in out
+    assert main(["course", "versions", "c1", "--json", "--state-dir", str(tmp_path)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(e["actor"], e["outcome"]) for e in data["history"]] == [("lena", "published"), ("lena", "failed")]
+
+
+def test_versions_list_the_newest_publishes_and_rollbacks_one_line_each(state, capsys, monkeypatch):
+    """Who changed the current version, when, from which to which and how it ended; the oldest drop off."""
+    from spawner.cli.course import HISTORY_SHOWN
+    from spawner.images.registry import HistoryEntry
+
+    monkeypatch.setenv("COLUMNS", "200")
+    registry = VersionRegistry(StateLayout(state).courses)
+    for minute in range(HISTORY_SHOWN):
+        registry.record_event(
+            "c1", HistoryEntry(f"2026-11-29T09:{minute:02d}:00+00:00", "old", "publish", "v2", "v2", "unchanged")
+        )
+    registry.make_current("c1", "v1", HistoryEntry("2026-11-29T10:00:00+00:00", "ada", "rollback", "v2", "v1", "rolled back"))
+    registry.record_event(
+        "c1", HistoryEntry("2026-11-29T10:05:00+00:00", "lena", "publish", "v1", None, "failed", "pip: no toolz==9")
+    )
+    assert main(["course", "versions", "c1", "--state-dir", str(state)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index(f"Publishes and rollbacks (the newest {HISTORY_SHOWN}, oldest first):")
+    shown = lines[start + 1 : start + 1 + HISTORY_SHOWN]
+    assert shown[-2:] == [
+        "2026-11-29T10:00:00+00:00 ada rollback v2 -> v1 (rolled back)",
+        "2026-11-29T10:05:00+00:00 lena publish v1 -> - (failed: pip: no toolz==9)",
+    ]
+    assert shown[0] == "2026-11-29T09:02:00+00:00 old publish v2 -> v2 (unchanged)"  # the two oldest are left out
+    assert "09:01:00" not in "\n".join(lines)
+    assert re.search(r"^\s*\*\s+v1 ", "\n".join(lines), re.MULTILINE)  # the rollback made v1 current
