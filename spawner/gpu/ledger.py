@@ -32,11 +32,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
     Column,
     DateTime,
@@ -49,7 +46,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
-    create_engine,
     delete,
     event,
     insert,
@@ -57,17 +53,17 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Dialect, Engine, make_url
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeDecorator
 
+from ..core.databases import SQLITE_BUSY_TIMEOUT_SECONDS, migrate, store_engine
 from ..core.naming import is_course_slug
 from ..core.problems import TeachlabError
 from .inventory import GpuDevice
 from .quotas import EffectiveQuota, QuotaError, check_allocation, remaining_gpu_hours, running_server_verdict, term_window
 
 VERSION_TABLE = "gpu_ledger_alembic_version"
-SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 DEFAULT_SPAWN_GRACE = timedelta(minutes=10)
 # Any fixed 64-bit number; every ledger process takes the same PostgreSQL advisory lock for writes.
 _POSTGRES_WRITE_LOCK = 0x7EAC41AB0061
@@ -273,18 +269,10 @@ def _begin(connection: Connection) -> None:
 
 
 def _create_engine(url: str) -> Engine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True)
-    if parsed.database in (None, "", ":memory:"):
-        raise ValueError(
-            f"the GPU ledger needs a database file shared by every hub process, not {url!r} "
-            f"(write e.g. sqlite:////srv/teachlab/gpu-ledger.sqlite)"
-        )
-    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
-    event.listen(engine, "connect", _sqlite_connect)
-    event.listen(engine, "begin", _begin)
+    engine = store_engine(url, what="the GPU ledger", example="sqlite:////srv/teachlab/gpu-ledger.sqlite")
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _begin)
     return engine
 
 
@@ -332,12 +320,8 @@ class GpuLedger:
     def open(cls, url: str, clock: Callable[[], datetime] = utcnow) -> GpuLedger:
         """Connect and upgrade the schema to the newest migration (a no-op when it is current)."""
         ledger = cls(_create_engine(url), clock)
-        config = Config()
-        config.set_main_option("script_location", "spawner.gpu:migrations")
         try:
-            with ledger._transaction(write=True) as connection:
-                config.attributes["connection"] = connection
-                command.upgrade(config, "head")
+            migrate(ledger._engine, "spawner.gpu:migrations", begin=lambda: ledger._transaction(write=True))
         except BaseException:
             ledger.close()
             raise

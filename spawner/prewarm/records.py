@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
     Column,
     DateTime,
@@ -23,18 +20,18 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    create_engine,
     func,
     insert,
     select,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
+
+from ..core.databases import migrate, store_engine
 
 VERSION_TABLE = "warm_starts_alembic_version"
 OUTCOMES = ("used", "wasted", "refused")
-SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 
 metadata = MetaData()
 warm_starts_table = Table(
@@ -76,18 +73,13 @@ class WarmRecords:
 
     @classmethod
     def open(cls, url: str) -> WarmRecords:
-        parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
-        else:
-            engine = create_engine(parsed, pool_pre_ping=True)
-        config = Config()
-        config.set_main_option("script_location", "spawner.prewarm:migrations")
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
-        return cls(engine)
+        records = cls(store_engine(url, what="the warm-start records", example="sqlite:////srv/teachlab/lab.sqlite"))
+        try:
+            migrate(records._engine, "spawner.prewarm:migrations")
+        except BaseException:
+            records.close()
+            raise
+        return records
 
     def close(self) -> None:
         self._engine.dispose()

@@ -16,15 +16,11 @@ The methods block; async callers go through ``spawner.core.blocking``.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import asyncssh
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
     Column,
     DateTime,
@@ -34,22 +30,21 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    create_engine,
     delete,
     insert,
     select,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from ..core.databases import migrate, store_engine
 from ..core.problems import TeachlabError
 
 VERSION_TABLE = "ssh_keys_alembic_version"
 MAX_KEYS_PER_USER = 20
 MAX_KEY_TEXT = 16_384
 MIN_RSA_BITS = 2048
-SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 ALGORITHMS = (
     "ssh-ed25519",
     "ecdsa-sha2-nistp256",
@@ -163,20 +158,6 @@ def _stored(row) -> StoredKey:
     )
 
 
-def _create_engine(url: str) -> Engine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True)
-    if parsed.database in (None, "", ":memory:"):
-        raise ValueError(f"the SSH key store needs a database file, not {url!r} (write e.g. sqlite:////srv/teachlab/lab.sqlite)")
-    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    return create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
-
-
-# Alembic's command API reads process-global state; two stores opening at once in one process take turns.
-_migration_lock = threading.Lock()
-
-
 class SshKeyStore:
     """Users' SSH public keys. Create with ``SshKeyStore.open(url)``; safe to share between threads."""
 
@@ -187,13 +168,9 @@ class SshKeyStore:
     @classmethod
     def open(cls, url: str, clock: Callable[[], datetime] = utcnow) -> SshKeyStore:
         """Connect and bring the tables to the newest migration (a no-op when current)."""
-        store = cls(_create_engine(url), clock)
-        config = Config()
-        config.set_main_option("script_location", "spawner.ssh:migrations")
+        store = cls(store_engine(url, what="the SSH key store", example="sqlite:////srv/teachlab/lab.sqlite"), clock)
         try:
-            with _migration_lock, store._engine.begin() as connection:
-                config.attributes["connection"] = connection
-                command.upgrade(config, "head")
+            migrate(store._engine, "spawner.ssh:migrations")
         except BaseException:
             store.close()
             raise
