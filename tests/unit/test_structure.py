@@ -141,3 +141,20 @@ def test_the_readme_names_each_subpackage():
         assert re.search(rf"^\| `spawner/{subpackage}/` \| .+ \|$", readme, re.MULTILINE), f"README misses spawner/{subpackage}/"
     folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     assert folders == set(ALLOWED)
+
+
+# Not modules to import: a configuration file the idle culler's process reads; entry points run when imported.
+NOT_IMPORTABLE = {"hub/idle_culler_config.py"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [path for path in _modules() if str(path.relative_to(PACKAGE)) not in NOT_IMPORTABLE and path.name != "__main__.py"],
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_every_module_imports(path):
+    """A name taken away in one module and still imported by another (a service's process would die at start)."""
+    import importlib
+
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    importlib.import_module(".".join(("spawner", *parts[:-1])) if parts[-1] == "__init__" else ".".join(("spawner", *parts)))
