@@ -30,7 +30,6 @@ from typing import Any
 from urllib.parse import quote, urlparse
 
 import docker
-import jinja2
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, check_scopes
 from jupyterhub.utils import subdomain_hook_idna, url_path_join
 from tornado import httpclient, ioloop, web
@@ -47,7 +46,7 @@ from ..gpu.cache import ledger_for
 from ..images.registry import VersionRegistry
 from ..images.settings import BuildSettings
 from .classlist import class_rows
-from .hubpage import STATIC_DIR, HubLinks, page_templates, page_variables, text
+from .hubpage import STATIC_DIR, HubLinks, PageRendering, page_templates
 from .publishing import CoursePublisher, PublishBusy, PublishJobs, check_candidate, history_rows, version_rows
 
 log = logging.getLogger("teachlab.courses")
@@ -91,7 +90,7 @@ class HubApi:
             offset = following["offset"]
 
 
-class CourseHandler(HubOAuthenticated, web.RequestHandler):
+class CourseHandler(HubOAuthenticated, PageRendering, web.RequestHandler):
     """Base: the course from the URL, the caller's rights on it, pages in the hub's frame, errors as pages or JSON."""
 
     api = False  # API handlers answer errors as JSON
@@ -152,17 +151,6 @@ class CourseHandler(HubOAuthenticated, web.RequestHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(payload))
-
-    def render_page(self, template: str, *, title: str, status: int = 200, **values: Any) -> None:
-        templates: jinja2.Environment = self.settings["templates"]
-        html = templates.get_template(template).render(
-            **page_variables(user=self.current_user, links=self.settings["links"], xsrf_token=text(self.xsrf_token), title=title),
-            service_prefix=self.settings["service_prefix"],
-            **values,
-        )
-        self.set_status(status)
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(html)
 
     def write_error(self, status_code: int, **kwargs) -> None:
         error = kwargs.get("exc_info", (None, None))[1]

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import jinja2
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, check_scopes
 from jupyterhub.utils import url_path_join
 from tornado import ioloop, web
@@ -33,7 +32,7 @@ from ..core.contract import Scopes
 from ..gpu import GpuDevice, GpuLedger, QuotaError, term_window
 from ..gpu.cache import inventory_for, ledger_for, parse_inventory_setting
 from ..gpu.charts import Span, held_over_time, term_usage
-from .hubpage import STATIC_DIR, HubLinks, page_templates, page_variables, text
+from .hubpage import STATIC_DIR, HubLinks, PageRendering, page_templates
 
 ADMIN_SCOPE = Scopes.GPU_ADMIN
 usage_scope = Scopes.gpu_usage
@@ -51,7 +50,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialize {type(value).__name__}")
 
 
-class GpuHandler(HubOAuthenticated, web.RequestHandler):
+class GpuHandler(HubOAuthenticated, PageRendering, web.RequestHandler):
     """Base: the ledger, the inventory and the catalog, and scope checks on the signed-in caller."""
 
     @property
@@ -82,18 +81,6 @@ class GpuHandler(HubOAuthenticated, web.RequestHandler):
         message = error.log_message if isinstance(error, web.HTTPError) and error.log_message else self._reason
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": status_code, "message": message}))
-
-    def render_page(self, template: str, *, title: str, status: int = 200, **values: Any) -> None:
-        """A page in the hub's frame (``page.html``)."""
-        templates: jinja2.Environment = self.settings["templates"]
-        html = templates.get_template(template).render(
-            **page_variables(user=self.current_user, links=self.settings["links"], xsrf_token=text(self.xsrf_token), title=title),
-            service_prefix=self.settings["service_prefix"],
-            **values,
-        )
-        self.set_status(status)
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(html)
 
     async def chart_data(self, now: datetime) -> dict:
         """The charts' series, from the intervals since the earliest GPU course's term began (or the last day)."""

@@ -68,5 +68,22 @@ def page_variables(*, user: Mapping[str, Any], links: HubLinks, xsrf_token: str,
     }
 
 
+class PageRendering:
+    """For a service's request handlers (tornado's ``RequestHandler`` with ``templates``, ``links`` and
+    ``service_prefix`` in its settings): ``render_page`` in the hub's frame."""
+
+    def render_page(self, template: str, *, title: str, status: int = 200, **values: Any) -> None:
+        """A page in the hub's frame (``page.html``)."""
+        templates: jinja2.Environment = self.settings["templates"]
+        html = templates.get_template(template).render(
+            **page_variables(user=self.current_user, links=self.settings["links"], xsrf_token=text(self.xsrf_token), title=title),
+            service_prefix=self.settings["service_prefix"],
+            **values,
+        )
+        self.set_status(status)
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(html)
+
+
 def text(value: str | bytes) -> str:
     return value.decode("ascii") if isinstance(value, bytes) else value
