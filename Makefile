@@ -14,7 +14,7 @@ help:
 	@echo "make test    install everything needed and run the whole test suite"
 	@echo "make unit    run the unit tests only (no Docker needed)"
 	@echo "make lint    ruff (lint and format check), as the pre-commit hooks run it"
-	@echo "make docs    regenerate docs/course-yaml.md and docs/configuration.md from the code"
+	@echo "make docs    regenerate docs/course-yaml.md, docs/configuration.md and docs/site-yaml.md from the code"
 
 $(BIN)/.installed: pyproject.toml constraints.txt deploy/scanners.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,7 @@ format: python-env
 docs: python-env
 	$(BIN)/teachlab course schema-docs --output docs/course-yaml.md
 	$(BIN)/python -m spawner.hub.reference > docs/configuration.md
+	$(BIN)/teachlab deploy site-docs --output docs/site-yaml.md
 
 test: setup lint
 	$(BIN)/pytest $(PYTEST_ARGS)

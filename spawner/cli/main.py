@@ -14,16 +14,17 @@ from collections.abc import Sequence
 from rich.console import Console
 
 from ..core.problems import ProblemsError, TeachlabError
-from . import course, gpu
+from . import course, deploy, gpu
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="teachlab", description="Teachlab: courses, images and GPUs of a JupyterHub teaching lab."
+        prog="teachlab", description="Teachlab: courses, images, GPUs and the production stack of a JupyterHub teaching lab."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     course.register(commands)
     gpu.register(commands)
+    deploy.register(commands)
     return parser
 
 

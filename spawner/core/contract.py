@@ -34,6 +34,7 @@ class Labels:
     LOCK_READER: Final = LABEL_PREFIX + "lock-reader"
     TEST_CACHE: Final = LABEL_PREFIX + "test-cache"  # images tests keep between sessions
     TEST_SESSION: Final = LABEL_PREFIX + "test-session"  # objects one test session made, removed at its end
+    STACK: Final = LABEL_PREFIX + "stack"  # the production stack's own objects (its database volume)
 
     @staticmethod
     def image(name: str) -> str:
@@ -213,6 +214,7 @@ class Scopes:
         return f"custom:teachlab-gpu:usage:{course}"
 
     SSH_SERVICE: Final = "teachlab-ssh"
+    WORK_SERVICE: Final = "teachlab-work"  # students download their work in a course as one zip
 
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]

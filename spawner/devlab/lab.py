@@ -174,6 +174,7 @@ class LabPorts:
     gpu_service: int = 8083
     ssh: int = 2222
     ssh_service: int = 8084
+    work_service: int = 8085
 
 
 @dataclass
@@ -277,6 +278,7 @@ class Lab:
             gpu_service_port=self.ports.gpu_service,
             ssh_port=self.ports.ssh,
             ssh_service_port=self.ports.ssh_service,
+            work_service_port=self.ports.work_service,
             proxy_api_url=f"http://127.0.0.1:{self.ports.proxy_api}",
             network=self.network,
             oidc_issuer=self.issuer,

@@ -8,6 +8,7 @@ unit tests pass a stand-in and assert on the traits (tests/unit/test_hub_config.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from datetime import date
@@ -17,10 +18,10 @@ from typing import Any
 from ..catalog.cache import CatalogCache
 from ..core.contract import Scopes
 from ..core.problems import ProblemsError
-from ..core.secrets import hex_secret, narrow, private_folder
+from ..core.secrets import hex_secret, narrow, private_folder, write_private
 from .home import TEMPLATES_DIR, course_rows, notices_for
 from .role_sync import retire_replaced_tokens_listener, sync_roles_listener
-from .roles import CLI_SERVICE, IDLE_CULLER, all_roles, custom_scopes, instructor_scopes_hook
+from .roles import CLI_SERVICE, DEPLOY_SERVICE, IDLE_CULLER, all_roles, custom_scopes, instructor_scopes_hook
 from .settings import HubSettings
 from .startup import HubHost, load_catalog_or_stop, stop_hub
 
@@ -60,6 +61,7 @@ def gpu_service(settings: HubSettings, scopes: dict[str, dict]) -> dict:
         "TEACHLAB_GPU_LEDGER_URL": settings.ledger_url,
         "TEACHLAB_GPU_INVENTORY": settings.gpu_inventory,
         "TEACHLAB_CATALOG": str(settings.catalog_path),
+        **database_environment(settings),
     }
     if settings.today:
         environment["TEACHLAB_TODAY"] = settings.today
@@ -86,6 +88,7 @@ def ssh_service(settings: HubSettings) -> dict:
         "TEACHLAB_SSH_PORT": str(settings.ssh_port),
         "TEACHLAB_SSH_BIND": settings.ssh_bind,
         "TEACHLAB_SSH_ACTIVITY_INTERVAL": str(settings.ssh_activity_seconds),
+        **database_environment(settings),
     }
     if settings.today:
         environment["TEACHLAB_TODAY"] = settings.today
@@ -98,14 +101,53 @@ def ssh_service(settings: HubSettings) -> dict:
     }
 
 
+def database_environment(settings: HubSettings) -> dict[str, str]:
+    """What a process needs to sign in to PostgreSQL: libpq's password file, written by ``write_pgpass``."""
+    return {"PGPASSFILE": str(settings.pgpass_path)} if settings.database_password_file else {}
+
+
+def write_pgpass(settings: HubSettings) -> None:
+    """libpq's password file (``*:*:*:*:<password>``, 0600) from the database password file (a Docker secret):
+    the password reaches libpq in every hub process without a URL or a variable holding it."""
+    if settings.database_password_file is None:
+        return
+    password = settings.database_password_file.read_text().strip()
+    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+    write_private(settings.pgpass_path, f"*:*:*:*:{escaped}\n".encode())
+    os.environ.update(database_environment(settings))
+
+
+def work_service(settings: HubSettings) -> dict:
+    """teachlab-work as a hub-managed service: students download their work in a course as one zip
+    (spawner/deploy/workservice.py), while the course is open to them."""
+    environment = {
+        "TEACHLAB_CATALOG": str(settings.catalog_path),
+        "TEACHLAB_STATE_DIR": str(settings.state_dir),
+        "TEACHLAB_LAB_ID": settings.lab_id,
+        "TEACHLAB_NAME_PREFIX": settings.name_prefix,
+    }
+    if settings.node_agent_image:
+        environment["TEACHLAB_NODE_AGENT_IMAGE"] = settings.node_agent_image
+    if settings.today:
+        environment["TEACHLAB_TODAY"] = settings.today
+    return {
+        "name": Scopes.WORK_SERVICE,
+        "url": f"http://127.0.0.1:{settings.work_service_port}",
+        "command": [sys.executable, "-m", "spawner.deploy.workservice"],
+        "oauth_no_confirm": True,
+        "environment": environment,
+    }
+
+
 def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     """Configure JupyterHub (``c``) for this lab. Stops the hub, with one line per problem, when the
     catalog, the students' network, the provider or the GPU inventory is broken."""
-    host = host or HubHost()
+    host = host or HubHost.for_settings(settings)
     layout = settings.layout
     private_folder(settings.state_dir)
     private_folder(layout.lab)
-    narrow(layout.cookie_secret)
+    narrow(settings.cookie_secret_path)
+    write_pgpass(settings)
     # The catalog is checked before anything starts: a broken catalog stops the hub with one line per problem.
     catalog = load_catalog_or_stop(settings.catalog_path)
     today = today_function(settings)
@@ -116,13 +158,15 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     host.install_firewall(net)
     c.JupyterHub.bind_url = settings.public_url
     c.JupyterHub.hub_bind_url = f"http://{net.gateway}:{settings.hub_port}"
-    hub_db_url = f"sqlite:///{layout.hub_database}"
+    hub_db_url = settings.hub_database_url
     c.JupyterHub.db_url = hub_db_url
-    c.JupyterHub.cookie_secret_file = str(layout.cookie_secret)
+    c.JupyterHub.cookie_secret_file = str(settings.cookie_secret_path)
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.cleanup_proxy = False
     c.ConfigurableHTTPProxy.should_start = False
     c.ConfigurableHTTPProxy.api_url = settings.proxy_api_url
+    if settings.proxy_token_file:
+        c.ConfigurableHTTPProxy.auth_token = settings.proxy_token_file.read_text().strip()
 
     # One named server per course: /user/<name>/<course>/. The home page lists the user's courses.
     c.JupyterHub.allow_named_servers = True
@@ -135,6 +179,7 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
         "courses": course_rows(cache, layout.courses, today),
         "notices": notices_for,
         "ssh_keys_url": settings.service_url(Scopes.SSH_SERVICE),
+        "work_download_url": settings.service_url(Scopes.WORK_SERVICE),
     }
 
     c.JupyterHub.spawner_class = "teachlab"
@@ -151,6 +196,8 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     c.CourseSpawner.start_timeout = START_TIMEOUT_SECONDS
     c.CourseSpawner.http_timeout = HTTP_TIMEOUT_SECONDS
     c.CourseSpawner.poll_interval = settings.poll_interval_seconds
+    if settings.node_agent_image:
+        c.CourseSpawner.node_agent_image = settings.node_agent_image
 
     # GPUs: discovered with NVML ("nvml") or declared (a JSON list); the ledger is made equal to what this
     # lab's containers hold before the hub takes any request.
@@ -168,12 +215,13 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
         c.GenericOAuthenticator.userdata_url = endpoints["userinfo_endpoint"]
     c.GenericOAuthenticator.login_service = "University login"
     c.GenericOAuthenticator.client_id = settings.oidc_client_id
-    c.GenericOAuthenticator.client_secret = settings.oidc_client_secret
+    c.GenericOAuthenticator.client_secret = settings.client_secret()
     c.GenericOAuthenticator.oauth_callback_url = f"{settings.public_url.rstrip('/')}/hub/oauth_callback"
-    c.GenericOAuthenticator.scope = ["openid", "profile", "email", "groups"]
+    c.GenericOAuthenticator.scope = list(settings.oidc_scopes)
     c.GenericOAuthenticator.username_claim = settings.username_claim
+    c.GenericOAuthenticator.userdata_from_id_token = settings.claims_from_id_token
     c.GenericOAuthenticator.manage_groups = True
-    c.GenericOAuthenticator.auth_state_groups_key = "oauth_user.groups"
+    c.GenericOAuthenticator.auth_state_groups_key = f"oauth_user.{settings.groups_claim}"
     c.GenericOAuthenticator.admin_groups = set(settings.admin_groups)
     if settings.allowed_groups:
         c.GenericOAuthenticator.allowed_groups = set(settings.allowed_groups)
@@ -202,12 +250,23 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     scopes = custom_scopes(catalog)
     c.JupyterHub.custom_scopes = scopes
     c.JupyterHub.load_roles = all_roles(
-        catalog, host.group_members(hub_db_url), settings.admin_groups, with_cli=settings.cli_token is not None
+        catalog,
+        host.group_members(hub_db_url),
+        settings.admin_groups,
+        with_cli=settings.cli_token is not None,
+        with_deploy=settings.deploy_token_file is not None,
     )
-    c.JupyterHub.services = [idle_culler_service(settings), gpu_service(settings, scopes), ssh_service(settings)]
+    c.JupyterHub.services = [
+        idle_culler_service(settings),
+        gpu_service(settings, scopes),
+        ssh_service(settings),
+        work_service(settings),
+    ]
     if settings.cli_token:
         c.JupyterHub.services.append({"name": CLI_SERVICE, "api_token": settings.cli_token})
         cache.on_reload_async(retire_replaced_tokens_listener(CLI_SERVICE, settings.cli_token))
+    if settings.deploy_token_file:
+        c.JupyterHub.services.append({"name": DEPLOY_SERVICE, "api_token": settings.deploy_token_file.read_text().strip()})
 
 
 def nothing_to_refresh_without_a_sign_in(authenticator: Any, user: Any, auth_state: Any) -> bool | None:

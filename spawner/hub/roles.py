@@ -26,6 +26,10 @@ CLI_SERVICE = "teachlab-cli"
 SSH_GATEWAY_SCOPES = ["read:users:name", "read:users:groups", "read:servers", "servers", "users:activity"]
 # The CLI token of the demo lab (`make down`, admins' scripts): list users and their servers, stop servers.
 CLI_SCOPES = ["list:users", "read:users:name", "read:servers", "delete:servers"]
+# `teachlab deploy` in the production stack: stops servers (before taking the lab down or archiving a course)
+# and erases a person on an admin's command (DELETE /users/<name> needs admin:users).
+DEPLOY_SERVICE = "teachlab-deploy"
+DEPLOY_SCOPES = ["list:users", "read:users:name", "read:servers", "delete:servers", "admin:users"]
 
 
 def instructor_role_name(slug: str) -> str:
@@ -97,8 +101,9 @@ def gpu_roles(catalog: Catalog, admin_groups: Iterable[str]) -> list[dict]:
     """Admins manage GPUs, instructors read their course's usage, every user reads their own."""
     access = f"access:services!service={Scopes.GPU_SERVICE}"
     ssh_page = f"access:services!service={Scopes.SSH_SERVICE}"
+    work_download = f"access:services!service={Scopes.WORK_SERVICE}"
     return [
-        {"name": "user", "scopes": ["self", access, ssh_page]},
+        {"name": "user", "scopes": ["self", access, ssh_page, work_download]},
         {
             "name": "gpu-admins",
             "description": "Set GPU quotas, see and release every GPU",
@@ -109,8 +114,9 @@ def gpu_roles(catalog: Catalog, admin_groups: Iterable[str]) -> list[dict]:
     ]
 
 
-def service_roles(*, with_cli: bool) -> list[dict]:
-    """The idle culler's and the SSH gateway's roles, and the CLI's when the lab has a CLI token."""
+def service_roles(*, with_cli: bool, with_deploy: bool = False) -> list[dict]:
+    """The idle culler's and the SSH gateway's roles, the CLI's when the lab has a CLI token, and `teachlab
+    deploy`'s in the production stack."""
     roles = [
         {"name": IDLE_CULLER, "scopes": IDLE_CULLER_SCOPES, "services": [IDLE_CULLER]},
         {"name": Scopes.SSH_SERVICE, "scopes": SSH_GATEWAY_SCOPES, "services": [Scopes.SSH_SERVICE]},
@@ -124,14 +130,32 @@ def service_roles(*, with_cli: bool) -> list[dict]:
                 "services": [CLI_SERVICE],
             }
         )
+    if with_deploy:
+        roles.append(
+            {
+                "name": DEPLOY_SERVICE,
+                "description": "teachlab deploy: stop servers, erase a person on an admin's command",
+                "scopes": DEPLOY_SCOPES,
+                "services": [DEPLOY_SERVICE],
+            }
+        )
     return roles
 
 
 def all_roles(
-    catalog: Catalog, group_members: Mapping[str, Iterable[str]], admin_groups: Iterable[str], *, with_cli: bool
+    catalog: Catalog,
+    group_members: Mapping[str, Iterable[str]],
+    admin_groups: Iterable[str],
+    *,
+    with_cli: bool,
+    with_deploy: bool = False,
 ) -> list[dict]:
     """``c.JupyterHub.load_roles``: every role the lab defines."""
-    return instructor_roles(catalog, group_members) + gpu_roles(catalog, admin_groups) + service_roles(with_cli=with_cli)
+    return (
+        instructor_roles(catalog, group_members)
+        + gpu_roles(catalog, admin_groups)
+        + service_roles(with_cli=with_cli, with_deploy=with_deploy)
+    )
 
 
 def sync_instructor_scopes(db: Any, catalog: Catalog, username: str, groups: Iterable[str]) -> None:

@@ -118,6 +118,7 @@ def start_test_lab(
             gpu_service=free_port(),
             ssh=free_port(),
             ssh_service=free_port(),
+            work_service=free_port(),
         ),
         network=network,
         extra_labels=labels,

@@ -137,7 +137,7 @@ def test_roles_scopes_and_services(tmp_path):
     assert "teachlab-cli" not in roles
     assert Scopes.GPU_ADMIN in c.JupyterHub.custom_scopes
     services = {service["name"]: service for service in c.JupyterHub.services}
-    assert set(services) == {"idle-culler", Scopes.GPU_SERVICE, Scopes.SSH_SERVICE}
+    assert set(services) == {"idle-culler", Scopes.GPU_SERVICE, Scopes.SSH_SERVICE, Scopes.WORK_SERVICE}
     assert services[Scopes.GPU_SERVICE]["oauth_client_allowed_scopes"] == sorted(c.JupyterHub.custom_scopes)
 
 
