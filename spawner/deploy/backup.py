@@ -16,7 +16,8 @@ A backup is a folder ``<backups>/teachlab-<UTC time>/`` (0700) holding:
 ============================ ==================================================================================
 
 It holds every key of the lab: keep it where only admins can read it. ``restore_backup`` puts it all back
-on a server where Teachlab is installed and its images are built, with nothing deployed yet.
+on a server where Teachlab is installed (and its swarm made), with nothing deployed yet; it builds the stack's
+images the server lacks.
 """
 
 from __future__ import annotations
@@ -157,22 +158,46 @@ def write_backup(lab: ProductionLab, target: Path | None = None, *, with_images:
     if images:
         with lab.progress.step(f"docker save {len(images)} course image(s)"), (folder / "images.tar").open("wb") as out:
             _run(["docker", "save", *images], stdout=out)
-    files = sorted(path for path in folder.rglob("*") if path.is_file())
-    manifest = {
-        "format": FORMAT,
-        "created": stamp.isoformat(timespec="seconds"),
-        "host": lab.site.host,
-        "server": socket.gethostname(),
-        "site_file": str(lab.site.path),
-        "hub_image": image,
-        "images": images,
-        "volumes": volumes,
-        "files": {str(path.relative_to(folder)): _sha256(path) for path in files},
-    }
+    manifest = make_manifest(
+        folder,
+        created=stamp,
+        host=lab.site.host,
+        site_file=lab.site.path,
+        hub_image=image,
+        images=images,
+        volumes=volumes,
+    )
+    files = [folder / name for name in manifest["files"]]
     write_private(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
     size = sum(path.stat().st_size for path in files)
     audit.record(lab.site.state_dir, "backup", folder=str(folder), volumes=len(volumes), images=len(images), size_bytes=size)
     return BackupResult(folder, len(files), len(volumes), len(images), size)
+
+
+def make_manifest(
+    folder: Path,
+    *,
+    created: datetime.datetime,
+    host: str,
+    site_file: Path,
+    hub_image: str,
+    images: list[str],
+    volumes: list[dict],
+) -> dict:
+    """The manifest of a backup folder whose files are all written: every file's sha256, so a restore trusts
+    nothing that changed; the volumes with their labels and sizes; the images the lab needs back."""
+    files = sorted(path for path in folder.rglob("*") if path.is_file() and path.name != MANIFEST)
+    return {
+        "format": FORMAT,
+        "created": created.isoformat(timespec="seconds"),
+        "host": host,
+        "server": socket.gethostname(),
+        "site_file": str(site_file),
+        "hub_image": hub_image,
+        "images": images,
+        "volumes": volumes,
+        "files": {str(path.relative_to(folder)): _sha256(path) for path in files},
+    }
 
 
 def _run(command: list[str], **kwargs) -> None:
@@ -232,16 +257,18 @@ def restore_backup(folder: Path, *, site_path: Path | None, progress) -> Product
             _restore_file(lab.secret_path(secret), (folder / "site" / name).read_bytes())
     for secret in GENERATED_SECRETS:
         _restore_file(lab.secret_path(secret), (folder / "secrets" / secret.file).read_bytes())
+    if lab.layout.courses.is_dir() and any(lab.layout.courses.iterdir()):
+        raise TeachlabError(f"{lab.layout.courses} already holds published courses: restore onto an empty server")
+    if not lab.site.catalog.is_dir() or not any(lab.site.catalog.iterdir()):
+        with progress.step("restore the catalog"):
+            _extract(folder / "catalog.tar", lab.site.catalog)
     site = load_site(site_path)  # now every file it names is here
     lab = ProductionLab(site, progress, lab.client)
-    if (lab.layout.courses).is_dir() and any(lab.layout.courses.iterdir()):
-        raise TeachlabError(f"{lab.layout.courses} already holds published courses: restore onto an empty server")
-    images = lab.images()  # the stack's images must be built on this server (teachlab deploy build)
-    with progress.step("restore the state folder and the catalog"):
+    with progress.step("build the stack's images this server lacks"):
+        images = lab.image_builder().build()
+    with progress.step("restore the state folder"):
         private_folder(site.state_dir)
         _extract(folder / "state.tar", site.state_dir)
-        if not site.catalog.is_dir() or not any(site.catalog.iterdir()):
-            _extract(folder / "catalog.tar", site.catalog)
     if manifest["images"]:
         with progress.step(f"docker load {len(manifest['images'])} course image(s)"), (folder / "images.tar").open("rb") as data:
             _run(["docker", "load", "--quiet"], stdin=data, stdout=subprocess.DEVNULL)

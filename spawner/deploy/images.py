@@ -16,6 +16,7 @@ from pathlib import Path
 import docker
 import docker.errors
 import jinja2
+import tomllib
 
 from ..core.contract import REPO_ROOT, Labels
 from ..core.problems import TeachlabError
@@ -40,14 +41,20 @@ TEMPLATE_FOLDER = {BASE: "base"}
 HUB_SOURCES = ("pyproject.toml", "constraints.txt", "jupyterhub_config.py")
 
 
-def _hub_application() -> dict[str, bytes]:
-    """The files ``pip install`` needs to install the spawner package, and the hub's configuration."""
-    files = {f"app/{name}": (REPO_ROOT / name).read_bytes() for name in HUB_SOURCES}
+def _hub_application(source: Path) -> dict[str, bytes]:
+    """The files ``pip install`` needs to install the spawner package, and the hub's configuration; under
+    ``deps/`` the package's dependencies alone (their layer is reused while they stay the same)."""
+    project = tomllib.loads((source / "pyproject.toml").read_text())["project"]
+    files = {
+        "deps/requirements.txt": "".join(f"{requirement}\n" for requirement in project["dependencies"]).encode(),
+        "deps/constraints.txt": (source / "constraints.txt").read_bytes(),
+    }
+    files |= {f"app/{name}": (source / name).read_bytes() for name in HUB_SOURCES}
     # pyproject.toml names a readme; the image needs none of the repository's prose (which would rebuild it).
     files["app/README.md"] = b"Teachlab: the hub image's copy of the spawner package.\n"
-    for path in sorted((REPO_ROOT / "spawner").rglob("*")):
+    for path in sorted((source / "spawner").rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-            files[f"app/{path.relative_to(REPO_ROOT)}"] = path.read_bytes()
+            files[f"app/{path.relative_to(source)}"] = path.read_bytes()
     return files
 
 
@@ -56,8 +63,11 @@ def _extra_files(name: str) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file() and not path.name.endswith(".j2")}
 
 
-def build_context(name: str, rootfs: str, base: str, settings_files: dict[str, str | bytes]) -> dict[str, bytes]:
-    """The whole build context of one stack image (byte-identical for identical inputs)."""
+def build_context(
+    name: str, rootfs: str, base: str, settings_files: dict[str, str | bytes], source: Path = REPO_ROOT
+) -> dict[str, bytes]:
+    """The whole build context of one stack image (byte-identical for identical inputs); ``source`` is the
+    release whose spawner package the hub image installs."""
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(STACK_DIR / TEMPLATE_FOLDER.get(name, name)), str(STACK_DIR / "base")]),
         undefined=jinja2.StrictUndefined,
@@ -74,7 +84,7 @@ def build_context(name: str, rootfs: str, base: str, settings_files: dict[str, s
     )
     files: dict[str, str | bytes] = {"Dockerfile": dockerfile, **_extra_files(name)}
     if name == "hub":
-        files.update(_hub_application())
+        files.update(_hub_application(source))
         files.update({key: value for key, value in settings_files.items() if key.startswith(BUILD_DIR)})
     return {key: value.encode() if isinstance(value, str) else value for key, value in files.items()}
 
@@ -88,10 +98,18 @@ class PlannedImage:
 
 
 class StackImageBuilder:
-    """Plans and builds the stack's images with the platform's image settings (namespace, mirrors, CA)."""
+    """Plans and builds the stack's images with the platform's image settings (namespace, mirrors, CA), the hub
+    from the release at ``source`` (this checkout unless told)."""
 
-    def __init__(self, settings: BuildSettings, client: docker.DockerClient, progress: Progress | None = None):
+    def __init__(
+        self,
+        settings: BuildSettings,
+        client: docker.DockerClient,
+        progress: Progress | None = None,
+        source: Path = REPO_ROOT,
+    ):
         self.settings = settings
+        self.source = source
         self.client = client
         self.progress = progress or Progress(quiet=True)
         self.builder = ImageBuilder(settings, self.progress, client)
@@ -120,7 +138,7 @@ class StackImageBuilder:
         base = PlannedImage(BASE, f"{self.settings.image_namespace}/{BASE}:{base_recipe[:12]}", base_context, base_recipe)
         planned = [base]
         for name in STACK_IMAGE_NAMES:
-            context = build_context(name, rootfs, base.reference, settings_files)
+            context = build_context(name, rootfs, base.reference, settings_files, self.source)
             recipe = environment_hash(context, base.recipe_hash)
             planned.append(PlannedImage(name, f"{self.settings.image_namespace}/{name}:{recipe[:12]}", context, recipe))
         return planned

@@ -14,9 +14,15 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -26,9 +32,11 @@ from spawner.deploy.images import StackImageBuilder
 from spawner.devlab.tls import LabCertificates
 from support.accounts import FAKE_GPU_INVENTORY
 from support.admin_docs import install_script
+from support.browser import CHROMIUM_ARGS, VIEWPORT, trusting_home
 from support.catalogs import copy_course
 from support.cluster import Cluster, ensure_network, network_gateway, node_image
-from support.dns import names_on_loopback
+from support.dns import chromium_resolver_rules, names_on_loopback
+from support.hub import HubUser
 from support.oidc import OidcProvider
 from support.production import (
     ACCOUNTS,
@@ -82,7 +90,8 @@ def prod_courses(docker_client, build_settings, base_image, prod_catalog):
     from spawner.images.publish import publish_course
 
     catalog = load_catalog(prod_catalog)
-    return {slug: publish_course(catalog.courses[slug], settings=build_settings, client=docker_client) for slug in PROD_COURSES}
+    settings = replace(build_settings, labels=CACHE_LABEL)  # kept between sessions: a rerun publishes in seconds
+    return {slug: publish_course(catalog.courses[slug], settings=settings, client=docker_client) for slug in PROD_COURSES}
 
 
 @pytest.fixture(scope="session")
@@ -129,6 +138,18 @@ def prod_tls(tmp_path_factory) -> LabCertificates:
     return LabCertificates(tmp_path_factory.mktemp("prod-tls")).ensure(DOMAIN)
 
 
+def site_values(node, university) -> dict[str, str]:
+    """The test's values for the site-values block of docs/admins.md."""
+    return {
+        "LAB_HOST": DOMAIN,
+        "SERVER_ADDRESS": node.address,
+        "OIDC_ISSUER": university.issuer,
+        "OIDC_CLIENT_ID": CLIENT_ID,
+        "OIDC_CLIENT_SECRET": "university-client-secret",
+        "ADMIN_GROUP": "lab-admins",
+    }
+
+
 @pytest.fixture(scope="session")
 def server(
     docker_client,
@@ -150,17 +171,7 @@ def server(
     node.write_file("/root/teachlab.tar.gz", release_tarball(repo_root))
     node.write_file("/etc/teachlab/tls/lab.crt", prod_tls.certificate.read_bytes())
     node.write_file("/etc/teachlab/tls/lab.key", prod_tls.key.read_bytes(), mode=0o644)  # the admin's chmod makes it 0600
-    script = install_script(
-        repo_root / "docs" / "admins.md",
-        {
-            "LAB_HOST": DOMAIN,
-            "SERVER_ADDRESS": node.address,
-            "OIDC_ISSUER": university.issuer,
-            "OIDC_CLIENT_ID": CLIENT_ID,
-            "OIDC_CLIENT_SECRET": "university-client-secret",
-            "ADMIN_GROUP": "lab-admins",
-        },
-    )
+    script = install_script(repo_root / "docs" / "admins.md", site_values(node, university))
     started = time.monotonic()
     # The one other difference from an admin's shell: images are named in this session's namespace.
     result = node.sh(script, timeout=1800, check=False, env={"TEACHLAB_IMAGE_NAMESPACE": build_settings.image_namespace})
@@ -191,3 +202,117 @@ def prod_lab(server, build_settings, prod_courses, prod_catalog, prod_tls, unive
         os.environ.pop("REQUESTS_CA_BUNDLE", None)
     else:
         os.environ["REQUESTS_CA_BUNDLE"] = previous
+
+
+@pytest.fixture(scope="session")
+def users(prod_lab):
+    """People signed in to the production lab through the university's provider (one session each)."""
+    signed_in: dict[str, HubUser] = {}
+
+    def get(name: str) -> HubUser:
+        if name not in signed_in:
+            signed_in[name] = HubUser(prod_lab, name)
+        return signed_in[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def prod_browser(prod_lab, prod_tls, tmp_path_factory):
+    """Headless Chromium (Debian's) that trusts the test's CA and resolves the lab's names to the server."""
+    from playwright import sync_api
+
+    home = trusting_home(tmp_path_factory.mktemp("prod-chromium-home"), prod_tls.ca_certificate)
+    playwright = sync_api.sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+            args=[
+                *CHROMIUM_ARGS,
+                chromium_resolver_rules(DOMAIN, prod_lab.node.address),
+                f"--window-size={VIEWPORT['width']},{VIEWPORT['height']}",
+            ],
+            env={**os.environ, "HOME": str(home)},
+        )
+        yield browser
+        browser.close()
+    finally:
+        playwright.stop()
+
+
+@dataclass(frozen=True)
+class Release:
+    tarball: bytes
+    images: list[str]  # what a server of this release loads in place of building: the stack's and the bases
+
+
+@pytest.fixture(scope="session")
+def next_release(docker_client, build_settings, stack_images, server, repo_root, tmp_path_factory) -> Release:
+    """The next release: this tree with its version raised. Its hub image is built here (only the spawner
+    package's layer differs) and loaded into the server, as for the install."""
+    folder = tmp_path_factory.mktemp("next-release")
+    with tarfile.open(fileobj=io.BytesIO(release_tarball(repo_root)), mode="r:gz") as archive:
+        archive.extractall(folder, filter="data")
+    source = folder / "teachlab"
+    pyproject = source / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('version = "0.1.0"', 'version = "0.1.1"', 1))
+    builder = StackImageBuilder(replace(build_settings, labels=CACHE_LABEL), docker_client, source=source)
+    started = time.monotonic()
+    images = builder.build()
+    print(f"\nthe next release's hub image {images.hub} ready in {time.monotonic() - started:.0f} s")
+    server.cluster.load_images([images.hub], [server.node])
+    _, references = stack_images
+    old = set(stack_images[0].references())
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped, tarfile.open(fileobj=zipped, mode="w") as archive:
+        archive.add(source, arcname="teachlab")
+    return Release(buffer.getvalue(), [*(r for r in references if r not in old), *images.references()])
+
+
+@pytest.fixture(scope="session")
+def restore_server(
+    docker_client,
+    session_id,
+    session_labels,
+    build_settings,
+    dind_image,
+    servers_network,
+    university,
+    prod_tls,
+    repo_root,
+    server,
+    next_release,
+):
+    """``restore(prod_lab, backup_folder)``: copy the backup off the server, destroy the server (stack, volumes,
+    engine), then on a fresh node run Install's steps 1 to 4 and the Restore section of docs/admins.md as
+    written. Returns the restored lab and the seconds the restore steps took."""
+    made: list[Cluster] = []
+
+    def restore(prod_lab: ProdLab, backup: str) -> tuple[ProdLab, float]:
+        copy = Path(tempfile.mkdtemp(prefix="teachlab-backup-", dir=os.environ.get("TMPDIR")))
+        subprocess.run(["docker", "cp", f"{prod_lab.node.name}:{backup}", str(copy)], check=True, timeout=900)
+        prod_lab.teachlab("deploy", "down")
+        prod_lab.node.sh("docker rm -f $(docker ps -aq) >/dev/null 2>&1; docker volume rm $(docker volume ls -q) >/dev/null")
+        server.cluster.remove()
+        cluster = Cluster(docker_client, f"tl-prod-{session_id}-b", dind_image, session_labels, network=servers_network)
+        made.append(cluster.start())
+        node = cluster.nodes[0]
+        cluster.load_images(next_release.images)
+        node.write_file("/root/teachlab.tar.gz", next_release.tarball)
+        node.write_file("/etc/teachlab/tls/lab.crt", prod_tls.certificate.read_bytes())
+        node.write_file("/etc/teachlab/tls/lab.key", prod_tls.key.read_bytes(), mode=0o644)
+        subprocess.run(["docker", "cp", str(copy / Path(backup).name), f"{node.name}:/root/"], check=True, timeout=900)
+        shutil.rmtree(copy)
+        document = repo_root / "docs" / "admins.md"
+        script = install_script(document, site_values(node, university), first=4) + install_script(
+            document, {"BACKUP": f"/root/{Path(backup).name}"}, "Restore onto a new server"
+        )
+        started = time.monotonic()
+        result = node.sh(script, timeout=1800, check=False, env={"TEACHLAB_IMAGE_NAMESPACE": build_settings.image_namespace})
+        seconds = time.monotonic() - started
+        assert result.returncode == 0, f"the Restore steps failed:\n{result.stdout[-4000:]}"
+        return ProdLab(node, university.issuer, prod_tls.ca_certificate), seconds
+
+    yield restore
+    for cluster in made:
+        cluster.remove()

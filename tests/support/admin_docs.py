@@ -2,7 +2,8 @@
 
 Every ```sh block of the section, in order, becomes one bash script (so variables of the first block reach the
 last). The one block after the marker ``<!-- admins-install: site values -->`` holds the site's own values;
-a test gives its own in its place, and nothing else is changed.
+a test gives its own in its place, and nothing else is changed. The Restore section says "steps 1 to 4 of
+Install, then": a test runs those four blocks, then the section's own.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ def shell_blocks(text: str) -> list[tuple[bool, str]]:
     return blocks
 
 
-def install_script(document: Path, values: Mapping[str, str], title: str = "Install") -> str:
-    """The section's steps as one bash script, with ``values`` in place of the site-values block."""
-    blocks = shell_blocks(section(document.read_text(), title))
-    if sum(1 for is_values, _ in blocks if is_values) != 1:
-        raise AssertionError(f"the {title} section needs exactly one block after {SITE_VALUES_MARKER}")
+def install_script(document: Path, values: Mapping[str, str], title: str = "Install", first: int | None = None) -> str:
+    """The section's steps (its ``first`` blocks only, when given) as one bash script, with ``values`` in place
+    of the site-values block."""
+    blocks = shell_blocks(section(document.read_text(), title))[:first]
+    if sum(1 for is_values, _ in blocks if is_values) != (1 if values else 0):
+        raise AssertionError(f"the {title} section needs {'one block' if values else 'no block'} after {SITE_VALUES_MARKER}")
     lines = ["set -euo pipefail"]
     for is_values, body in blocks:
         if is_values:

@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,106 @@ class ProdLab:
     def docker(self, *arguments: str, check: bool = True, timeout: float = 300):
         return self.node.docker(*arguments, check=check, timeout=timeout)
 
+    # -- what the tests look at on the server --------------------------------------------------------------
+    def site_value(self, name: str) -> str:
+        """An attribute of the server's checked site file (e.g. ``hub_address``)."""
+        return _on_server(self.node, f"print(json.dumps(str(lab.site.{name})))")
+
+    def stack_fingerprint(self) -> str:
+        """The stack's services (with when each last changed), secrets and configs."""
+        return self.node.sh(
+            "docker service inspect --format '{{.Spec.Name}} {{.UpdatedAt}} {{.Spec.TaskTemplate.ContainerSpec.Image}}' "
+            "$(docker service ls -q) && docker secret ls -q | sort && docker config ls -q | sort"
+        ).stdout
+
+    def server_containers(self) -> dict[str, str]:
+        """Students' running containers on the server: name -> start time (a restarted one shows)."""
+        output = self.docker("ps", "--filter", "label=org.teachlab.user", "--format", "{{.Names}}").stdout.split()
+        if not output:
+            return {}
+        started = self.docker("inspect", "--format", "{{.Name}} {{.State.StartedAt}}", *output).stdout.split("\n")
+        return dict(line.lstrip("/").split(" ", 1) for line in started if line.strip())
+
+    def server_container(self, user: str, course: str) -> str:
+        names = self.docker(
+            "ps",
+            "--filter",
+            f"label=org.teachlab.user={user}",
+            "--filter",
+            f"label=org.teachlab.course={course}",
+            "--format",
+            "{{.Names}}",
+        ).stdout.split()
+        assert len(names) == 1, f"{user}/{course}: {names}"
+        return names[0]
+
+    def hub_container(self) -> str:
+        names = self.docker("ps", "--filter", "label=com.docker.swarm.service.name=teachlab_hub", "--format", "{{.ID}}")
+        ids = names.stdout.split()
+        assert len(ids) == 1, ids
+        return ids[0]
+
+    def hub_image(self) -> str:
+        spec = self.docker("service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}", "teachlab_hub")
+        return spec.stdout.strip().split("@")[0]
+
+    def wait_for_new_hub(self, old: str, timeout: float = 240) -> str:
+        """The hub task Swarm started after ``old`` went, once it is healthy and answers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ids = self.docker(
+                "ps",
+                "--filter",
+                "label=com.docker.swarm.service.name=teachlab_hub",
+                "--filter",
+                "health=healthy",
+                "--format",
+                "{{.ID}}",
+            ).stdout.split()
+            if ids and ids[0] != old:
+                return ids[0]
+            time.sleep(2)
+        raise AssertionError(
+            f"no new healthy hub task within {timeout:.0f} s:\n" + self.docker("service", "ps", "teachlab_hub").stdout
+        )
+
+    def volumes(self, *, course: str | None = None, user: str | None = None) -> dict[str, dict]:
+        """The server's students' volumes (name -> labels) of a course or a person."""
+        filters = [f"label=org.teachlab.course={course}"] if course else []
+        filters += [f"label=org.teachlab.user={user}"] if user else []
+        arguments = [item for value in filters for item in ("--filter", value)]
+        names = self.docker("volume", "ls", "-q", *arguments).stdout.split()
+        if not names:
+            return {}
+        labels = self.docker("volume", "inspect", "--format", "{{json .Labels}}", *names).stdout.splitlines()
+        return {name: json.loads(line) for name, line in zip(names, labels, strict=True)}
+
+    def gpu_facts(self) -> dict:
+        return _on_server(self.node, GPU_FACTS)
+
+    def records_summary(self) -> dict:
+        return _on_server(self.node, RECORDS_SUMMARY)
+
+    def records_of(self, username: str) -> dict:
+        return _on_server(self.node, RECORDS_OF, username)
+
+    def add_ssh_key(self, username: str) -> None:
+        _on_server(self.node, ADD_SSH_KEY, username)
+
+    def audit_log(self) -> str:
+        return self.node.read_file(f"{SERVER_STATE}/audit.log").decode()
+
+    def downgrade_hub_database(self, revision: str) -> None:
+        assert _on_server(self.node, DOWNGRADE_HUB_DATABASE, revision) == revision
+
+    def upgrade_as_documented(self, tarball: bytes, document: Path):
+        """docs/admins.md's Upgrades steps as written, with the new release at /root/teachlab-next.tar.gz."""
+        from support.admin_docs import install_script
+
+        self.node.write_file("/root/teachlab-next.tar.gz", tarball)
+        script = ". /etc/profile.d/teachlab.sh\n" + install_script(document, {}, "Upgrades")
+        return self.node.sh(script, timeout=1200)
+
 
 def publish_on_server(node: Node, cluster: Cluster, build_settings, prod_courses, prod_catalog) -> float:
     """What an admin's `teachlab course publish` leaves on the server: the versions' records and their images."""
@@ -112,3 +213,84 @@ class InstalledServer:
     output: str
     install_seconds: float
     load_seconds: float
+
+
+GPU_COURSE = "gpu-course"
+# JupyterHub's migration head before its current one: the hub database of the previous release (JupyterHub 5).
+PREVIOUS_JUPYTERHUB_HEAD = "ff1860e38070"
+SERVER_PYTHON = "/opt/teachlab/.venv/bin/python"
+
+# Scripts the tests run on the server with the admin's Teachlab (its venv, its site file): each prints JSON.
+_ON_SERVER_PRELUDE = """
+import json, os, sys
+from pathlib import Path
+from spawner.deploy.lab import ProductionLab
+from spawner.deploy.site import load_site
+lab = ProductionLab(load_site(Path(os.environ["TEACHLAB_SITE_FILE"])))
+records = lab.records_url.render_as_string(hide_password=False)
+"""
+GPU_FACTS = """
+from spawner.core.contract import Labels
+from spawner.gpu.ledger import GpuLedger
+ledger = GpuLedger.open(records)
+holdings = sorted([h.username, h.server_name, h.device_uuid] for h in ledger.holdings())
+containers = sorted(
+    [c.labels[Labels.USER], c.labels[Labels.SERVER], uuid]
+    for c in lab.student_containers() if c.status == "running"
+    for uuid in filter(None, (c.labels.get(Labels.GPUS) or "").split(","))
+)
+print(json.dumps({"holdings": holdings, "containers": containers}))
+"""
+RECORDS_SUMMARY = """
+import subprocess
+from spawner.gpu.ledger import GpuLedger
+ledger = GpuLedger.open(records)
+versions = {}
+for slug in ("intro-python", "gpu-course"):
+    versions[slug] = subprocess.run(["teachlab", "course", "versions", slug], capture_output=True, text=True).stdout
+print(json.dumps({
+    "quotas": ledger.course_quotas(),
+    "usage": sorted([row.course, row.username, round(row.gpu_seconds, 3)] for row in ledger.usage_report()),
+    "versions": versions,
+    "current": {slug: json.loads(Path(os.environ["TEACHLAB_STATE_DIR"], "courses", slug + ".json").read_text()).get("current")
+                for slug in ("intro-python", "gpu-course")},
+}, default=str))
+"""
+RECORDS_OF = """
+from spawner.gpu.ledger import GpuLedger
+from spawner.ssh.keys import SshKeyStore
+import sqlalchemy
+name = sys.argv[1]
+keys = SshKeyStore.open(records).keys_of(name)
+engine = sqlalchemy.create_engine(records)
+with engine.connect() as connection:
+    gpu_rows = sum(
+        connection.execute(sqlalchemy.text(f"SELECT count(*) FROM {table} WHERE username = :name"), {"name": name}).scalar()
+        for table in ("gpu_holdings", "gpu_usage_intervals", "gpu_user_overrides")
+    )
+print(json.dumps({"ssh_keys": len(keys), "gpu_rows": gpu_rows, "hub_user": lab.hub_api().user(name) is not None}))
+"""
+ADD_SSH_KEY = """
+from spawner.ssh.keys import SshKeyStore
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+public = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+    serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+SshKeyStore.open(records).add(sys.argv[1], public + " test-key")
+print(json.dumps(True))
+"""
+DOWNGRADE_HUB_DATABASE = """
+from alembic import command
+from alembic.config import Config
+from jupyterhub import dbutil
+with dbutil._temp_alembic_ini(lab.hub_database_url.render_as_string(hide_password=False)) as ini:
+    command.downgrade(Config(ini), sys.argv[1])
+from spawner.deploy.migrate import JUPYTERHUB_VERSION_TABLE, revision
+print(json.dumps(revision(lab.hub_database_url.render_as_string(hide_password=False), JUPYTERHUB_VERSION_TABLE)))
+"""
+
+
+def _on_server(node: Node, script: str, *arguments: str):
+    quoted = " ".join(f"'{argument}'" for argument in arguments)
+    result = node.sh(f". /etc/profile.d/teachlab.sh && {SERVER_PYTHON} - {quoted}", stdin=_ON_SERVER_PRELUDE + script)
+    return json.loads(result.stdout.strip().splitlines()[-1])
