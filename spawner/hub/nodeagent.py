@@ -7,7 +7,8 @@ node, made from the hub's own image, and runs each operation there with ``docker
 * ``network_mode=host``: the agent's iptables rules are the node's;
 * the volume folder bound with ``rshared`` propagation: what the agent mounts appears on the node;
 * ``/dev`` of the node, with only loop devices allowed (device cgroup rules), and the capabilities
-  ``SYS_ADMIN`` (mount), ``NET_ADMIN`` and ``NET_RAW`` (iptables); everything else dropped, a read-only root;
+  ``SYS_ADMIN`` (mount), ``NET_ADMIN`` and ``NET_RAW`` (iptables), ``DAC_OVERRIDE`` (files in students'
+  filesystems); everything else dropped, a read-only root;
 * ``apparmor=unconfined``: Docker's default AppArmor profile forbids ``mount`` even with ``SYS_ADMIN``;
 * restarted by dockerd (``always``), so after a reboot it mounts every volume again before the hub asks.
 
@@ -31,7 +32,9 @@ from ..node.agent import network_argument
 from ..node.disks import DiskError, VolumeStore
 from ..node.firewall import FirewallError, StudentNetwork
 
-AGENT_CAPABILITIES = ("SYS_ADMIN", "NET_ADMIN", "NET_RAW")
+# SYS_ADMIN: mount; NET_ADMIN, NET_RAW: iptables; DAC_OVERRIDE: root works in filesystems a student owns (their
+# root is the student's, so making a volume or removing one needs it).
+AGENT_CAPABILITIES = ("SYS_ADMIN", "NET_ADMIN", "NET_RAW", "DAC_OVERRIDE")
 LOOP_DEVICE_RULES = ("b 7:* rmw", "c 10:237 rmw")  # loop devices, and /dev/loop-control
 START_TIMEOUT_SECONDS = 30
 

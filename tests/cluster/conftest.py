@@ -190,7 +190,7 @@ def prod_lab(server, build_settings, prod_courses, prod_catalog, prod_tls, unive
     site = yaml.safe_load(node.read_file(SITE_FILE))
     site["gpus"] = FAKE_GPU_INVENTORY
     node.write_file(SITE_FILE, yaml.safe_dump(site, sort_keys=False), mode=0o600)
-    lab = ProdLab(node, university.issuer, prod_tls.ca_certificate)
+    lab = ProdLab(node, university.issuer, prod_tls.ca_certificate, build_settings.image_namespace)
     lab.teachlab("deploy", "up")
     bundle = Path(prod_tls.ca_certificate.parent / "bundle.pem")
     previous = os.environ.get("REQUESTS_CA_BUNDLE")
@@ -311,8 +311,25 @@ def restore_server(
         result = node.sh(script, timeout=1800, check=False, env={"TEACHLAB_IMAGE_NAMESPACE": build_settings.image_namespace})
         seconds = time.monotonic() - started
         assert result.returncode == 0, f"the Restore steps failed:\n{result.stdout[-4000:]}"
-        return ProdLab(node, university.issuer, prod_tls.ca_certificate), seconds
+        return ProdLab(node, university.issuer, prod_tls.ca_certificate, build_settings.image_namespace), seconds
 
     yield restore
     for cluster in made:
         cluster.remove()
+
+
+@pytest.fixture(autouse=True)
+def server_logs_on_failure(request):
+    """After a failed test, print what the server's services and the node agent said."""
+    yield
+    report = getattr(request.node, "report_call", None)
+    if report is None or not report.failed or "prod_lab" not in request.fixturenames:
+        return
+    node = request.getfixturevalue("prod_lab").node
+    script = (
+        "docker service ps --no-trunc teachlab_hub teachlab_nginx teachlab_proxy teachlab_postgres | head -20; "
+        'for service in teachlab_hub teachlab_nginx; do echo "== $service"; docker service logs --raw --tail 60 $service; done; '
+        "for agent in $(docker ps -aq --filter label=org.teachlab.helper=node-agent); do echo '== node agent'; "
+        "docker logs --tail 30 $agent; done"
+    )
+    print("\n" + node.sh(script, check=False, timeout=120).stdout[-12000:])

@@ -59,6 +59,7 @@ class ProdLab:
     node: Node
     issuer: str
     ca_certificate: Path
+    image_namespace: str
     domain: str = DOMAIN
 
     @property
@@ -80,7 +81,15 @@ class ProdLab:
     def teachlab(self, *arguments: str, check: bool = True, timeout: float = 900, env: dict | None = None):
         """The admin's `teachlab` command on the server, as root, with the server's profile."""
         command = " ".join(f"'{argument}'" for argument in ("teachlab", *arguments))
-        return self.node.sh(f". /etc/profile.d/teachlab.sh && {command}", check=check, timeout=timeout, env=env)
+        return self.node.sh(
+            f". /etc/profile.d/teachlab.sh && {command}", check=check, timeout=timeout, env={**self.environment, **(env or {})}
+        )
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """What the test's admin has in the environment besides the server's profile: images are named in the
+        test session's namespace."""
+        return {"TEACHLAB_IMAGE_NAMESPACE": self.image_namespace}
 
     def docker(self, *arguments: str, check: bool = True, timeout: float = 300):
         return self.node.docker(*arguments, check=check, timeout=timeout)
@@ -88,7 +97,7 @@ class ProdLab:
     # -- what the tests look at on the server --------------------------------------------------------------
     def site_value(self, name: str) -> str:
         """An attribute of the server's checked site file (e.g. ``hub_address``)."""
-        return _on_server(self.node, f"print(json.dumps(str(lab.site.{name})))")
+        return _on_server(self, f"print(json.dumps(str(lab.site.{name})))")
 
     def stack_fingerprint(self) -> str:
         """The stack's services (with when each last changed), secrets and configs."""
@@ -160,22 +169,22 @@ class ProdLab:
         return {name: json.loads(line) for name, line in zip(names, labels, strict=True)}
 
     def gpu_facts(self) -> dict:
-        return _on_server(self.node, GPU_FACTS)
+        return _on_server(self, GPU_FACTS)
 
     def records_summary(self) -> dict:
-        return _on_server(self.node, RECORDS_SUMMARY)
+        return _on_server(self, RECORDS_SUMMARY)
 
     def records_of(self, username: str) -> dict:
-        return _on_server(self.node, RECORDS_OF, username)
+        return _on_server(self, RECORDS_OF, username)
 
     def add_ssh_key(self, username: str) -> None:
-        _on_server(self.node, ADD_SSH_KEY, username)
+        _on_server(self, ADD_SSH_KEY, username)
 
     def audit_log(self) -> str:
         return self.node.read_file(f"{SERVER_STATE}/audit.log").decode()
 
     def downgrade_hub_database(self, revision: str) -> None:
-        assert _on_server(self.node, DOWNGRADE_HUB_DATABASE, revision) == revision
+        assert _on_server(self, DOWNGRADE_HUB_DATABASE, revision) == revision
 
     def upgrade_as_documented(self, tarball: bytes, document: Path):
         """docs/admins.md's Upgrades steps as written, with the new release at /root/teachlab-next.tar.gz."""
@@ -183,7 +192,7 @@ class ProdLab:
 
         self.node.write_file("/root/teachlab-next.tar.gz", tarball)
         script = ". /etc/profile.d/teachlab.sh\n" + install_script(document, {}, "Upgrades")
-        return self.node.sh(script, timeout=1200)
+        return self.node.sh(script, timeout=1200, env=self.environment)
 
 
 def publish_on_server(node: Node, cluster: Cluster, build_settings, prod_courses, prod_catalog) -> float:
@@ -242,18 +251,16 @@ containers = sorted(
 print(json.dumps({"holdings": holdings, "containers": containers}))
 """
 RECORDS_SUMMARY = """
-import subprocess
 from spawner.gpu.ledger import GpuLedger
 ledger = GpuLedger.open(records)
-versions = {}
+courses = {}
 for slug in ("intro-python", "gpu-course"):
-    versions[slug] = subprocess.run(["teachlab", "course", "versions", slug], capture_output=True, text=True).stdout
+    record = json.loads((lab.layout.courses / (slug + ".json")).read_text())
+    courses[slug] = {"current": record["current"], "versions": [[v["version"], v["image"]] for v in record["versions"]]}
 print(json.dumps({
     "quotas": ledger.course_quotas(),
     "usage": sorted([row.course, row.username, round(row.gpu_seconds, 3)] for row in ledger.usage_report()),
-    "versions": versions,
-    "current": {slug: json.loads(Path(os.environ["TEACHLAB_STATE_DIR"], "courses", slug + ".json").read_text()).get("current")
-                for slug in ("intro-python", "gpu-course")},
+    "courses": courses,
 }, default=str))
 """
 RECORDS_OF = """
@@ -290,7 +297,9 @@ print(json.dumps(revision(lab.hub_database_url.render_as_string(hide_password=Fa
 """
 
 
-def _on_server(node: Node, script: str, *arguments: str):
+def _on_server(lab: ProdLab, script: str, *arguments: str):
     quoted = " ".join(f"'{argument}'" for argument in arguments)
-    result = node.sh(f". /etc/profile.d/teachlab.sh && {SERVER_PYTHON} - {quoted}", stdin=_ON_SERVER_PRELUDE + script)
+    result = lab.node.sh(
+        f". /etc/profile.d/teachlab.sh && {SERVER_PYTHON} - {quoted}", stdin=_ON_SERVER_PRELUDE + script, env=lab.environment
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
