@@ -245,5 +245,5 @@ def test_a_backup_restored_onto_a_fresh_swarm_brings_everything_back(prod_lab, u
     with names_on_loopback(DOMAIN, restored.node.address):
         alice = HubUser(restored, "alice")
         alice.start_and_wait(COURSE)
-        content = alice.get_server_page(f"api/contents/work/{WORK_FILE}?content=1", course=COURSE)
+        content = alice.get_server_page(f"api/contents/{WORK_FILE}?content=1", course=COURSE)
         assert content.status_code == 200 and content.json()["content"] == WORK_TEXT

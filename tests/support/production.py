@@ -100,10 +100,10 @@ class ProdLab:
         return _on_server(self, f"print(json.dumps(str(lab.site.{name})))")
 
     def stack_fingerprint(self) -> str:
-        """The stack's services (with when each last changed), secrets and configs."""
+        """The stack's services' specifications (what a deploy changes), secrets and configs."""
         return self.node.sh(
-            "docker service inspect --format '{{.Spec.Name}} {{.UpdatedAt}} {{.Spec.TaskTemplate.ContainerSpec.Image}}' "
-            "$(docker service ls -q) && docker secret ls -q | sort && docker config ls -q | sort"
+            "docker service inspect --format '{{json .Spec}}' $(docker service ls -q) && docker secret ls -q | sort "
+            "&& docker config ls -q | sort"
         ).stdout
 
     def server_containers(self) -> dict[str, str]:
