@@ -237,7 +237,11 @@ def _restore_file(path: Path, data: bytes) -> None:
 def _extract(archive_path: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive_path) as archive:
-        archive.extractall(target, filter="fully_trusted")  # the lab's own files, owners and modes kept
+        # The lab's own files, owners and modes kept. Extraction filters came with Python 3.11.4; Debian 12 has 3.11.2.
+        if hasattr(tarfile, "fully_trusted_filter"):
+            archive.extractall(target, filter="fully_trusted")
+        else:
+            archive.extractall(target)  # the backup's own archive, checked against its manifest
 
 
 def restore_backup(folder: Path, *, site_path: Path | None, progress) -> ProductionLab:
