@@ -75,7 +75,7 @@ def goto_despite_network_changes(page, url: str, attempts: int = 3) -> None:
 
 def new_notebook_and_run(page, code: str):
     page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{COURSE_TITLE}"]').click()
-    expect(page.get_by_role("button", name=f"{COURSE_TITLE} | Idle", exact=True)).to_be_visible(timeout=90_000)
+    expect(page.get_by_role("button", name=f"{COURSE_TITLE} | Idle", exact=True)).to_be_visible(timeout=SPAWN_TIMEOUT_MS)
     cells = page.locator(".jp-NotebookPanel:visible .jp-Notebook-cell")
     cell = cells.nth(cells.count() - 1)  # pinned by position: Shift+Enter adds a cell below
     editor = cell.locator(".cm-content")
@@ -96,8 +96,17 @@ def test_a_student_signs_in_over_https_starts_a_course_and_writes_a_file(prod_la
         page.locator(f"a#start-{COURSE}").click()
         page.wait_for_url(re.compile(rf"https://alice\.{re.escape(DOMAIN)}/user/alice/{COURSE}/lab"), timeout=SPAWN_TIMEOUT_MS)
         expect(page.locator(".jp-Launcher")).to_be_visible(timeout=SPAWN_TIMEOUT_MS)
-        output = new_notebook_and_run(page, f"open('/home/jovyan/work/{WORK_FILE}', 'w').write({WORK_TEXT!r}); print('written')")
-        expect(output).to_contain_text("written", timeout=60_000)
+        code = f"open('/home/jovyan/work/{WORK_FILE}', 'w').write({WORK_TEXT!r}); print('written')"
+        try:
+            expect(new_notebook_and_run(page, code)).to_contain_text("written", timeout=60_000)
+        except AssertionError:
+            # JupyterLab's own requests fail as "Failed to fetch" when this machine's interfaces change (see
+            # goto_despite_network_changes): then, and only then, open the lab again and try once more.
+            if not page.get_by_text("Failed to fetch").is_visible():
+                raise
+            goto_despite_network_changes(page, page.url.split("/lab")[0] + "/lab")
+            page.get_by_role("button", name="New Launcher (Ctrl+Shift+L)").click()
+            expect(new_notebook_and_run(page, code)).to_contain_text("written", timeout=60_000)
     finally:
         page.screenshot(path=output_dir / "last.png")
         context.close()
