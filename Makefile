@@ -6,15 +6,16 @@ BIN := $(VENV)/bin
 STATE_DIR ?= .teachlab
 PYTEST_ARGS ?=
 
-.PHONY: help setup python-env node-env system-packages docker up down test unit lint format docs clean
+.PHONY: help setup python-env node-env system-packages docker up down test test-cluster unit lint format docs clean
 
 help:
 	@echo "make up      run the lab on http://127.0.0.1:8000 (demo accounts printed)"
 	@echo "make down    stop the lab, keep its data"
 	@echo "make test    install everything needed and run the whole test suite"
 	@echo "make unit    run the unit tests only (no Docker needed)"
+	@echo "make test-cluster  the production stack's tests in Docker-in-Docker swarms (make test runs them last)"
 	@echo "make lint    ruff (lint and format check), as the pre-commit hooks run it"
-	@echo "make docs    regenerate docs/course-yaml.md and docs/configuration.md from the code"
+	@echo "make docs    regenerate docs/course-yaml.md, docs/configuration.md and docs/site-yaml.md from the code"
 
 $(BIN)/.installed: pyproject.toml constraints.txt deploy/scanners.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,9 +54,15 @@ format: python-env
 docs: python-env
 	$(BIN)/teachlab course schema-docs --output docs/course-yaml.md
 	$(BIN)/python -m spawner.hub.reference > docs/configuration.md
+	$(BIN)/teachlab deploy site-docs --output docs/site-yaml.md
 
+# The cluster tests (the production stack in Docker-in-Docker swarms) run last, in a session of their own.
 test: setup lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --ignore=tests/cluster $(PYTEST_ARGS)
+	$(MAKE) test-cluster
+
+test-cluster: setup
+	$(BIN)/pytest tests/cluster $(PYTEST_ARGS)
 
 up: python-env node-env system-packages
 	deploy/bin/ensure-docker

@@ -54,6 +54,11 @@ def _rows(schema: dict, root: dict, prefix: str = "") -> Iterator[str]:
             yield from _rows(sub["items"], root, f"{path}[].")
 
 
+def reference_table_rows(schema: dict) -> list[str]:
+    """One Markdown table row per key of a JSON Schema, nested keys included (also the site file's reference)."""
+    return list(_rows(schema, schema))
+
+
 def render_course_yaml_reference() -> str:
     root: dict[str, Any] = course_schema()
     return HEADER + "\n".join(_rows(root, root)) + "\n"

@@ -21,6 +21,11 @@ from ..gpu.cache import inventory_for, ledger_for, parse_inventory_setting
 
 def _ledger(args: argparse.Namespace) -> GpuLedger:
     url = args.ledger_url or os.environ.get("TEACHLAB_GPU_LEDGER_URL")
+    if not url and os.environ.get("TEACHLAB_SITE_FILE"):  # a production server (docs/admins.md)
+        from ..deploy.lab import ProductionLab
+        from ..deploy.site import load_site
+
+        url = ProductionLab(load_site(Path(os.environ["TEACHLAB_SITE_FILE"]))).records_url.render_as_string(hide_password=False)
     if not url:
         layout = StateLayout(Path(args.state_dir) if args.state_dir else default_state_dir(os.environ))
         if not layout.gpu_ledger.exists():

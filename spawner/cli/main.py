@@ -14,17 +14,19 @@ from collections.abc import Sequence
 from rich.console import Console
 
 from ..core.problems import ProblemsError, TeachlabError
-from . import classes, course, gpu
+from . import classes, course, deploy, gpu
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="teachlab", description="Teachlab: courses, images, GPUs and class sessions of a JupyterHub teaching lab."
+        prog="teachlab",
+        description="Teachlab: courses, images, GPUs, class sessions and the production stack of a JupyterHub teaching lab.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     course.register(commands)
     gpu.register(commands)
     classes.register(commands)
+    deploy.register(commands)
     return parser
 
 

@@ -22,8 +22,8 @@ FILES: Final = "files"
 DISKS: Final = "disks"  # mkfs and mount of size-limited volumes: seconds each, never on the files pool
 SSH_DOCKER: Final = "ssh-docker"  # the SSH gateway's exec calls: quick, but one per session and forward
 PUBLISHES: Final = "publishes"  # course publishes of teachlab-courses: minutes each, two courses at a time
-DOCKER_READS: Final = "docker-reads"  # teachlab-courses' Docker calls beside publishes: a rollback, the class's versions
-_POOL_SIZES: Final = {LEDGER: 4, FILES: 1, DISKS: 2, SSH_DOCKER: 8, PUBLISHES: 2, DOCKER_READS: 4}
+DOCKER_CALLS: Final = "docker-calls"  # services' Docker calls: a rollback, a class's versions, a work download's helper
+_POOL_SIZES: Final = {LEDGER: 4, FILES: 1, DISKS: 2, SSH_DOCKER: 8, PUBLISHES: 2, DOCKER_CALLS: 4}
 
 _pools: dict[str, ThreadPoolExecutor] = {}
 _lock = threading.Lock()

@@ -35,6 +35,7 @@ class Labels:
     TEST_CACHE: Final = LABEL_PREFIX + "test-cache"  # images tests keep between sessions
     TEST_SESSION: Final = LABEL_PREFIX + "test-session"  # objects one test session made, removed at its end
     BUILD_PROXY: Final = LABEL_PREFIX + "build-proxy"  # the mirror proxy and networks of confined builds (value: the lab)
+    STACK: Final = LABEL_PREFIX + "stack"  # the production stack's own objects (its database volume)
 
     @staticmethod
     def image(name: str) -> str:
@@ -216,6 +217,7 @@ class Scopes:
         return f"custom:teachlab-gpu:usage:{course}"
 
     SSH_SERVICE: Final = "teachlab-ssh"
+    WORK_SERVICE: Final = "teachlab-work"  # students download their work in a course as one zip
 
     COURSES_SERVICE: Final = "teachlab-courses"
     COURSES_ADMIN: Final = "custom:teachlab-courses:admin"

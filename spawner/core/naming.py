@@ -92,6 +92,11 @@ class LabNames:
         """The shared data volume ``volume`` (a schema-checked short name) of a course."""
         return f"{self.prefix}-data-{_require_course_slug(course_slug)}{PAIR_SEPARATOR}{volume}"
 
+    def node_agent(self) -> str:
+        """The node agent container of this lab on a node (``spawner.hub.nodeagent``); never a student's name,
+        which always holds the pair separator."""
+        return f"{self.prefix}-node-agent"
+
 
 def course_image_repository(course_slug: str, namespace: str = "teachlab") -> str:
     """Repository of a course's images; one tag per published version."""

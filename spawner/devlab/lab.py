@@ -176,6 +176,7 @@ class LabPorts:
     ssh_service: int = 8084
     warmer: int = 8085
     courses_service: int = 8086
+    work_service: int = 8087
 
 
 @dataclass
@@ -285,6 +286,7 @@ class Lab:
             ssh_service_port=self.ports.ssh_service,
             warmer_port=self.ports.warmer,
             courses_service_port=self.ports.courses_service,
+            work_service_port=self.ports.work_service,
             proxy_api_url=f"http://127.0.0.1:{self.ports.proxy_api}",
             network=self.network,
             oidc_issuer=self.issuer,

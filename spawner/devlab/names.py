@@ -12,12 +12,13 @@ LOOPBACK = "127.0.0.1"
 
 
 @contextmanager
-def names_on_loopback(domain: str):
+def names_on_loopback(domain: str, address: str = LOOPBACK):
+    """``domain`` and every name under it resolve to ``address`` (loopback, or a container the test made)."""
     real = socket.getaddrinfo
 
     def resolve(host, port, *args, **kwargs):
         if isinstance(host, str) and (host == domain or host.endswith("." + domain)):
-            host = LOOPBACK
+            host = address
         return real(host, port, *args, **kwargs)
 
     socket.getaddrinfo = resolve
@@ -27,5 +28,5 @@ def names_on_loopback(domain: str):
         socket.getaddrinfo = real
 
 
-def chromium_resolver_rules(domain: str) -> str:
-    return f"--host-resolver-rules=MAP {domain} {LOOPBACK}, MAP *.{domain} {LOOPBACK}"
+def chromium_resolver_rules(domain: str, address: str = LOOPBACK) -> str:
+    return f"--host-resolver-rules=MAP {domain} {address}, MAP *.{domain} {address}"

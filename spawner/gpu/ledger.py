@@ -665,6 +665,25 @@ class GpuLedger:
         with self._transaction(write=False) as connection:
             return self._quota_for(connection, username, course)
 
+    def erase_person(self, username: str) -> dict[str, int]:
+        """Delete every row about ``username`` (holdings, usage, overrides, the audit entries naming them), for an
+        erasure on request; returns how many of each. A person with a server running is stopped first by the caller."""
+        counts = {}
+        audited = or_(
+            audit_log_table.c.target == username,
+            audit_log_table.c.target.startswith(f"{username}/", autoescape=True),
+            audit_log_table.c.target.startswith(f"{username} in ", autoescape=True),
+        )
+        with self._transaction(write=True) as connection:
+            for name, table, where in (
+                ("holdings", holdings_table, holdings_table.c.username == username),
+                ("usage_intervals", usage_intervals_table, usage_intervals_table.c.username == username),
+                ("user_overrides", user_overrides_table, user_overrides_table.c.username == username),
+                ("audit_entries", audit_log_table, audited),
+            ):
+                counts[name] = connection.execute(delete(table).where(where)).rowcount
+        return counts
+
     def audit_log(self, limit: int = 100) -> list[AuditEntry]:
         """The newest ``limit`` quota changes and manual releases, newest first."""
         table = audit_log_table

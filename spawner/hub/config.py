@@ -9,6 +9,7 @@ unit tests pass a stand-in and assert on the traits (tests/unit/test_hub_config.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping
 from datetime import date
@@ -18,12 +19,13 @@ from typing import Any
 from ..catalog.cache import CatalogCache
 from ..core.contract import PAGE_LINKS_VARIABLE, STATE_DIR_VARIABLE, Scopes
 from ..core.problems import ProblemsError
-from ..core.secrets import hex_secret, narrow, private_folder
+from ..core.secrets import hex_secret, narrow, private_folder, write_private
 from .home import TEMPLATES_DIR, course_rows, notices_for
 from .metrics import LabGauges, register_lab_collector
 from .role_sync import retire_replaced_tokens_listener, sync_roles_listener
 from .roles import (
     CLI_SERVICE,
+    DEPLOY_SERVICE,
     IDLE_CULLER,
     METRICS_SERVICE,
     all_roles,
@@ -77,6 +79,7 @@ def gpu_service(settings: HubSettings, allowed_scopes: list[str]) -> dict:
         "TEACHLAB_GPU_INVENTORY": settings.gpu_inventory,
         "TEACHLAB_CATALOG": str(settings.catalog_path),
         PAGE_LINKS_VARIABLE: page_links(settings, Scopes.GPU_SERVICE, Scopes.SSH_SERVICE),
+        **database_environment(settings),
     }
     if settings.today:
         environment["TEACHLAB_TODAY"] = settings.today
@@ -131,6 +134,7 @@ def ssh_service(settings: HubSettings) -> dict:
         "TEACHLAB_SSH_PORT": str(settings.ssh_port),
         "TEACHLAB_SSH_BIND": settings.ssh_bind,
         "TEACHLAB_SSH_ACTIVITY_INTERVAL": str(settings.ssh_activity_seconds),
+        **database_environment(settings),
     }
     if settings.today:
         environment["TEACHLAB_TODAY"] = settings.today
@@ -143,6 +147,22 @@ def ssh_service(settings: HubSettings) -> dict:
     }
 
 
+def database_environment(settings: HubSettings) -> dict[str, str]:
+    """What a process needs to sign in to PostgreSQL: libpq's password file, written by ``write_pgpass``."""
+    return {"PGPASSFILE": str(settings.pgpass_path)} if settings.database_password_file else {}
+
+
+def write_pgpass(settings: HubSettings) -> None:
+    """libpq's password file (``*:*:*:*:<password>``, 0600) from the database password file (a Docker secret):
+    the password reaches libpq in every hub process without a URL or a variable holding it."""
+    if settings.database_password_file is None:
+        return
+    password = settings.database_password_file.read_text().strip()
+    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+    write_private(settings.pgpass_path, f"*:*:*:*:{escaped}\n".encode())
+    os.environ.update(database_environment(settings))
+
+
 def warmer_service(settings: HubSettings) -> dict:
     """teachlab-warmer (spawner/services/warmer.py): the class pre-warm, as a hub-managed service."""
     environment = {
@@ -153,6 +173,7 @@ def warmer_service(settings: HubSettings) -> dict:
         "TEACHLAB_WARM_MEMORY_BUDGET_BYTES": str(settings.warm_memory_budget_bytes),
         "TEACHLAB_WARM_STAGGER_SECONDS": str(settings.warm_stagger_seconds),
         "TEACHLAB_TIMEZONE": settings.timezone,
+        **database_environment(settings),
     }
     if settings.today:
         environment["TEACHLAB_TODAY"] = settings.today
@@ -164,14 +185,37 @@ def warmer_service(settings: HubSettings) -> dict:
     }
 
 
+def work_service(settings: HubSettings) -> dict:
+    """teachlab-work as a hub-managed service: students download their work in a course as one zip
+    (spawner/deploy/workservice.py), while the course is open to them."""
+    environment = {
+        "TEACHLAB_CATALOG": str(settings.catalog_path),
+        "TEACHLAB_STATE_DIR": str(settings.state_dir),
+        "TEACHLAB_LAB_ID": settings.lab_id,
+        "TEACHLAB_NAME_PREFIX": settings.name_prefix,
+    }
+    if settings.node_agent_image:
+        environment["TEACHLAB_NODE_AGENT_IMAGE"] = settings.node_agent_image
+    if settings.today:
+        environment["TEACHLAB_TODAY"] = settings.today
+    return {
+        "name": Scopes.WORK_SERVICE,
+        "url": f"http://127.0.0.1:{settings.work_service_port}",
+        "command": [sys.executable, "-m", "spawner.deploy.workservice"],
+        "oauth_no_confirm": True,
+        "environment": environment,
+    }
+
+
 def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     """Configure JupyterHub (``c``) for this lab. Stops the hub, with one line per problem, when the
     catalog, the students' network, the provider or the GPU inventory is broken."""
-    host = host or HubHost()
+    host = host or HubHost.for_settings(settings)
     layout = settings.layout
     private_folder(settings.state_dir)
     private_folder(layout.lab)
-    narrow(layout.cookie_secret)
+    narrow(settings.cookie_secret_path)
+    write_pgpass(settings)
     # The catalog is checked before anything starts: a broken catalog stops the hub with one line per problem.
     catalog = load_catalog_or_stop(settings.catalog_path)
     today = today_function(settings)
@@ -182,13 +226,15 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     host.install_firewall(net)
     c.JupyterHub.bind_url = settings.public_url
     c.JupyterHub.hub_bind_url = f"http://{net.gateway}:{settings.hub_port}"
-    hub_db_url = f"sqlite:///{layout.hub_database}"
+    hub_db_url = settings.hub_database_url
     c.JupyterHub.db_url = hub_db_url
-    c.JupyterHub.cookie_secret_file = str(layout.cookie_secret)
+    c.JupyterHub.cookie_secret_file = str(settings.cookie_secret_path)
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.cleanup_proxy = False
     c.ConfigurableHTTPProxy.should_start = False
     c.ConfigurableHTTPProxy.api_url = settings.proxy_api_url
+    if settings.proxy_token_file:
+        c.ConfigurableHTTPProxy.auth_token = settings.proxy_token_file.read_text().strip()
 
     # One named server per course: /user/<name>/<course>/. The home page lists the user's courses.
     c.JupyterHub.allow_named_servers = True
@@ -202,6 +248,7 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
         "notices": notices_for,
         "ssh_keys_url": settings.service_url(Scopes.SSH_SERVICE),
         "course_pages_url": settings.service_url(Scopes.COURSES_SERVICE),
+        "work_download_url": settings.service_url(Scopes.WORK_SERVICE),
     }
 
     c.JupyterHub.spawner_class = "teachlab"
@@ -224,6 +271,8 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     c.JupyterHub.concurrent_spawn_limit = 0
     c.JupyterHub.last_activity_interval = ACTIVITY_INTERVAL_SECONDS
     c.CourseSpawner.poll_interval = settings.poll_interval_seconds
+    if settings.node_agent_image:
+        c.CourseSpawner.node_agent_image = settings.node_agent_image
 
     # GPUs: discovered with NVML ("nvml") or declared (a JSON list); the ledger is made equal to what this
     # lab's containers hold before the hub takes any request.
@@ -244,12 +293,13 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
         c.GenericOAuthenticator.userdata_url = endpoints["userinfo_endpoint"]
     c.GenericOAuthenticator.login_service = "University login"
     c.GenericOAuthenticator.client_id = settings.oidc_client_id
-    c.GenericOAuthenticator.client_secret = settings.oidc_client_secret
+    c.GenericOAuthenticator.client_secret = settings.client_secret()
     c.GenericOAuthenticator.oauth_callback_url = f"{settings.public_url.rstrip('/')}/hub/oauth_callback"
-    c.GenericOAuthenticator.scope = ["openid", "profile", "email", "groups"]
+    c.GenericOAuthenticator.scope = list(settings.oidc_scopes)
     c.GenericOAuthenticator.username_claim = settings.username_claim
+    c.GenericOAuthenticator.userdata_from_id_token = settings.claims_from_id_token
     c.GenericOAuthenticator.manage_groups = True
-    c.GenericOAuthenticator.auth_state_groups_key = "oauth_user.groups"
+    c.GenericOAuthenticator.auth_state_groups_key = f"oauth_user.{settings.groups_claim}"
     c.GenericOAuthenticator.admin_groups = set(settings.admin_groups)
     if settings.allowed_groups:
         c.GenericOAuthenticator.allowed_groups = set(settings.allowed_groups)
@@ -283,6 +333,7 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
         settings.admin_groups,
         with_cli=settings.cli_token is not None,
         with_metrics=settings.metrics_token is not None,
+        with_deploy=settings.deploy_token_file is not None,
     )
     clients = oauth_client_scopes(catalog)
     c.JupyterHub.services = [
@@ -291,6 +342,7 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
         ssh_service(settings),
         warmer_service(settings),
         courses_service(settings, clients[Scopes.COURSES_SERVICE], host.build_environment()),
+        work_service(settings),
     ]
     if settings.cli_token:
         c.JupyterHub.services.append({"name": CLI_SERVICE, "api_token": settings.cli_token})
@@ -300,6 +352,8 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     if settings.metrics_token:
         c.JupyterHub.services.append({"name": METRICS_SERVICE, "api_token": settings.metrics_token})
         cache.on_reload_async(retire_replaced_tokens_listener(METRICS_SERVICE, settings.metrics_token))
+    if settings.deploy_token_file:
+        c.JupyterHub.services.append({"name": DEPLOY_SERVICE, "api_token": settings.deploy_token_file.read_text().strip()})
 
 
 def nothing_to_refresh_without_a_sign_in(authenticator: Any, user: Any, auth_state: Any) -> bool | None:

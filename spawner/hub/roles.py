@@ -40,6 +40,10 @@ COURSES_SERVICE_SCOPES = ["list:users", "read:users:name", "read:users:groups", 
 # Its OAuth tokens may also carry the signed-in person's own ``servers`` scopes: a start or stop on the class
 # page is made with the instructor's token, so the hub checks it against the instructor's own role.
 COURSES_CLIENT_SERVER_SCOPES = ("servers",)
+# `teachlab deploy` in the production stack: stops servers (before taking the lab down or archiving a course)
+# and erases a person on an admin's command (DELETE /users/<name> needs admin:users).
+DEPLOY_SERVICE = "teachlab-deploy"
+DEPLOY_SCOPES = ["list:users", "read:users:name", "read:servers", "delete:servers", "admin:users"]
 
 
 def instructor_role_name(slug: str) -> str:
@@ -168,8 +172,9 @@ def gpu_roles(catalog: Catalog, admin_groups: Iterable[str]) -> list[dict]:
     """Admins manage GPUs, instructors read their course's usage, every user reads their own."""
     access = f"access:services!service={Scopes.GPU_SERVICE}"
     ssh_page = f"access:services!service={Scopes.SSH_SERVICE}"
+    work_download = f"access:services!service={Scopes.WORK_SERVICE}"
     return [
-        {"name": "user", "scopes": ["self", access, ssh_page]},
+        {"name": "user", "scopes": ["self", access, ssh_page, work_download]},
         {
             "name": "gpu-admins",
             "description": "Set GPU quotas, see and release every GPU",
@@ -192,9 +197,9 @@ def class_admin_roles(admin_groups: Iterable[str]) -> list[dict]:
     ]
 
 
-def service_roles(*, with_cli: bool, with_metrics: bool = False) -> list[dict]:
-    """The idle culler's, the SSH gateway's, the warmer's and teachlab-courses' roles; the CLI's and the monitoring
-    token's when the lab has those tokens."""
+def service_roles(*, with_cli: bool, with_metrics: bool = False, with_deploy: bool = False) -> list[dict]:
+    """The idle culler's, the SSH gateway's, the warmer's and teachlab-courses' roles; the CLI's, the monitoring
+    token's and `teachlab deploy`'s (the production stack) when the lab has those tokens."""
     roles = [
         {"name": IDLE_CULLER, "scopes": IDLE_CULLER_SCOPES, "services": [IDLE_CULLER]},
         {"name": Scopes.SSH_SERVICE, "scopes": SSH_GATEWAY_SCOPES, "services": [Scopes.SSH_SERVICE]},
@@ -219,6 +224,15 @@ def service_roles(*, with_cli: bool, with_metrics: bool = False) -> list[dict]:
                 "services": [METRICS_SERVICE],
             }
         )
+    if with_deploy:
+        roles.append(
+            {
+                "name": DEPLOY_SERVICE,
+                "description": "teachlab deploy: stop servers, erase a person on an admin's command",
+                "scopes": DEPLOY_SCOPES,
+                "services": [DEPLOY_SERVICE],
+            }
+        )
     return roles
 
 
@@ -229,6 +243,7 @@ def all_roles(
     *,
     with_cli: bool,
     with_metrics: bool = False,
+    with_deploy: bool = False,
 ) -> list[dict]:
     """``c.JupyterHub.load_roles``: every role the lab defines."""
     return (
@@ -236,7 +251,7 @@ def all_roles(
         + gpu_roles(catalog, admin_groups)
         + class_admin_roles(admin_groups)
         + course_roles(catalog, admin_groups)
-        + service_roles(with_cli=with_cli, with_metrics=with_metrics)
+        + service_roles(with_cli=with_cli, with_metrics=with_metrics, with_deploy=with_deploy)
     )
 
 

@@ -54,6 +54,10 @@ def _optional(text: str) -> str | None:
     return text or None
 
 
+def _path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
 def setting(variable: str, default: Any, help: str, *, parse: Callable[[str], Any] = str, example: str = "") -> Any:
     """A field read from ``variable`` (``parse`` turns its text into the value)."""
     metadata = {"variable": variable, "help": help, "parse": parse, "example": example}
@@ -250,6 +254,12 @@ class HubSettings:
     ssh_service_port: int = setting(
         "TEACHLAB_SSH_SERVICE_PORT", 8084, "Port of the `teachlab-ssh` keys page on 127.0.0.1 (behind the proxy).", parse=int
     )
+    work_service_port: int = setting(
+        "TEACHLAB_WORK_SERVICE_PORT",
+        8087,
+        "Port of the `teachlab-work` service (students download their work as one zip) on 127.0.0.1.",
+        parse=int,
+    )
     ssh_activity_seconds: int = setting(
         "TEACHLAB_SSH_ACTIVITY_INTERVAL",
         60,
@@ -316,6 +326,85 @@ class HubSettings:
         parse=lambda text: Path(text) if text else None,
         example="/etc/teachlab/jupyterhub_config.d",
     )
+    # -- the production stack (spawner/deploy): PostgreSQL, secrets as files, the node agent ----------------
+    hub_db_url: str | None = setting(
+        "TEACHLAB_HUB_DB_URL",
+        None,
+        "SQLAlchemy URL of the hub's own database (default: SQLite in the state folder). No password in it: see "
+        "TEACHLAB_DATABASE_PASSWORD_FILE.",
+        parse=_optional,
+        example="postgresql+psycopg://teachlab@127.0.0.1:5432/jupyterhub",
+    )
+    database_password_file: Path | None = setting(
+        "TEACHLAB_DATABASE_PASSWORD_FILE",
+        None,
+        "File holding the PostgreSQL password of the hub database and the lab's records (a Docker secret); "
+        "the hub gives it to libpq as a password file, never in a URL or a variable.",
+        parse=_path,
+        example="/run/secrets/teachlab-database-password",
+    )
+    cookie_secret_file: Path | None = setting(
+        "TEACHLAB_COOKIE_SECRET_FILE",
+        None,
+        "File holding the hub's cookie secret (default: made in the state folder). Back it up.",
+        parse=_path,
+        example="/run/secrets/teachlab-cookie-secret",
+    )
+    proxy_token_file: Path | None = setting(
+        "TEACHLAB_PROXY_TOKEN_FILE",
+        None,
+        "File holding the proxy's API token (default: the CONFIGPROXY_AUTH_TOKEN variable).",
+        parse=_path,
+        example="/run/secrets/teachlab-proxy-token",
+    )
+    oidc_client_secret_file: Path | None = setting(
+        "TEACHLAB_OIDC_CLIENT_SECRET_FILE",
+        None,
+        "File holding the provider client's secret, read instead of TEACHLAB_OIDC_CLIENT_SECRET.",
+        parse=_path,
+        example="/run/secrets/teachlab-oidc-client-secret",
+    )
+    deploy_token_file: Path | None = setting(
+        "TEACHLAB_DEPLOY_TOKEN_FILE",
+        None,
+        "File holding the API token of `teachlab deploy` (it stops servers and erases people on an admin's "
+        "command); none: no such service.",
+        parse=_path,
+        example="/run/secrets/teachlab-deploy-token",
+    )
+    groups_claim: str = setting(
+        "TEACHLAB_GROUPS_CLAIM", "groups", "The OpenID Connect claim that lists a person's groups.", example="roles"
+    )
+    oidc_scopes: tuple[str, ...] = setting(
+        "TEACHLAB_OIDC_SCOPES",
+        ("openid", "profile", "email", "groups"),
+        "Scopes asked for at sign-in (comma separated).",
+        parse=_names,
+        example="openid,profile,email",
+    )
+    claims_from_id_token: bool = setting(
+        "TEACHLAB_OIDC_CLAIMS_FROM_ID_TOKEN",
+        False,
+        "Read the username and groups from the ID token instead of the userinfo endpoint (Microsoft Entra ID "
+        "puts groups only in the token).",
+        parse=_boolean,
+        example="true",
+    )
+    student_subnet: str | None = setting(
+        "TEACHLAB_STUDENT_SUBNET",
+        None,
+        "Subnet of the students' network when the hub creates it (default: the first free /20 of 172.24.0.0/13).",
+        parse=_optional,
+        example="172.30.0.0/20",
+    )
+    node_agent_image: str | None = setting(
+        "TEACHLAB_NODE_AGENT_IMAGE",
+        None,
+        "Run the node piece (egress rules, sized volumes) in a privileged agent container of this image on "
+        "the hub's node (spawner/hub/nodeagent.py), for a hub that runs in a container; none: in the hub's process.",
+        parse=_optional,
+        example="teachlab/hub:3f9c2a1b7d4e",
+    )
 
     @property
     def layout(self) -> StateLayout:
@@ -357,6 +446,25 @@ class HubSettings:
     @property
     def ledger_url(self) -> str:
         return self.gpu_ledger_url or self.layout.gpu_ledger_url
+
+    @property
+    def hub_database_url(self) -> str:
+        return self.hub_db_url or f"sqlite:///{self.layout.hub_database}"
+
+    @property
+    def cookie_secret_path(self) -> Path:
+        return self.cookie_secret_file or self.layout.cookie_secret
+
+    @property
+    def pgpass_path(self) -> Path:
+        """The libpq password file the hub writes from ``database_password_file`` (0600, in the private lab folder)."""
+        return self.layout.lab / "pgpass"
+
+    def client_secret(self) -> str:
+        """The provider client's secret: from its file when one is given."""
+        if self.oidc_client_secret_file:
+            return self.oidc_client_secret_file.read_text().strip()
+        return self.oidc_client_secret
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> HubSettings:

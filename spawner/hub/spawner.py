@@ -33,7 +33,7 @@ from ..catalog import Access, Course
 from ..catalog.cache import CatalogCache
 from ..core import naming
 from ..core.blocking import FILES, LEDGER, run_blocking
-from ..core.contract import IMAGE, StateLayout
+from ..core.contract import IMAGE, Labels, StateLayout
 from ..gpu import AllocationRefused, GpuInventoryError
 from ..gpu.cache import inventory_for, ledger_for
 from ..gpu.cuda import cuda_driver_refusal, host_driver_version
@@ -115,6 +115,15 @@ class CourseSpawner(DockerSpawner):
         help="""Folder of the size-limited work volumes on this node (ext4 files and their mount points); a local disk.
 
         c.CourseSpawner.volume_dir = "/srv/teachlab/volumes"
+        """,
+    ).tag(config=True)
+
+    node_agent_image = Unicode(
+        "",
+        help="""Image of the node agent that makes and mounts work volumes on this node (spawner/hub/nodeagent.py), for
+        a hub running in a container; empty: the hub's own process does it (it must then run as root on the node).
+
+        c.CourseSpawner.node_agent_image = "teachlab/hub:3f9c2a1b7d4e"
         """,
     ).tag(config=True)
 
@@ -340,11 +349,27 @@ class CourseSpawner(DockerSpawner):
         return ServerStorage(
             docker=self.docker,
             client=self.client,
-            store=VolumeStore(Path(self.volume_dir)),
+            store=self.volume_store,
             names=self.names,
             extra_labels=dict(self.extra_labels),
             log=self.log,
         )
+
+    @property
+    def volume_store(self) -> VolumeStore:
+        """The node's sized volumes: made in this process, or by the node agent when the hub runs in a container."""
+        if not self.node_agent_image:
+            return VolumeStore(Path(self.volume_dir))
+        from .nodeagent import AgentVolumeStore, NodeAgent
+
+        agent = NodeAgent(
+            self.client,
+            image=self.node_agent_image,
+            name=self.names.node_agent(),
+            volume_root=Path(self.volume_dir),
+            labels={**self.extra_labels, Labels.LAB: self.lab_id},
+        )
+        return AgentVolumeStore(agent)
 
     @property
     def names(self) -> naming.LabNames:

@@ -15,7 +15,7 @@ import sys
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from ..catalog import Catalog, load_catalog
 from ..core.contract import Labels
@@ -26,6 +26,10 @@ from ..gpu.ledger import ReconcileReport
 from ..images.settings import BUILD_VARIABLES
 from ..node import firewall
 from ..node.firewall import FirewallError, StudentNetwork, free_subnet, split_subnet
+
+if TYPE_CHECKING:
+    from .nodeagent import NodeAgent
+    from .settings import HubSettings
 
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 
@@ -52,7 +56,36 @@ def load_catalog_or_stop(path: Path) -> Catalog:
 
 
 class HubHost:
-    """The real machine: Docker, the provider's discovery document, the hub's database, NVML."""
+    """The real machine: Docker, the provider's discovery document, the hub's database, NVML.
+
+    ``student_subnet`` fixes the subnet of a students' network made now (the production stack's proxy must
+    know the hub's address in advance); ``node_agent`` runs the node piece in the agent container.
+    """
+
+    def __init__(self, *, student_subnet: str | None = None, node_agent: NodeAgent | None = None):
+        self.student_subnet = student_subnet
+        self.node_agent = node_agent
+
+    @classmethod
+    def for_settings(cls, settings: HubSettings) -> HubHost:
+        """The host as these settings describe it; the node agent (if any) is started here, before anything needs it."""
+        agent = None
+        if settings.node_agent_image:
+            from ..core.naming import LabNames
+            from .nodeagent import NodeAgent
+
+            try:
+                agent = NodeAgent(
+                    connect().api,
+                    image=settings.node_agent_image,
+                    name=LabNames(settings.name_prefix).node_agent(),
+                    volume_root=settings.layout.volumes,
+                    labels={**settings.extra_labels, Labels.LAB: settings.lab_id},
+                )
+                agent.ensure()
+            except TeachlabError as exc:
+                stop_hub(_problem_lines(exc))
+        return cls(student_subnet=settings.student_subnet, node_agent=agent)
 
     def build_environment(self) -> dict[str, str]:
         """The image-build settings the hub was started with (mirrors, trust, image namespace, limits): the
@@ -83,7 +116,7 @@ class HubHost:
                 if config.get("Subnet")
             ]
             try:
-                subnet = free_subnet(taken)
+                subnet = self.student_subnet or free_subnet(taken)
             except FirewallError as exc:
                 stop_hub(_problem_lines(exc))
             docker_half, _ = split_subnet(subnet)
@@ -108,6 +141,13 @@ class HubHost:
                 ]
             )
         config = usable[0]
+        if self.student_subnet and config["Subnet"] != self.student_subnet:
+            stop_hub(
+                [
+                    f"teachlab: docker network {name} has subnet {config['Subnet']}, not {self.student_subnet} as configured; "
+                    f"set TEACHLAB_STUDENT_SUBNET to {config['Subnet']}, or {recreate} while no server runs"
+                ]
+            )
         return StudentNetwork(
             network_id=network.id,
             bridge=f"br-{network.id[:12]}",
@@ -120,7 +160,10 @@ class HubHost:
     def install_firewall(self, net: StudentNetwork) -> None:
         """Install and verify the egress policy of the students' network, or stop the hub."""
         try:
-            firewall.install(net)
+            if self.node_agent is not None:
+                self.node_agent.install_firewall(net)
+            else:
+                firewall.install(net)
         except FirewallError as exc:
             stop_hub(_problem_lines(exc))
 
@@ -158,8 +201,8 @@ class HubHost:
                 for group, user in rows:
                     members.setdefault(group, set()).add(user)
                 return members
-        except sqlalchemy.exc.OperationalError:
-            return {}  # no database or no tables yet
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError):
+            return {}  # no database or no tables yet (SQLite and PostgreSQL say it differently)
         finally:
             engine.dispose()
 

@@ -37,7 +37,7 @@ from tornado.iostream import StreamClosedError
 
 from ..catalog import ENVIRONMENT_FILE, Catalog, Course
 from ..catalog.cache import CatalogCache
-from ..core.blocking import DOCKER_READS, FILES, LEDGER, run_blocking
+from ..core.blocking import DOCKER_CALLS, FILES, LEDGER, run_blocking
 from ..core.contract import Labels, Scopes
 from ..core.problems import ProblemsError, TeachlabError
 from ..engine import DockerUnavailable, connect
@@ -330,7 +330,7 @@ class RollbackApi(CourseHandler):
             return
         actor = self.current_user["name"]
         try:
-            result = await run_blocking(DOCKER_READS, self.publisher.rollback, slug, version, actor)
+            result = await run_blocking(DOCKER_CALLS, self.publisher.rollback, slug, version, actor)
         except TeachlabError as error:
             self.write_json({"message": str(error)}, 400)
             return
@@ -433,7 +433,7 @@ def class_rows_source(
 
     async def rows(course: Course) -> list:
         users = await hub.users()
-        versions = await run_blocking(DOCKER_READS, running_versions, course.slug)
+        versions = await run_blocking(DOCKER_CALLS, running_versions, course.slug)
         held, seconds = await run_blocking(LEDGER, gpu_figures, course)
         current = (await run_blocking(FILES, registry.read, course.slug)).current
         return class_rows(

@@ -168,6 +168,7 @@ def start_test_lab(
             ssh_service=free_port(),
             warmer=free_port(),
             courses_service=free_port(),
+            work_service=free_port(),
         ),
         network=network,
         extra_labels=labels,

@@ -50,9 +50,11 @@ class OidcProvider:
         *,
         repo_root: Path,
         workdir: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.port = port or free_port()
-        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.host = host  # another address of this machine the test owns, e.g. a cluster network's gateway
+        self.issuer = f"http://{host}:{self.port}"
         self.accounts = accounts
         self.clients = clients
         self.repo_root = Path(repo_root)
@@ -71,7 +73,7 @@ class OidcProvider:
         return {
             "issuer": self.issuer,
             "port": self.port,
-            "host": "127.0.0.1",
+            "host": self.host,
             "clients": self.clients,
             "accounts": self.accounts,
         }

@@ -140,7 +140,14 @@ def test_roles_scopes_and_services(tmp_path):
     assert "teachlab-cli" not in roles
     assert Scopes.GPU_ADMIN in c.JupyterHub.custom_scopes
     services = {service["name"]: service for service in c.JupyterHub.services}
-    assert set(services) == {"idle-culler", Scopes.GPU_SERVICE, Scopes.SSH_SERVICE, Scopes.WARMER_SERVICE, Scopes.COURSES_SERVICE}
+    assert set(services) == {
+        "idle-culler",
+        Scopes.GPU_SERVICE,
+        Scopes.SSH_SERVICE,
+        Scopes.WARMER_SERVICE,
+        Scopes.COURSES_SERVICE,
+        Scopes.WORK_SERVICE,
+    }
     gpu_scopes = sorted(scope for scope in c.JupyterHub.custom_scopes if scope.startswith("custom:teachlab-gpu:"))
     assert services[Scopes.GPU_SERVICE]["oauth_client_allowed_scopes"] == gpu_scopes
 

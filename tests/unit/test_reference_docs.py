@@ -31,3 +31,11 @@ def test_every_setting_and_every_spawner_trait_is_in_it():
     ):
         assert CourseSpawner.class_traits(config=True)[name].help
         assert f"| `{name}` |" in text
+
+
+def test_site_file_reference_is_current(repo_root):
+    from spawner.deploy.docs import render_site_yaml_reference
+
+    assert (repo_root / "docs" / "site-yaml.md").read_text() == render_site_yaml_reference(), (
+        "docs/site-yaml.md is stale: run make docs"
+    )

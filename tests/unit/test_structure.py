@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "spawner"
-# What each subpackage may import from the others (core -> catalog/engine/images/gpu -> hub/services/cli/ssh -> devlab).
+# What each subpackage may import from the others
+# (core -> catalog/engine/gpu/node -> images -> hub/services/ssh -> deploy -> cli -> devlab).
 ALLOWED = {
     "core": set(),
     "catalog": {"core"},
@@ -29,9 +30,26 @@ ALLOWED = {
         "prewarm",
         "hubclient",
     },  # teachlab-courses owns the confined builder
-    "cli": {"core", "catalog", "engine", "images", "gpu"},
     "ssh": {"core", "catalog", "engine", "hubclient"},  # the SSH gateway service: the hub only through its REST API
-    "devlab": {"core", "catalog", "engine", "images", "gpu", "node", "hubclient", "prewarm", "hub", "services", "cli", "ssh"},
+    # the production stack (admins' teachlab deploy commands, and the hub image's health check, migrations and
+    # teachlab-work service): above the hub and the SSH gateway, whose settings and stores it uses
+    "deploy": {"core", "catalog", "engine", "images", "gpu", "node", "hubclient", "prewarm", "hub", "ssh"},
+    "cli": {"core", "catalog", "engine", "images", "gpu", "deploy"},
+    "devlab": {
+        "core",
+        "catalog",
+        "engine",
+        "images",
+        "gpu",
+        "node",
+        "hubclient",
+        "prewarm",
+        "hub",
+        "services",
+        "cli",
+        "ssh",
+        "deploy",
+    },
 }
 # Pure cores: no Docker, no JupyterHub, no Tornado (tested without a daemon or a hub).
 PURE = [
@@ -43,6 +61,9 @@ PURE = [
     "catalog/timetable.py",
     "hub/admission.py",
     "hub/container_spec.py",
+    "deploy/site.py",
+    "deploy/stack.py",
+    "deploy/audit.py",
     "images/plan.py",
     "images/registry.py",
     "images/locks.py",
