@@ -46,7 +46,7 @@ from ..gpu.cache import ledger_for
 from ..images.registry import VersionRegistry
 from ..images.settings import BuildSettings
 from .classlist import class_rows
-from .hubpage import STATIC_DIR, HubLinks, PageRendering, page_templates
+from .hubpage import STATIC_DIR, HubLinks, ServiceHandling, page_templates
 from .publishing import CoursePublisher, PublishBusy, PublishJobs, check_candidate, history_rows, version_rows
 
 log = logging.getLogger("teachlab.courses")
@@ -90,7 +90,7 @@ class HubApi:
             offset = following["offset"]
 
 
-class CourseHandler(HubOAuthenticated, PageRendering, web.RequestHandler):
+class CourseHandler(HubOAuthenticated, ServiceHandling, web.RequestHandler):
     """Base: the course from the URL, the caller's rights on it, pages in the hub's frame, errors as pages or JSON."""
 
     api = False  # API handlers answer errors as JSON
@@ -137,15 +137,6 @@ class CourseHandler(HubOAuthenticated, PageRendering, web.RequestHandler):
             for course in sorted(self.catalog.courses.values(), key=lambda c: c.slug)
             if self.may_publish(course.slug) or self.may_follow(course.slug)
         ]
-
-    def body(self) -> dict:
-        try:
-            payload = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the body must be JSON")
-        if not isinstance(payload, dict):
-            raise web.HTTPError(400, "the body must be a JSON object")
-        return payload
 
     def write_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)

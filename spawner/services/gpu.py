@@ -32,7 +32,7 @@ from ..core.contract import Scopes
 from ..gpu import GpuDevice, GpuLedger, QuotaError, term_window
 from ..gpu.cache import inventory_for, ledger_for, parse_inventory_setting
 from ..gpu.charts import Span, held_over_time, term_usage
-from .hubpage import STATIC_DIR, HubLinks, PageRendering, page_templates
+from .hubpage import STATIC_DIR, HubLinks, ServiceHandling, page_templates
 
 ADMIN_SCOPE = Scopes.GPU_ADMIN
 usage_scope = Scopes.gpu_usage
@@ -50,7 +50,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialize {type(value).__name__}")
 
 
-class GpuHandler(HubOAuthenticated, PageRendering, web.RequestHandler):
+class GpuHandler(HubOAuthenticated, ServiceHandling, web.RequestHandler):
     """Base: the ledger, the inventory and the catalog, and scope checks on the signed-in caller."""
 
     @property
@@ -105,15 +105,6 @@ class GpuHandler(HubOAuthenticated, PageRendering, web.RequestHandler):
         except QuotaError as exc:
             raise web.HTTPError(400, str(exc))
         return values
-
-    def body(self) -> dict:
-        try:
-            payload = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the body must be JSON")
-        if not isinstance(payload, dict):
-            raise web.HTTPError(400, "the body must be a JSON object")
-        return payload
 
     async def my_usage(self) -> list[dict]:
         """Per GPU course of the caller's: GPU-hours used and left this term."""

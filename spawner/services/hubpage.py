@@ -18,6 +18,7 @@ from typing import Any
 
 import jinja2
 from jupyterhub._data import DATA_FILES_PATH
+from tornado import web
 
 from ..core.contract import PAGE_LINKS_VARIABLE
 
@@ -68,9 +69,19 @@ def page_variables(*, user: Mapping[str, Any], links: HubLinks, xsrf_token: str,
     }
 
 
-class PageRendering:
-    """For a service's request handlers (tornado's ``RequestHandler`` with ``templates``, ``links`` and
-    ``service_prefix`` in its settings): ``render_page`` in the hub's frame."""
+class ServiceHandling:
+    """What the lab's services' request handlers share (tornado's ``RequestHandler`` with ``templates``,
+    ``links`` and ``service_prefix`` in its settings): pages in the hub's frame, JSON bodies."""
+
+    def body(self) -> dict:
+        """The request's JSON object, or a 400 that says what is wrong."""
+        try:
+            payload = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the body must be JSON")
+        if not isinstance(payload, dict):
+            raise web.HTTPError(400, "the body must be a JSON object")
+        return payload
 
     def render_page(self, template: str, *, title: str, status: int = 200, **values: Any) -> None:
         """A page in the hub's frame (``page.html``)."""
