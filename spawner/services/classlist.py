@@ -1,7 +1,7 @@
 """Who is in a class and what their servers do: the rows of an instructor's class page (pure).
 
 Students are the course's ``students.users`` and the hub users in its ``students.groups`` (a person the hub
-has not seen yet is listed as never signed in). For each: whether their course server runs, since when,
+has not seen active yet is listed as never signed in). For each: whether their course server runs, since when,
 their last activity, the course version it runs (and whether an older one than the current), the GPUs it
 holds and the GPU-hours they used this term.
 """
@@ -43,6 +43,12 @@ def _status(server: Mapping[str, Any] | None) -> str:
     return "starting"
 
 
+def _has_been_active(user: Mapping[str, Any] | None) -> bool:
+    """Signed in, or had a server, at some time: the hub also records students listed in course.yaml before their
+    first sign-in (so that the class pre-warm can start their servers); those have no activity yet."""
+    return bool(user and user.get("last_activity"))
+
+
 def is_older(version: str | None, current: str | None) -> bool:
     if not version or not current:
         return False
@@ -75,7 +81,7 @@ def class_rows(
             StudentRow(
                 username=name,
                 known=user is not None,
-                status=_status(server) if user else "never signed in",
+                status=_status(server) if server or _has_been_active(user) else "never signed in",
                 started=server.get("started") if server else None,
                 last_activity=(server or {}).get("last_activity") or (user or {}).get("last_activity"),
                 version=version,

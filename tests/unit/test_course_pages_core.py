@@ -199,6 +199,8 @@ def test_the_class_lists_groups_and_listed_users_with_their_servers(tmp_path):
         {"name": "bob", "groups": ["cs101-students"], "servers": {"intro-python": {"ready": False, "pending": "spawn"}}},
         {"name": "ivy", "groups": [], "servers": {"other": {"ready": True}}, "last_activity": "2026-11-28T10:00:00Z"},
         {"name": "zed", "groups": ["ds201-students"], "servers": {}},
+        # recorded by the hub (listed in course.yaml, or a group member) before ever signing in
+        {"name": "una", "groups": ["cs101-students"], "servers": {}, "last_activity": None},
     ]
     rows = class_rows(
         course,
@@ -210,7 +212,7 @@ def test_the_class_lists_groups_and_listed_users_with_their_servers(tmp_path):
         server_url=lambda name: f"https://{name}.lab/user/{name}/intro-python/",
     )
     by_name = {row.username: row for row in rows}
-    assert list(by_name) == ["bob", "ivy", "nora", "olga"]  # zed is not enrolled
+    assert list(by_name) == ["bob", "ivy", "nora", "olga", "una"]  # zed is not enrolled
     assert (by_name["nora"].status, by_name["nora"].version, by_name["nora"].outdated) == ("running", "v1", True)
     assert (by_name["nora"].gpus_held, by_name["nora"].gpu_hours, by_name["nora"].started) == (1, 1.5, "2026-11-29T09:00:00Z")
     assert (by_name["bob"].status, by_name["bob"].outdated) == ("starting", False)
@@ -220,6 +222,7 @@ def test_the_class_lists_groups_and_listed_users_with_their_servers(tmp_path):
         "2026-11-28T10:00:00Z",
     )
     assert (by_name["olga"].known, by_name["olga"].status) == (False, "never signed in")
+    assert (by_name["una"].known, by_name["una"].status) == (True, "never signed in")
 
 
 def test_each_courses_instructors_alone_hold_its_publish_and_class_scopes_and_admins_hold_all(tmp_path):
