@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import pytest
 
 from spawner.catalog.timetable import WEEKDAYS
+from spawner.core.contract import Labels
 from spawner.devlab.lab import Lab, LabPorts, free_port
 from spawner.devlab.names import names_on_loopback
 from spawner.node import firewall
@@ -195,7 +196,8 @@ def start_test_lab(
 def stop_test_lab(lab: Lab, docker_client, labels) -> None:
     """Stop the lab, then take away what it made on the node: containers, firewall chains, sized volumes."""
     lab.down()
-    selector = [f"{key}={value}" for key, value in labels.items()]
+    # This lab's containers only: a second lab of the same session (a control lab) keeps the main lab's servers.
+    selector = [f"{key}={value}" for key, value in labels.items()] + [f"{Labels.LAB}={lab.hub_settings().lab_id}"]
     for container in docker_client.containers.list(all=True, filters={"label": selector}):
         container.remove(force=True)
     firewall.remove(lab.student_network())
