@@ -102,6 +102,7 @@ def courses_service(settings: HubSettings, allowed_scopes: list[str], build_envi
         STATE_DIR_VARIABLE: str(settings.state_dir),
         "TEACHLAB_CATALOG": str(settings.catalog_path),
         "TEACHLAB_GPU_LEDGER_URL": settings.ledger_url,
+        **database_environment(settings),
         "TEACHLAB_LAB_ID": settings.lab_id,
         "TEACHLAB_NAME_PREFIX": settings.name_prefix,
         "TEACHLAB_EXTRA_LABELS": json.dumps(dict(settings.extra_labels)),

@@ -269,3 +269,24 @@ def test_the_username_claim_and_the_allowed_groups_are_settings(tmp_path):
     assert c.GenericOAuthenticator.allow_all is False
     default, _, _ = configured(tmp_path)
     assert default.GenericOAuthenticator.allow_all is True and "allowed_groups" not in default.GenericOAuthenticator
+
+
+def test_every_service_that_opens_the_labs_database_can_sign_in_to_postgresql(tmp_path, monkeypatch):
+    """In the production stack the database password is a Docker secret: the hub writes libpq's password file,
+    and each service process that opens a PostgreSQL URL gets PGPASSFILE (a service without it cannot start)."""
+    monkeypatch.delenv("PGPASSFILE", raising=False)
+    password_file = tmp_path / "db-password"
+    password_file.write_text("pa:ss\n")
+    c, lab, _ = configured(
+        tmp_path, gpu_ledger_url="postgresql+psycopg://teachlab@db/teachlab", database_password_file=password_file
+    )
+    assert lab.pgpass_path.read_text() == "*:*:*:*:pa\\:ss\n"
+    opening = [
+        service["name"]
+        for service in c.JupyterHub.services
+        if any(str(value).startswith("postgresql") for value in service.get("environment", {}).values())
+    ]
+    assert {Scopes.GPU_SERVICE, Scopes.WARMER_SERVICE, Scopes.COURSES_SERVICE} <= set(opening)
+    for service in c.JupyterHub.services:
+        if service["name"] in opening:
+            assert service["environment"].get("PGPASSFILE") == str(lab.pgpass_path), service["name"]
