@@ -72,6 +72,21 @@ def page_links(settings: HubSettings, *names: str) -> str:
     return json.dumps([{"name": titles[name], "href": settings.service_url(name)} for name in names])
 
 
+def lab_service(settings: HubSettings, name: str, port: int, module: str, environment: Mapping[str, str], **options: Any) -> dict:
+    """One of the lab's own hub-managed services (``python -m module`` on 127.0.0.1:``port``). Every one gets the
+    fixed day of ``TEACHLAB_TODAY`` and libpq's password file, so none can be left without them."""
+    environment = {**environment, **database_environment(settings)}
+    if settings.today:
+        environment["TEACHLAB_TODAY"] = settings.today
+    return {
+        "name": name,
+        "url": f"http://127.0.0.1:{port}",
+        "command": [sys.executable, "-m", module],
+        **options,
+        "environment": environment,
+    }
+
+
 def gpu_service(settings: HubSettings, allowed_scopes: list[str]) -> dict:
     """teachlab-gpu as a hub-managed service; its OAuth sessions may carry its custom scopes."""
     environment = {
@@ -79,18 +94,16 @@ def gpu_service(settings: HubSettings, allowed_scopes: list[str]) -> dict:
         "TEACHLAB_GPU_INVENTORY": settings.gpu_inventory,
         "TEACHLAB_CATALOG": str(settings.catalog_path),
         PAGE_LINKS_VARIABLE: page_links(settings, Scopes.GPU_SERVICE, Scopes.SSH_SERVICE),
-        **database_environment(settings),
     }
-    if settings.today:
-        environment["TEACHLAB_TODAY"] = settings.today
-    return {
-        "name": Scopes.GPU_SERVICE,
-        "url": f"http://127.0.0.1:{settings.gpu_service_port}",
-        "command": [sys.executable, "-m", "spawner.services.gpu"],
-        "oauth_no_confirm": True,
-        "oauth_client_allowed_scopes": allowed_scopes,
-        "environment": environment,
-    }
+    return lab_service(
+        settings,
+        Scopes.GPU_SERVICE,
+        settings.gpu_service_port,
+        "spawner.services.gpu",
+        environment,
+        oauth_no_confirm=True,
+        oauth_client_allowed_scopes=allowed_scopes,
+    )
 
 
 def courses_service(settings: HubSettings, allowed_scopes: list[str], build_environment: Mapping[str, str]) -> dict:
@@ -102,7 +115,6 @@ def courses_service(settings: HubSettings, allowed_scopes: list[str], build_envi
         STATE_DIR_VARIABLE: str(settings.state_dir),
         "TEACHLAB_CATALOG": str(settings.catalog_path),
         "TEACHLAB_GPU_LEDGER_URL": settings.ledger_url,
-        **database_environment(settings),
         "TEACHLAB_LAB_ID": settings.lab_id,
         "TEACHLAB_NAME_PREFIX": settings.name_prefix,
         "TEACHLAB_EXTRA_LABELS": json.dumps(dict(settings.extra_labels)),
@@ -110,16 +122,15 @@ def courses_service(settings: HubSettings, allowed_scopes: list[str], build_envi
         "TEACHLAB_PER_SERVER_ORIGINS": "true" if settings.per_server_origins else "false",
         PAGE_LINKS_VARIABLE: page_links(settings, Scopes.COURSES_SERVICE, Scopes.GPU_SERVICE, Scopes.SSH_SERVICE),
     }
-    if settings.today:
-        environment["TEACHLAB_TODAY"] = settings.today
-    return {
-        "name": Scopes.COURSES_SERVICE,
-        "url": f"http://127.0.0.1:{settings.courses_service_port}",
-        "command": [sys.executable, "-m", "spawner.services.courses"],
-        "oauth_no_confirm": True,
-        "oauth_client_allowed_scopes": allowed_scopes,
-        "environment": environment,
-    }
+    return lab_service(
+        settings,
+        Scopes.COURSES_SERVICE,
+        settings.courses_service_port,
+        "spawner.services.courses",
+        environment,
+        oauth_no_confirm=True,
+        oauth_client_allowed_scopes=allowed_scopes,
+    )
 
 
 def ssh_service(settings: HubSettings) -> dict:
@@ -135,17 +146,8 @@ def ssh_service(settings: HubSettings) -> dict:
         "TEACHLAB_SSH_PORT": str(settings.ssh_port),
         "TEACHLAB_SSH_BIND": settings.ssh_bind,
         "TEACHLAB_SSH_ACTIVITY_INTERVAL": str(settings.ssh_activity_seconds),
-        **database_environment(settings),
     }
-    if settings.today:
-        environment["TEACHLAB_TODAY"] = settings.today
-    return {
-        "name": Scopes.SSH_SERVICE,
-        "url": f"http://127.0.0.1:{settings.ssh_service_port}",
-        "command": [sys.executable, "-m", "spawner.ssh"],
-        "oauth_no_confirm": True,
-        "environment": environment,
-    }
+    return lab_service(settings, Scopes.SSH_SERVICE, settings.ssh_service_port, "spawner.ssh", environment, oauth_no_confirm=True)
 
 
 def database_environment(settings: HubSettings) -> dict[str, str]:
@@ -174,16 +176,8 @@ def warmer_service(settings: HubSettings) -> dict:
         "TEACHLAB_WARM_MEMORY_BUDGET_BYTES": str(settings.warm_memory_budget_bytes),
         "TEACHLAB_WARM_STAGGER_SECONDS": str(settings.warm_stagger_seconds),
         "TEACHLAB_TIMEZONE": settings.timezone,
-        **database_environment(settings),
     }
-    if settings.today:
-        environment["TEACHLAB_TODAY"] = settings.today
-    return {
-        "name": Scopes.WARMER_SERVICE,
-        "url": f"http://127.0.0.1:{settings.warmer_port}",
-        "command": [sys.executable, "-m", "spawner.services.warmer"],
-        "environment": environment,
-    }
+    return lab_service(settings, Scopes.WARMER_SERVICE, settings.warmer_port, "spawner.services.warmer", environment)
 
 
 def work_service(settings: HubSettings) -> dict:
@@ -197,15 +191,14 @@ def work_service(settings: HubSettings) -> dict:
     }
     if settings.node_agent_image:
         environment["TEACHLAB_NODE_AGENT_IMAGE"] = settings.node_agent_image
-    if settings.today:
-        environment["TEACHLAB_TODAY"] = settings.today
-    return {
-        "name": Scopes.WORK_SERVICE,
-        "url": f"http://127.0.0.1:{settings.work_service_port}",
-        "command": [sys.executable, "-m", "spawner.deploy.workservice"],
-        "oauth_no_confirm": True,
-        "environment": environment,
-    }
+    return lab_service(
+        settings,
+        Scopes.WORK_SERVICE,
+        settings.work_service_port,
+        "spawner.deploy.workservice",
+        environment,
+        oauth_no_confirm=True,
+    )
 
 
 def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
