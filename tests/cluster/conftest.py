@@ -36,7 +36,7 @@ from support.admin_docs import install_script
 from support.browser import CHROMIUM_ARGS, VIEWPORT, trusting_home
 from support.catalogs import copy_course
 from support.cluster import Cluster, ensure_network, network_gateway, node_image
-from support.hub import HubUser
+from support.hub import signed_in_users
 from support.oidc import OidcProvider
 from support.production import (
     ACCOUNTS,
@@ -207,14 +207,7 @@ def prod_lab(server, build_settings, prod_courses, prod_catalog, prod_tls, unive
 @pytest.fixture(scope="session")
 def users(prod_lab):
     """People signed in to the production lab through the university's provider (one session each)."""
-    signed_in: dict[str, HubUser] = {}
-
-    def get(name: str) -> HubUser:
-        if name not in signed_in:
-            signed_in[name] = HubUser(prod_lab, name)
-        return signed_in[name]
-
-    return get
+    return signed_in_users(prod_lab)
 
 
 @pytest.fixture(scope="module")

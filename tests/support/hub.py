@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from html import unescape
 from urllib.parse import urljoin
 
@@ -101,3 +102,15 @@ class HubUser:
         """A request to a single-user server with this user's token (as a browser extension would)."""
         url = self.lab.server_url(user or self.name, course) + path.lstrip("/")
         return requests.get(url, headers={"Authorization": f"token {self.token}"}, timeout=60, allow_redirects=False)
+
+
+def signed_in_users(lab) -> Callable[[str], HubUser]:
+    """Users of ``lab`` by name, each signed in through the provider once, on first use."""
+    cache: dict[str, HubUser] = {}
+
+    def get(name: str) -> HubUser:
+        if name not in cache:
+            cache[name] = HubUser(lab, name)
+        return cache[name]
+
+    return get

@@ -27,7 +27,7 @@ from support.accounts import (
     WARM_STUDENTS,
 )
 from support.catalogs import copy_course
-from support.hub import HubUser
+from support.hub import signed_in_users
 
 
 @pytest.fixture(scope="session")
@@ -232,14 +232,7 @@ def lab(docker_client, build_settings, hub_courses, hub_catalog, session_id, ses
 @pytest.fixture(scope="session")
 def users(lab):
     """Logged-in users by name, logged in once per session on first use."""
-    cache: dict[str, HubUser] = {}
-
-    def get(name: str) -> HubUser:
-        if name not in cache:
-            cache[name] = HubUser(lab, name)
-        return cache[name]
-
-    return get
+    return signed_in_users(lab)
 
 
 @pytest.fixture
