@@ -64,6 +64,14 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def _start_time(pid: int) -> int | None:
+    """When a process started (clock ticks since boot), or None when it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _descendants(pid: int) -> list[int]:
     """Child processes of ``pid``, recursively, from /proc (services the hub started run in their own sessions)."""
     children: dict[int, list[int]] = {}
@@ -143,7 +151,10 @@ class ManagedProcess:
         if pid is None:
             self.pid_path.unlink(missing_ok=True)
             return
-        for victim in [pid, *_descendants(pid)] if sig == signal.SIGKILL else [pid]:
+        # Read while the process lives (its services are reparented once it exits), with each one's start time, so
+        # that a number the kernel gives to a new process meanwhile is never signalled.
+        tree = {child: _start_time(child) for child in _descendants(pid)}
+        for victim in [pid, *tree] if sig == signal.SIGKILL else [pid]:
             try:
                 os.kill(victim, sig)
             except ProcessLookupError:
@@ -155,12 +166,13 @@ class ManagedProcess:
             except ChildProcessError:
                 pass
             time.sleep(0.1)
-        if self.pid() is not None:
-            for victim in [pid, *_descendants(pid)]:
-                try:
-                    os.kill(victim, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        # Whatever it started and left behind (a service the hub did not stop) goes with it.
+        leftovers = [child for child, started in tree.items() if started is not None and _start_time(child) == started]
+        for victim in [pid, *leftovers] if self.pid() is not None else leftovers:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.pid_path.unlink(missing_ok=True)
 
 
