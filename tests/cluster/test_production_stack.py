@@ -17,7 +17,13 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect
 
 from spawner.devlab.names import names_on_loopback
-from support.browser import sign_in_at_the_provider
+from support.browser import (
+    NETWORK_CHANGED,
+    expect_jupyterlab,
+    forget_failed_requests,
+    sign_in_at_the_provider,
+    watch_failed_requests,
+)
 from support.hub import HubUser
 from support.production import DOMAIN, GPU_COURSE, PREVIOUS_JUPYTERHUB_HEAD
 
@@ -69,7 +75,7 @@ def goto_despite_network_changes(page, url: str, attempts: int = 3) -> None:
             page.goto(url)
             return
         except PlaywrightError as error:
-            if "ERR_NETWORK_CHANGED" not in str(error) or attempt == attempts - 1:
+            if NETWORK_CHANGED not in str(error) or attempt == attempts - 1:
                 raise
 
 
@@ -88,6 +94,7 @@ def new_notebook_and_run(page, code: str):
 def test_a_student_signs_in_over_https_starts_a_course_and_writes_a_file(prod_lab, prod_browser, output_dir):
     context = prod_browser.new_context()
     context.set_default_timeout(30_000)
+    watch_failed_requests(context)
     page = context.new_page()
     try:
         goto_despite_network_changes(page, f"http://{DOMAIN}/hub/login")
@@ -95,7 +102,7 @@ def test_a_student_signs_in_over_https_starts_a_course_and_writes_a_file(prod_la
         sign_in_at_the_provider(page, prod_lab, "alice")
         page.locator(f"a#start-{COURSE}").click()
         page.wait_for_url(re.compile(rf"https://alice\.{re.escape(DOMAIN)}/user/alice/{COURSE}/lab"), timeout=SPAWN_TIMEOUT_MS)
-        expect(page.locator(".jp-Launcher")).to_be_visible(timeout=SPAWN_TIMEOUT_MS)
+        expect_jupyterlab(page, SPAWN_TIMEOUT_MS)
         code = f"open('/home/jovyan/work/{WORK_FILE}', 'w').write({WORK_TEXT!r}); print('written')"
         try:
             expect(new_notebook_and_run(page, code)).to_contain_text("written", timeout=60_000)
@@ -109,6 +116,8 @@ def test_a_student_signs_in_over_https_starts_a_course_and_writes_a_file(prod_la
             expect(new_notebook_and_run(page, code)).to_contain_text("written", timeout=60_000)
     finally:
         page.screenshot(path=output_dir / "last.png")
+        for url, reason in forget_failed_requests(context):
+            print(f"request failed: {url}: {reason}")
         context.close()
     container = prod_lab.server_container("alice", COURSE)
     assert prod_lab.docker("exec", container, "cat", f"/home/jovyan/work/{WORK_FILE}").stdout == WORK_TEXT

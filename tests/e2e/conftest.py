@@ -18,7 +18,7 @@ import shutil
 import pytest
 
 from spawner.devlab.names import chromium_resolver_rules
-from support.browser import CHROMIUM_ARGS, VIEWPORT, trusting_home
+from support.browser import CHROMIUM_ARGS, VIEWPORT, forget_failed_requests, trusting_home, watch_failed_requests
 
 DEFAULT_TIMEOUT_MS = 30_000
 
@@ -54,13 +54,17 @@ def browser_context(request, chromium_browser, output_dir):
     """A context of its own for one test: no cookies or storage from other tests, 30 s default timeouts."""
     context = chromium_browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(DEFAULT_TIMEOUT_MS)
+    watch_failed_requests(context)
     try:
         yield context
         report = getattr(request.node, "report_call", None)
         if report is not None and report.failed:
+            for url, reason in forget_failed_requests(context):
+                print(f"request failed: {url}: {reason}")
             for number, page in enumerate(context.pages, start=1):
                 print(f"\n===== page {number} at failure: {page.url} (see {output_dir}/failure-{number}.*) =====")
                 page.screenshot(path=output_dir / f"failure-{number}.png", full_page=True)
                 (output_dir / f"failure-{number}.html").write_text(page.content())
     finally:
+        forget_failed_requests(context)
         context.close()

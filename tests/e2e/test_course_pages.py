@@ -22,7 +22,7 @@ import yaml
 from playwright.sync_api import expect
 
 from support.a11y import assert_keyboard_and_screen_reader_basics
-from support.browser import sign_in_at_the_provider
+from support.browser import expect_jupyterlab, sign_in_at_the_provider
 
 pytestmark = [pytest.mark.browser, pytest.mark.hub, pytest.mark.docker]
 
@@ -279,7 +279,7 @@ def test_the_class_page_shows_the_students_and_starts_stops_and_opens_a_server(
     expect(authorize).to_be_visible(timeout=60_000)
     authorize.click()
     student_page.wait_for_url(re.compile(rf"/user/{STUDENT}/{COURSE}/lab"), timeout=SPAWN_TIMEOUT_MS)
-    expect(student_page.locator(".jp-Launcher")).to_be_visible(timeout=SPAWN_TIMEOUT_MS)
+    expect_jupyterlab(student_page, SPAWN_TIMEOUT_MS)
 
     # The same rights through the API, and a student who is not in the course is no one to start.
     lena = users(INSTRUCTOR)

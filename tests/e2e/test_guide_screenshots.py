@@ -12,6 +12,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from support.browser import expect_jupyterlab
 from support.ssh import KeysPage, OpenSsh, make_key
 
 pytestmark = [pytest.mark.browser, pytest.mark.hub, pytest.mark.docker]
@@ -65,7 +66,7 @@ def test_student_guide_pictures(lab, users, browser_context, guide_pictures, tmp
 
     page.locator(f"a#start-{COURSE}").click()
     page.wait_for_url(re.compile(rf"/user/{STUDENT}/{COURSE}/lab"), timeout=SPAWN_TIMEOUT_MS)
-    expect(page.locator(".jp-Launcher")).to_be_visible(timeout=SPAWN_TIMEOUT_MS)
+    expect_jupyterlab(page, SPAWN_TIMEOUT_MS)
     guide_pictures(page, "student-jupyterlab")
 
     # The SSH keys page: paste the public key, add it.
@@ -107,7 +108,7 @@ def test_instructor_guide_pictures(lab, users, browser_context, guide_pictures):
     guide_pictures(page, "instructor-open-student-server")
     authorize.click()
     page.wait_for_url(re.compile(rf"/user/{STUDENT}/{COURSE}/lab"), timeout=SPAWN_TIMEOUT_MS)
-    expect(page.locator(".jp-Launcher")).to_be_visible(timeout=SPAWN_TIMEOUT_MS)
+    expect_jupyterlab(page, SPAWN_TIMEOUT_MS)
     guide_pictures(page, "instructor-student-jupyterlab")
 
 

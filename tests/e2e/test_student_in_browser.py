@@ -17,7 +17,7 @@ import requests
 from packaging.version import Version
 from playwright.sync_api import expect  # a test dependency: missing fails the run instead of skipping this tier
 
-from support.browser import sign_in_at_the_provider
+from support.browser import expect_jupyterlab, sign_in_at_the_provider
 
 STUDENT = "gina"  # no other test signs gina in, so her server and work volume are this test's alone
 COURSE = "intro-python"
@@ -84,7 +84,7 @@ def start_from_home_and_wait_for_jupyterlab(page, username: str, slug: str) -> f
     started = time.monotonic()
     page.locator(f"a#start-{slug}").click()
     page.wait_for_url(re.compile(rf"/user/{username}/{slug}/lab"), timeout=SPAWN_TIMEOUT_MS)
-    expect(page.locator(".jp-Launcher")).to_be_visible(timeout=SPAWN_TIMEOUT_MS)
+    expect_jupyterlab(page, SPAWN_TIMEOUT_MS)
     return time.monotonic() - started
 
 

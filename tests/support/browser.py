@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 CHROMIUM_ARGS = (
@@ -15,6 +16,45 @@ CHROMIUM_ARGS = (
     "--disable-sync",
 )
 VIEWPORT = {"width": 1400, "height": 900}
+# Chromium aborts requests when this machine's interfaces change: tests and other sessions make and remove Docker
+# networks and containers all the time. Such a page is loaded again, for that reason and no other.
+NETWORK_CHANGED = "net::ERR_NETWORK_CHANGED"
+_failed_requests: dict[int, list[tuple[str, str]]] = {}
+
+
+def watch_failed_requests(context) -> None:
+    """Remember every request of ``context`` that failed, with Chromium's reason (printed when a test fails)."""
+    failed = _failed_requests.setdefault(id(context), [])
+    context.on("requestfailed", lambda request: failed.append((request.url, request.failure or "")))
+
+
+def forget_failed_requests(context) -> list[tuple[str, str]]:
+    """The requests of ``context`` that failed, once the context is done."""
+    return _failed_requests.pop(id(context), [])
+
+
+def expect_jupyterlab(page, timeout_ms: float, reloads: int = 2) -> None:
+    """JupyterLab's launcher shows within ``timeout_ms``. A page whose requests Chromium aborted for a network
+    change is loaded again (at most ``reloads`` times); any other blank page fails as it is."""
+    from playwright.sync_api import expect
+
+    failed = _failed_requests.get(id(page.context), [])
+    handled = len(failed)  # aborts before the lab's page are the pages before it: theirs to handle
+    launcher = page.locator(".jp-Launcher")
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        try:
+            expect(launcher).to_be_visible(timeout=2_000)
+            return
+        except AssertionError:
+            aborted = [url for url, reason in failed[handled:] if NETWORK_CHANGED in reason]
+            handled = len(failed)
+            if aborted and reloads:
+                print(f"loading {page.url} again: Chromium aborted {aborted} for a network change")
+                reloads -= 1
+                page.reload()
+            elif time.monotonic() > deadline:
+                raise
 
 
 def trusting_home(folder: Path, ca_certificate: Path) -> Path:
