@@ -318,6 +318,7 @@ class Lab:
             **os.environ,
             **self.hub_settings().to_environment(),
             "CONFIGPROXY_AUTH_TOKEN": self.secrets()["proxy_token"],
+            "PYTHONFAULTHANDLER": "1",  # a crash of the hub leaves every thread's stack in hub.log
             **self.extra_env,
         }
 
