@@ -15,7 +15,7 @@ from rich.table import Table
 from ..core.contract import StateLayout, default_state_dir
 from ..core.problems import TeachlabError
 from ..core.spreadsheets import neutralise
-from ..gpu import GpuLedger
+from ..gpu import LOCAL_NODE, GpuLedger
 from ..gpu.cache import inventory_for, ledger_for, parse_inventory_setting
 
 
@@ -54,7 +54,7 @@ def _limit(text: str | None, kind: type) -> float | None:
 def status(args: argparse.Namespace, console: Console) -> int:
     ledger = _ledger(args)
     devices = inventory_for(parse_inventory_setting(args.inventory or os.environ.get("TEACHLAB_GPU_INVENTORY", "nvml")))
-    holdings = {holding.device_uuid: holding for holding in ledger.holdings()}
+    holdings = {holding.device_uuid: holding for holding in ledger.holdings(node=LOCAL_NODE)}
     table = Table("#", "device", "model", "memory", "held by", "course", "since (UTC)", box=None, header_style="bold")
     for device in devices:
         holding = holdings.pop(device.uuid, None)
@@ -68,6 +68,9 @@ def status(args: argparse.Namespace, console: Console) -> int:
             holding.since.strftime("%Y-%m-%d %H:%M") if holding else "",
         )
     console.print(table)
+    elsewhere = len(ledger.holdings()) - len(ledger.holdings(node=LOCAL_NODE))
+    if elsewhere:
+        console.print(f"{elsewhere} more held on the swarm's nodes: teachlab nodes shows them", markup=False)
     for holding in holdings.values():
         console.print(
             f"warning: {holding.username}/{holding.server_name} holds {holding.device_uuid}, which the inventory does not list",

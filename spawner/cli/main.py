@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from rich.console import Console
 
 from ..core.problems import ProblemsError, TeachlabError
-from . import classes, course, deploy, gpu
+from . import classes, course, deploy, gpu, nodes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     course.register(commands)
     gpu.register(commands)
+    nodes.register(commands)
     classes.register(commands)
     deploy.register(commands)
     return parser

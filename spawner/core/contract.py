@@ -36,6 +36,10 @@ class Labels:
     TEST_SESSION: Final = LABEL_PREFIX + "test-session"  # objects one test session made, removed at its end
     BUILD_PROXY: Final = LABEL_PREFIX + "build-proxy"  # the mirror proxy and networks of confined builds (value: the lab)
     STACK: Final = LABEL_PREFIX + "stack"  # the production stack's own objects (its database volume)
+    # Swarm node labels an admin sets (docker node update --label-add): a node's role (cpu or gpu) and its GPUs,
+    # comma-separated device ids as the node's runtime names them (docs/scale-out.md).
+    NODE_ROLE: Final = LABEL_PREFIX + "node-role"
+    NODE_GPUS: Final = LABEL_PREFIX + "node-gpus"
 
     @staticmethod
     def image(name: str) -> str:

@@ -7,6 +7,7 @@ Docker daemon or a GPU. The spawner calls the ledger's blocking methods from its
 
 from .inventory import GpuDevice, GpuInventoryError, declared_inventory, discover_nvml
 from .ledger import (
+    LOCAL_NODE,
     Allocation,
     AllocationRefused,
     AuditEntry,
@@ -17,9 +18,19 @@ from .ledger import (
     UsageInterval,
     UsageRow,
 )
-from .quotas import EffectiveQuota, QuotaError, Refusal, check_allocation, remaining_gpu_hours, term_window
+from .quotas import (
+    EffectiveQuota,
+    QuotaError,
+    Refusal,
+    check_allocation,
+    check_devices,
+    check_quota,
+    remaining_gpu_hours,
+    term_window,
+)
 
 __all__ = [
+    "LOCAL_NODE",
     "Allocation",
     "AllocationRefused",
     "AuditEntry",
@@ -35,6 +46,8 @@ __all__ = [
     "UsageInterval",
     "UsageRow",
     "check_allocation",
+    "check_devices",
+    "check_quota",
     "declared_inventory",
     "discover_nvml",
     "remaining_gpu_hours",

@@ -6,13 +6,17 @@ SQLAlchemy 2 Core on SQLite (default) or PostgreSQL; Alembic migrations in ``mig
 
 Guarantees:
 
-* No device is held twice. Every write runs in one transaction, and write transactions are
+* No device is held twice. A device is a (node, device id) pair: a single server is the one node
+  ``LOCAL_NODE``, and two nodes may both have a device ``"0"``. Every write runs in one transaction, and write transactions are
   serialized across processes by the database: SQLite's ``BEGIN IMMEDIATE`` (issued from SQLAlchemy's
   ``begin`` event, with a busy timeout so waiters queue instead of failing), PostgreSQL's
   transaction-scoped advisory lock. Within a process, writers first queue on a lock, which is about
   three times faster under contention than SQLite's sleeping busy handler (bench/gpu_allocation.py).
-  The UNIQUE constraint on ``gpu_holdings.device_uuid`` is the last line of defence: a violation
-  becomes a 503 refusal.
+  The UNIQUE constraint on ``gpu_holdings (node, device_uuid)`` is the last line of defence: a
+  violation becomes a 503 refusal.
+* Across nodes, ``place_and_allocate`` chooses the node and its devices in that one transaction, with
+  the pure ``spawner.cluster.placement.place`` over the ledger's own holdings: the ledger stays the only
+  one that picks devices.
 * ``allocate`` is idempotent per (username, server_name) and ``release`` is idempotent.
 * Every holding has exactly one open usage interval; a usage interval never ends before it starts,
   so GPU-seconds are never negative.
@@ -30,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -57,13 +61,25 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeDecorator
 
+from ..cluster.placement import Node, NoRoom, PlacedServer, ServerRequest, place
 from ..core.databases import SQLITE_BUSY_TIMEOUT_SECONDS, migrate, store_engine
 from ..core.naming import is_course_slug
 from ..core.problems import TeachlabError
 from .inventory import GpuDevice
-from .quotas import EffectiveQuota, QuotaError, check_allocation, remaining_gpu_hours, running_server_verdict, term_window
+from .quotas import (
+    EffectiveQuota,
+    QuotaError,
+    Refusal,
+    check_devices,
+    check_quota,
+    remaining_gpu_hours,
+    running_server_verdict,
+    term_window,
+)
 
 VERSION_TABLE = "gpu_ledger_alembic_version"
+# The node of a single-server lab, and of every holding made before the ledger knew nodes (migration 0002).
+LOCAL_NODE = "local"
 DEFAULT_SPAWN_GRACE = timedelta(minutes=10)
 # Any fixed 64-bit number; every ledger process takes the same PostgreSQL advisory lock for writes.
 _POSTGRES_WRITE_LOCK = 0x7EAC41AB0061
@@ -100,13 +116,14 @@ holdings_table = Table(
     "gpu_holdings",
     metadata,
     Column("id", Integer, primary_key=True),
+    Column("node", String(255), nullable=False, server_default=LOCAL_NODE),
     Column("device_uuid", String(128), nullable=False),
     Column("username", String(255), nullable=False),
     Column("course", String(64), nullable=False),
     Column("server_name", String(255), nullable=False),
     Column("container_name", String(255), nullable=True),
     Column("since", UtcDateTime(), nullable=False),
-    UniqueConstraint("device_uuid", name="uq_gpu_holdings_device_uuid"),
+    UniqueConstraint("node", "device_uuid", name="uq_gpu_holdings_node_device"),
     Index("ix_gpu_holdings_server", "username", "server_name"),
 )
 
@@ -116,6 +133,7 @@ usage_intervals_table = Table(
     Column("id", Integer, primary_key=True),
     Column("username", String(255), nullable=False),
     Column("course", String(64), nullable=False),
+    Column("node", String(255), nullable=False, server_default=LOCAL_NODE),
     Column("device_uuid", String(128), nullable=False),
     Column("started_at", UtcDateTime(), nullable=False),
     Column("ended_at", UtcDateTime(), nullable=True),
@@ -168,7 +186,7 @@ class AllocationRefused(TeachlabError):
 
 @dataclass(frozen=True)
 class Allocation:
-    """The devices a server holds; ``already_held`` when an earlier ``allocate`` gave them."""
+    """The devices a server holds on ``node``; ``already_held`` when an earlier allocation gave them."""
 
     username: str
     course: str
@@ -176,6 +194,7 @@ class Allocation:
     device_uuids: tuple[str, ...]
     since: datetime
     already_held: bool
+    node: str = LOCAL_NODE
 
 
 @dataclass(frozen=True)
@@ -186,6 +205,7 @@ class Holding:
     server_name: str
     container_name: str | None
     since: datetime
+    node: str = LOCAL_NODE
 
 
 @dataclass(frozen=True)
@@ -288,6 +308,7 @@ def _holding(row: Any) -> Holding:
         server_name=row.server_name,
         container_name=row.container_name,
         since=row.since,
+        node=row.node,
     )
 
 
@@ -365,11 +386,13 @@ class GpuLedger:
         term_start: date,
         term_end: date,
         container_name: str | None = None,
+        node: str = LOCAL_NODE,
     ) -> Allocation:
-        """Give ``count`` free devices (lowest index first) to this server, or raise AllocationRefused.
+        """Give ``count`` free devices of ``node`` (lowest index first) to this server, or raise AllocationRefused.
 
         Quotas, this term's usage and free devices are read and the holdings written in one
         serialized transaction. A server that already holds devices gets the same ones back.
+        ``devices`` are the node's; a single server is the one node ``LOCAL_NODE``.
         """
         if count < 1:
             raise ValueError(f"a server needs at least 1 GPU to allocate, not {count}")
@@ -377,58 +400,94 @@ class GpuLedger:
         if len({device.uuid for device in inventory}) != len(inventory):
             raise ValueError("the GPU inventory lists a device UUID twice")
         now = self._now()
-        window_start, window_end = term_window(term_start, term_end)
         try:
             with self._transaction(write=True) as connection:
                 held = self._server_holdings(connection, username, server_name)
                 if held:
-                    return Allocation(
-                        username=username,
-                        course=held[0].course,
-                        server_name=server_name,
-                        device_uuids=tuple(h.device_uuid for h in held),
-                        since=min(h.since for h in held),
-                        already_held=True,
-                    )
-                taken = connection.execute(select(holdings_table.c.device_uuid, holdings_table.c.course)).all()
-                taken_uuids = {row.device_uuid for row in taken}
-                free = [device for device in inventory if device.uuid not in taken_uuids]
-                refusal = check_allocation(
-                    course=course,
-                    requested=count,
-                    quota=self._quota_for(connection, username, course),
-                    used_seconds=self._usage_seconds(
-                        connection, username=username, course=course, since=window_start, until=min(now, window_end)
-                    ),
-                    course_held=sum(1 for row in taken if row.course == course),
-                    free_devices=len(free),
-                    total_devices=len(inventory),
+                    return _already_held(username, server_name, held)
+                taken = connection.execute(
+                    select(holdings_table.c.node, holdings_table.c.device_uuid, holdings_table.c.course)
+                ).all()
+                taken_here = {row.device_uuid for row in taken if row.node == node}
+                free = [device for device in inventory if device.uuid not in taken_here]
+                refusal = self._quota_refusal(
+                    connection, username, course, count, taken, term_start, term_end, now
+                ) or check_devices(course=course, requested=count, free_devices=len(free), total_devices=len(inventory))
+                if refusal is not None:
+                    raise AllocationRefused(refusal.reason, refusal.status)
+                chosen = tuple(device.uuid for device in free[:count])
+                self._grant(connection, username, course, server_name, container_name, node, chosen, now)
+        except IntegrityError as exc:
+            raise AllocationRefused("another server took the same GPU at the same moment; try again", 503) from exc
+        return Allocation(
+            username=username,
+            course=course,
+            server_name=server_name,
+            device_uuids=chosen,
+            since=now,
+            already_held=False,
+            node=node,
+        )
+
+    def place_and_allocate(
+        self,
+        *,
+        username: str,
+        server_name: str,
+        request: ServerRequest,
+        nodes: Sequence[Node],
+        placed: Sequence[PlacedServer],
+        term_start: date,
+        term_end: date,
+        container_name: str | None = None,
+    ) -> Allocation:
+        """Choose the node and its devices for a GPU server of ``request.course`` and hold them, in one transaction.
+
+        ``nodes`` are the swarm's nodes with their devices (lowest index first), ``placed`` the CPU and memory
+        reservations of the servers already on them (their ``gpu_devices`` are ignored: the ledger's own
+        holdings say which devices are held). Quotas are checked first, then ``place``; its reason (which
+        resource, how many free, where) is the 503 refusal. A server that already holds devices gets them back.
+        """
+        if request.gpus < 1:
+            raise ValueError(f"place_and_allocate is for GPU servers; {request.course} asks for {request.gpus} GPUs")
+        now = self._now()
+        try:
+            with self._transaction(write=True) as connection:
+                held = self._server_holdings(connection, username, server_name)
+                if held:
+                    return _already_held(username, server_name, held)
+                taken = connection.execute(select(holdings_table)).all()
+                refusal = self._quota_refusal(
+                    connection, username, request.course, request.gpus, taken, term_start, term_end, now
                 )
                 if refusal is not None:
                     raise AllocationRefused(refusal.reason, refusal.status)
-                chosen = [device.uuid for device in free[:count]]
-                connection.execute(
-                    insert(holdings_table),
-                    [
-                        {
-                            "device_uuid": uuid,
-                            "username": username,
-                            "course": course,
-                            "server_name": server_name,
-                            "container_name": container_name,
-                            "since": now,
-                        }
-                        for uuid in chosen
-                    ],
-                )
-                connection.execute(
-                    insert(usage_intervals_table),
-                    [{"username": username, "course": course, "device_uuid": uuid, "started_at": now} for uuid in chosen],
+                holdings = [PlacedServer.holding(row.node, row.username, row.server_name, [row.device_uuid]) for row in taken]
+                reservations = [replace(server, gpu_devices=()) for server in placed]
+                try:
+                    placement = place(request, nodes, [*reservations, *holdings])
+                except NoRoom as no_room:
+                    raise AllocationRefused(no_room.reason, 503) from None
+                self._grant(
+                    connection,
+                    username,
+                    request.course,
+                    server_name,
+                    container_name,
+                    placement.node,
+                    placement.gpu_devices,
+                    now,
                 )
         except IntegrityError as exc:
             raise AllocationRefused("another server took the same GPU at the same moment; try again", 503) from exc
         return Allocation(
-            username=username, course=course, server_name=server_name, device_uuids=tuple(chosen), since=now, already_held=False
+            username=username,
+            course=request.course,
+            server_name=server_name,
+            device_uuids=placement.gpu_devices,
+            since=now,
+            already_held=False,
+            node=placement.node,
         )
 
     def release(self, *, username: str, server_name: str, reason: str, actor: str | None = None) -> list[str]:
@@ -455,10 +514,12 @@ class GpuLedger:
                 )
         return released
 
-    def holdings(self) -> list[Holding]:
-        """Every device held now, oldest first."""
+    def holdings(self, node: str | None = None) -> list[Holding]:
+        """Every device held now (on ``node`` only, when given), oldest first."""
+        table = holdings_table
         with self._transaction(write=False) as connection:
-            rows = connection.execute(select(holdings_table).order_by(holdings_table.c.since, holdings_table.c.id))
+            query = select(table).order_by(table.c.since, table.c.id)
+            rows = connection.execute(query if node is None else query.where(table.c.node == node))
             return [_holding(row) for row in rows]
 
     def reconcile(
@@ -467,8 +528,9 @@ class GpuLedger:
         *,
         spawn_grace: timedelta = DEFAULT_SPAWN_GRACE,
         protected_devices: frozenset[str] = frozenset(),
+        node: str = LOCAL_NODE,
     ) -> ReconcileReport:
-        """Make the ledger equal to what existing containers hold.
+        """Make the ledger's holdings on ``node`` equal to what that node's existing containers hold.
 
         ``running`` maps (username, server_name) of every server whose container exists to the device
         UUIDs on its labels. Holdings the containers do not confirm are released, unless the server
@@ -476,7 +538,7 @@ class GpuLedger:
         the container is created. Devices on containers but missing from the ledger are added (course
         = server name), unless several servers claim the same device: that is reported as a conflict.
         A holding of a device in ``protected_devices`` (held by a container whose owner cannot be told)
-        is never released.
+        is never released. Holdings on other nodes are left as they are.
         """
         now = self._now()
         claims: dict[str, list[tuple[str, str]]] = {}
@@ -485,7 +547,7 @@ class GpuLedger:
                 claims.setdefault(uuid, []).append(server)
         conflicts = {uuid: servers for uuid, servers in claims.items() if len(servers) > 1}
         with self._transaction(write=True) as connection:
-            rows = connection.execute(select(holdings_table).order_by(holdings_table.c.id))
+            rows = connection.execute(select(holdings_table).where(holdings_table.c.node == node).order_by(holdings_table.c.id))
             current = [_holding(row) for row in rows]
             released, pending, protected, confirmed = [], [], [], set()
             for holding in current:
@@ -520,6 +582,7 @@ class GpuLedger:
                         server_name=server_name,
                         container_name=None,
                         since=now,
+                        node=node,
                     )
                     self._insert_holding(connection, holding)
                     added.append(holding)
@@ -704,6 +767,54 @@ class GpuLedger:
 
     # Helpers running inside a caller's transaction
 
+    def _quota_refusal(
+        self,
+        connection: Connection,
+        username: str,
+        course: str,
+        requested: int,
+        taken: Sequence[Any],
+        term_start: date,
+        term_end: date,
+        now: datetime,
+    ) -> Refusal | None:
+        """The quota checks of ``quotas.check_quota``; the course's cap counts its GPUs on every node."""
+        window_start, window_end = term_window(term_start, term_end)
+        return check_quota(
+            course=course,
+            requested=requested,
+            quota=self._quota_for(connection, username, course),
+            used_seconds=self._usage_seconds(
+                connection, username=username, course=course, since=window_start, until=min(now, window_end)
+            ),
+            course_held=sum(1 for row in taken if row.course == course),
+        )
+
+    def _grant(
+        self,
+        connection: Connection,
+        username: str,
+        course: str,
+        server_name: str,
+        container_name: str | None,
+        node: str,
+        device_uuids: Sequence[str],
+        now: datetime,
+    ) -> None:
+        for uuid in device_uuids:
+            self._insert_holding(
+                connection,
+                Holding(
+                    device_uuid=uuid,
+                    username=username,
+                    course=course,
+                    server_name=server_name,
+                    container_name=container_name,
+                    since=now,
+                    node=node,
+                ),
+            )
+
     @staticmethod
     def _server_holdings(connection: Connection, username: str, server_name: str) -> list[Holding]:
         table = holdings_table
@@ -716,6 +827,7 @@ class GpuLedger:
     def _insert_holding(connection: Connection, holding: Holding) -> None:
         connection.execute(
             insert(holdings_table).values(
+                node=holding.node,
                 device_uuid=holding.device_uuid,
                 username=holding.username,
                 course=holding.course,
@@ -726,7 +838,11 @@ class GpuLedger:
         )
         connection.execute(
             insert(usage_intervals_table).values(
-                username=holding.username, course=holding.course, device_uuid=holding.device_uuid, started_at=holding.since
+                username=holding.username,
+                course=holding.course,
+                node=holding.node,
+                device_uuid=holding.device_uuid,
+                started_at=holding.since,
             )
         )
 
@@ -734,10 +850,15 @@ class GpuLedger:
     def _end_holdings(connection: Connection, held: Sequence[Holding], now: datetime, reason: str) -> None:
         intervals = usage_intervals_table
         for holding in held:
-            connection.execute(delete(holdings_table).where(holdings_table.c.device_uuid == holding.device_uuid))
+            connection.execute(
+                delete(holdings_table).where(
+                    holdings_table.c.node == holding.node, holdings_table.c.device_uuid == holding.device_uuid
+                )
+            )
             connection.execute(
                 update(intervals)
                 .where(
+                    intervals.c.node == holding.node,
                     intervals.c.device_uuid == holding.device_uuid,
                     intervals.c.username == holding.username,
                     intervals.c.ended_at.is_(None),
@@ -797,6 +918,18 @@ class GpuLedger:
                 reason=reason,
             )
         )
+
+
+def _already_held(username: str, server_name: str, held: Sequence[Holding]) -> Allocation:
+    return Allocation(
+        username=username,
+        course=held[0].course,
+        server_name=server_name,
+        device_uuids=tuple(h.device_uuid for h in held),
+        since=min(h.since for h in held),
+        already_held=True,
+        node=held[0].node,
+    )
 
 
 def _overlap_seconds(started_at: datetime, ended_at: datetime | None, since: datetime | None, until: datetime) -> float:

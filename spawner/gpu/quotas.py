@@ -81,6 +81,13 @@ def check_allocation(
     ``used_seconds`` is the student's GPU-seconds in this course this term, ``course_held`` the GPUs
     all servers of the course hold now, ``free_devices``/``total_devices`` the host's inventory.
     """
+    return check_quota(
+        course=course, requested=requested, quota=quota, used_seconds=used_seconds, course_held=course_held
+    ) or check_devices(course=course, requested=requested, free_devices=free_devices, total_devices=total_devices)
+
+
+def check_quota(*, course: str, requested: int, quota: EffectiveQuota, used_seconds: float, course_held: int) -> Refusal | None:
+    """The 403 and 429 checks of ``check_allocation``: the limits, whatever devices are free (on any node)."""
     if quota.max_gpus == 0:
         return Refusal(f"GPUs are switched off for you in {course}; ask your instructor", 403)
     if quota.max_gpus is not None and requested > quota.max_gpus:
@@ -108,6 +115,11 @@ def check_allocation(
         else:
             in_use = f"{course_held} {'is' if course_held == 1 else 'are'} in use and its server needs {requested}"
         return Refusal(f"{course} may hold at most {_gpus(cap)} at once and {in_use}; try again later", 429)
+    return None
+
+
+def check_devices(*, course: str, requested: int, free_devices: int, total_devices: int) -> Refusal | None:
+    """The 503 checks of ``check_allocation``: one host's devices (across nodes, ``cluster.placement`` decides)."""
     if requested > total_devices:
         return Refusal(f"this hub has {_gpus(total_devices)} and {course} servers need {requested}; tell your instructor", 503)
     if requested > free_devices:

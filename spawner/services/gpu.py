@@ -29,7 +29,7 @@ from ..catalog import Catalog
 from ..catalog.cache import CatalogCache
 from ..core.blocking import LEDGER, run_blocking
 from ..core.contract import Scopes
-from ..gpu import GpuDevice, GpuLedger, QuotaError, term_window
+from ..gpu import LOCAL_NODE, GpuDevice, GpuLedger, QuotaError, term_window
 from ..gpu.cache import inventory_for, ledger_for, parse_inventory_setting
 from ..gpu.charts import Span, held_over_time, term_usage
 from .hubpage import STATIC_DIR, HubLinks, ServiceHandling, page_templates
@@ -147,7 +147,7 @@ class HoldingsHandler(GpuHandler):
     async def get(self):
         self.require(ADMIN_SCOPE)
         devices: list[GpuDevice] = self.settings["devices"]
-        holdings = {h.device_uuid: h for h in await self.blocking(self.ledger.holdings)}
+        holdings = {h.device_uuid: h for h in await self.blocking(self.ledger.holdings, node=LOCAL_NODE)}
         self.write_json(
             [
                 {**asdict(device), "holder": asdict(holdings[device.uuid]) if device.uuid in holdings else None}
@@ -241,7 +241,7 @@ class PageHandler(GpuHandler):
     async def admin_page(self, *, message: str = "", error: bool = False, status: int = 200) -> None:
         now = datetime.now(timezone.utc)
         charts = await self.chart_data(now)
-        holdings = {h.device_uuid: h for h in await self.blocking(self.ledger.holdings)}
+        holdings = {h.device_uuid: h for h in await self.blocking(self.ledger.holdings, node=LOCAL_NODE)}
         courses = sorted(self.catalog.courses.values(), key=lambda c: (not c.gpu, c.slug))
         self.render_page(
             "gpu_admin.html",

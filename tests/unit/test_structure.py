@@ -10,17 +10,18 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "spawner"
 # What each subpackage may import from the others
-# (core -> catalog/engine/gpu/node -> images -> hub/services/ssh -> deploy -> cli -> devlab).
+# (core -> cluster -> catalog/engine/gpu/node -> images -> hub/services/ssh -> deploy -> cli -> devlab).
 ALLOWED = {
     "core": set(),
+    "cluster": {"core"},  # placement and capacity across nodes
     "catalog": {"core"},
     "engine": {"core"},
-    "gpu": {"core"},
+    "gpu": {"core", "cluster"},
     "node": {"core"},
     "hubclient": {"core"},
     "prewarm": {"core", "catalog"},
     "images": {"core", "catalog", "engine"},
-    "hub": {"core", "catalog", "engine", "images", "gpu", "node", "prewarm"},
+    "hub": {"core", "cluster", "catalog", "engine", "images", "gpu", "node", "prewarm"},
     "services": {
         "core",
         "catalog",
@@ -33,10 +34,11 @@ ALLOWED = {
     "ssh": {"core", "catalog", "engine", "hubclient"},  # the SSH gateway service: the hub only through its REST API
     # the production stack (admins' teachlab deploy commands, and the hub image's health check, migrations and
     # teachlab-work service): above the hub and the SSH gateway, whose settings and stores it uses
-    "deploy": {"core", "catalog", "engine", "images", "gpu", "node", "hubclient", "prewarm", "hub", "ssh"},
-    "cli": {"core", "catalog", "engine", "images", "gpu", "deploy"},
+    "deploy": {"core", "cluster", "catalog", "engine", "images", "gpu", "node", "hubclient", "prewarm", "hub", "ssh"},
+    "cli": {"core", "cluster", "catalog", "engine", "images", "gpu", "deploy"},
     "devlab": {
         "core",
+        "cluster",
         "catalog",
         "engine",
         "images",
@@ -54,6 +56,7 @@ ALLOWED = {
 # Pure cores: no Docker, no JupyterHub, no Tornado (tested without a daemon or a hub).
 PURE = [
     "core",
+    "cluster",
     "catalog",
     "gpu",
     "node",
