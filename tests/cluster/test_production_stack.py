@@ -13,14 +13,13 @@ import zipfile
 
 import pytest
 import requests
-from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect
 
 from spawner.devlab.names import names_on_loopback
 from support.browser import (
-    NETWORK_CHANGED,
     expect_jupyterlab,
     forget_failed_requests,
+    goto,
     sign_in_at_the_provider,
     watch_failed_requests,
 )
@@ -67,18 +66,6 @@ def test_a_site_file_with_mistakes_gets_one_line_per_problem_and_nothing_is_depl
     assert prod_lab.stack_fingerprint() == before
 
 
-def goto_despite_network_changes(page, url: str, attempts: int = 3) -> None:
-    """Chromium aborts a navigation when this machine's interfaces change (other tests make and remove Docker
-    networks all the time): try again then, and only then."""
-    for attempt in range(attempts):
-        try:
-            page.goto(url)
-            return
-        except PlaywrightError as error:
-            if NETWORK_CHANGED not in str(error) or attempt == attempts - 1:
-                raise
-
-
 def new_notebook_and_run(page, code: str):
     page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{COURSE_TITLE}"]').click()
     expect(page.get_by_role("button", name=f"{COURSE_TITLE} | Idle", exact=True)).to_be_visible(timeout=SPAWN_TIMEOUT_MS)
@@ -97,7 +84,7 @@ def test_a_student_signs_in_over_https_starts_a_course_and_writes_a_file(prod_la
     watch_failed_requests(context)
     page = context.new_page()
     try:
-        goto_despite_network_changes(page, f"http://{DOMAIN}/hub/login")
+        goto(page, f"http://{DOMAIN}/hub/login")
         assert page.url.startswith(f"https://{DOMAIN}/hub/login"), page.url  # HTTP redirected to HTTPS
         sign_in_at_the_provider(page, prod_lab, "alice")
         page.locator(f"a#start-{COURSE}").click()
@@ -108,10 +95,10 @@ def test_a_student_signs_in_over_https_starts_a_course_and_writes_a_file(prod_la
             expect(new_notebook_and_run(page, code)).to_contain_text("written", timeout=60_000)
         except AssertionError:
             # JupyterLab's own requests fail as "Failed to fetch" when this machine's interfaces change (see
-            # goto_despite_network_changes): then, and only then, open the lab again and try once more.
+            # support.browser.goto): then, and only then, open the lab again and try once more.
             if not page.get_by_text("Failed to fetch").is_visible():
                 raise
-            goto_despite_network_changes(page, page.url.split("/lab")[0] + "/lab")
+            goto(page, page.url.split("/lab")[0] + "/lab")
             page.get_by_role("button", name="New Launcher (Ctrl+Shift+L)").click()
             expect(new_notebook_and_run(page, code)).to_contain_text("written", timeout=60_000)
     finally:

@@ -18,7 +18,7 @@ from playwright.sync_api import expect
 
 from support.a11y import assert_keyboard_and_screen_reader_basics
 from support.accounts import FAKE_GPU_INVENTORY
-from support.browser import VIEWPORT, sign_in_at_the_provider
+from support.browser import VIEWPORT, goto, sign_in_at_the_provider
 
 pytestmark = [pytest.mark.browser, pytest.mark.hub, pytest.mark.docker]
 
@@ -74,7 +74,7 @@ def table_row(text: str, first_cell: str) -> list[str]:
 
 
 def spawn_form_hours_left(page, lab) -> str:
-    page.goto(f"{lab.public_url}/hub/spawn/{STUDENT}/{COURSE}")
+    goto(page, f"{lab.public_url}/hub/spawn/{STUDENT}/{COURSE}")
     return page.locator("#gpu-hours-remaining").inner_text()
 
 
@@ -88,9 +88,9 @@ def test_an_admin_sets_quotas_in_the_forms_the_cli_and_the_students_spawn_form_s
         context.set_default_timeout(30_000)
     try:
         page = admin_context.new_page()
-        page.goto(f"{lab.public_url}/hub/login")
+        goto(page, f"{lab.public_url}/hub/login")
         sign_in_at_the_provider(page, lab, ADMIN)
-        page.goto(lab.service_url(SERVICE))
+        goto(page, lab.service_url(SERVICE))
         expect(page.get_by_role("heading", name="GPUs", level=1)).to_be_visible()
         expect(page.locator("#login_widget")).to_contain_text(ADMIN)  # the hub's navigation bar
         assert_keyboard_and_screen_reader_basics(page)
@@ -114,7 +114,7 @@ def test_an_admin_sets_quotas_in_the_forms_the_cli_and_the_students_spawn_form_s
 
         # quinn's spawn form shows the new allowance.
         student = student_context.new_page()
-        student.goto(f"{lab.public_url}/hub/login")
+        goto(student, f"{lab.public_url}/hub/login")
         sign_in_at_the_provider(student, lab, STUDENT)
         assert "You have 12.5 GPU-hours left this term." in " ".join(spawn_form_hours_left(student, lab).split())
 
@@ -128,7 +128,7 @@ def test_an_admin_sets_quotas_in_the_forms_the_cli_and_the_students_spawn_form_s
         assert table_row(teachlab_cli(lab, "gpu", "quota", "show", COURSE), STUDENT) == [STUDENT, COURSE, "3.0", "course's"]
         assert "You have 3.0 GPU-hours left this term." in " ".join(spawn_form_hours_left(student, lab).split())
         # quinn's own GPU page (Services -> GPUs) says the same, and only about quinn.
-        student.goto(lab.service_url(SERVICE))
+        goto(student, lab.service_url(SERVICE))
         expect(student.get_by_role("heading", name="Your GPU time this term", level=1)).to_be_visible()
         expect(student.locator(f'#my-gpu-usage tr[data-course="{COURSE}"] td').nth(2)).to_have_text("3.00")
         expect(student.locator("#course-quota-form")).to_have_count(0)
@@ -155,14 +155,14 @@ def test_an_admin_sets_quotas_in_the_forms_the_cli_and_the_students_spawn_form_s
 
         # The charts: quinn holds a GPU now; the last day's chart and its summary say so.
         quinn.start_and_wait(COURSE)
-        page.goto(lab.service_url(SERVICE))
+        goto(page, lab.service_url(SERVICE))
         expect(page.locator("#held-summary")).to_contain_text("Now 1 of 4 GPUs are held")
         expect(page.locator("#held-chart canvas")).to_be_visible()
         expect(page.locator("#term-usage-chart canvas")).to_be_visible()
         expect(page.locator(f'#term-usage-summary tr[data-course="{COURSE}"]')).to_be_visible()
         page.locator("#charts-title").scroll_into_view_if_needed()
         pictures(page, "admin-gpu-charts")
-        page.goto(lab.service_url(SERVICE))
+        goto(page, lab.service_url(SERVICE))
         pictures(page, "admin-gpu-page", full_page=True)
     finally:
         quinn.ensure_stopped(COURSE)

@@ -22,7 +22,7 @@ import yaml
 from playwright.sync_api import expect
 
 from support.a11y import assert_keyboard_and_screen_reader_basics
-from support.browser import expect_jupyterlab, sign_in_at_the_provider
+from support.browser import expect_jupyterlab, goto, sign_in_at_the_provider
 
 pytestmark = [pytest.mark.browser, pytest.mark.hub, pytest.mark.docker]
 
@@ -87,7 +87,7 @@ def with_package(text: str, requirement: str) -> str:
 
 def signed_in(browser_context, lab, username):
     page = browser_context.new_page()
-    page.goto(f"{lab.public_url}/hub/login")
+    goto(page, f"{lab.public_url}/hub/login")
     sign_in_at_the_provider(page, lab, username)
     return page
 
@@ -163,13 +163,13 @@ def test_an_instructor_of_another_course_gets_403_on_its_pages_and_api(lab, user
     # Pages: the publish page and the class page of env-lab are 403 pages in the hub's frame.
     page = signed_in(browser_context, lab, OTHER_INSTRUCTOR)
     for url in (course_page_url(lab), course_page_url(lab) + "class"):
-        response = page.goto(url)
+        response = goto(page, url)
         assert response.status == 403, url
         expect(page.locator("#error-title")).to_contain_text("403")
         expect(page.locator("#error-message")).to_contain_text(f"{COURSE}")
         expect(page.locator("#login_widget")).to_contain_text(OTHER_INSTRUCTOR)  # the hub's navigation bar
-    assert page.goto(f"{lab.service_url(SERVICE)}courses/intro-python/").status == 200
-    page.goto(lab.service_url(SERVICE))  # the service's index lists prof's courses only
+    assert goto(page, f"{lab.service_url(SERVICE)}courses/intro-python/").status == 200
+    goto(page, lab.service_url(SERVICE))  # the service's index lists prof's courses only
     expect(page.locator("#course-intro-python")).to_be_visible()
     expect(page.locator(f"#course-{COURSE}")).to_have_count(0)
 
@@ -183,7 +183,7 @@ def test_an_instructor_publishes_a_new_package_watches_the_log_and_imports_it(
     nora.start_and_wait(COURSE)
 
     page = signed_in(browser_context, lab, INSTRUCTOR)
-    page.goto(course_page_url(lab))
+    goto(page, course_page_url(lab))
     assert_keyboard_and_screen_reader_basics(page)
     pictures(page, "instructor-course-environment", full_page=True)
     editor = page.get_by_label("environment.yml")
@@ -228,7 +228,7 @@ def test_an_instructor_publishes_a_new_package_watches_the_log_and_imports_it(
     # lena starts her own server of the course: the new package imports in the course kernel.
     lena = users(INSTRUCTOR)
     lena.ensure_stopped(COURSE)
-    page.goto(f"{lab.public_url}/hub/home")
+    goto(page, f"{lab.public_url}/hub/home")
     page.locator(f"a#start-{COURSE}").click()
     page.wait_for_url(re.compile(rf"/user/{INSTRUCTOR}/{COURSE}/lab"), timeout=SPAWN_TIMEOUT_MS)
     page.locator(f'.jp-LauncherCard[data-category="Notebook"][title="{TITLE}"]').click(timeout=SPAWN_TIMEOUT_MS)
@@ -253,7 +253,7 @@ def test_the_class_page_shows_the_students_and_starts_stops_and_opens_a_server(
     current = registry.read(COURSE).current
 
     page = signed_in(browser_context, lab, INSTRUCTOR)
-    page.goto(course_page_url(lab) + "class")
+    goto(page, course_page_url(lab) + "class")
     row = page.locator(f"#student-{STUDENT}")
     expect(row.locator(".status")).to_have_text("running")
     expect(row.locator(".version")).to_contain_text(nora_version)
@@ -292,7 +292,7 @@ def test_the_class_page_shows_the_students_and_starts_stops_and_opens_a_server(
 def test_one_click_rollback_and_one_publish_at_a_time(lab, users, browser_context, env_lab_v1, registry, hub_catalog):
     lena = users(INSTRUCTOR)
     page = signed_in(browser_context, lab, INSTRUCTOR)
-    page.goto(course_page_url(lab))
+    goto(page, course_page_url(lab))
     before = registry.read(COURSE)
     if before.current == env_lab_v1:
         pytest.skip("only one version of env-lab: run the publish test first")

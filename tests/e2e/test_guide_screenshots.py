@@ -12,7 +12,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from support.browser import expect_jupyterlab
+from support.browser import expect_jupyterlab, goto
 from support.ssh import KeysPage, OpenSsh, make_key
 
 pytestmark = [pytest.mark.browser, pytest.mark.hub, pytest.mark.docker]
@@ -42,7 +42,7 @@ def servers_stopped_afterwards(users):
 
 
 def sign_in(page, lab, username: str, picture=None) -> None:
-    page.goto(f"{lab.public_url}/hub/login")
+    goto(page, f"{lab.public_url}/hub/login")
     if picture:
         picture(page, "student-login")
     page.get_by_role("button", name="Sign in with University login").click()
@@ -72,7 +72,7 @@ def test_student_guide_pictures(lab, users, browser_context, guide_pictures, tmp
     # The SSH keys page: paste the public key, add it.
     key = make_key(tmp_path, "holly_laptop")
     keys = browser_context.new_page()
-    keys.goto(f"{lab.public_url}/hub/home")
+    goto(keys, f"{lab.public_url}/hub/home")
     keys.locator("#ssh-keys-link").click()
     keys.wait_for_url(lab.service_url("teachlab-ssh"))
     keys.locator("#public-key").fill(key.with_suffix(".pub").read_text())
@@ -102,7 +102,7 @@ def test_instructor_guide_pictures(lab, users, browser_context, guide_pictures):
     guide_pictures(page, "instructor-home")
 
     # Opening a student's server: the hub asks the instructor to confirm, then shows the student's JupyterLab.
-    page.goto(lab.server_url(STUDENT, COURSE) + "lab")
+    goto(page, lab.server_url(STUDENT, COURSE) + "lab")
     authorize = page.get_by_role("button", name="Authorize")
     expect(authorize).to_be_visible(timeout=60_000)
     guide_pictures(page, "instructor-open-student-server")

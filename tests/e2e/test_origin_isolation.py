@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from spawner.devlab.names import chromium_resolver_rules
-from support.browser import CHROMIUM_ARGS, VIEWPORT, sign_in_at_the_provider, trusting_home
+from support.browser import CHROMIUM_ARGS, VIEWPORT, goto, sign_in_at_the_provider, trusting_home
 from support.hub import HubUser
 from support.lab_fixtures import TEST_DOMAIN, start_test_lab, stop_test_lab
 
@@ -134,10 +134,10 @@ def run_attack(lab, browser_factory, docker_client, output_dir, name: str) -> st
     page = context.new_page()
     page.set_default_timeout(OPEN_TIMEOUT_MS)
     try:
-        page.goto(f"{lab.public_url}/hub/login")
+        goto(page, f"{lab.public_url}/hub/login")
         sign_in_at_the_provider(page, lab, INSTRUCTOR)
         # The instructor helps bob first: now their browser holds a session for bob's server.
-        page.goto(lab.server_url(VICTIM, COURSE) + "lab")
+        goto(page, lab.server_url(VICTIM, COURSE) + "lab")
         if "/oauth2/authorize" in page.url:
             page.get_by_role("button", name="Authorize").click()
         page.wait_for_url(f"**/user/{VICTIM}/{COURSE}/lab**")
@@ -147,7 +147,7 @@ def run_attack(lab, browser_factory, docker_client, output_dir, name: str) -> st
             lab.server_url(ATTACKER, COURSE) + "nbconvert/html/results.ipynb?download=false",
             lab.server_url(ATTACKER, COURSE) + "lab",
         ):
-            page.goto(url)
+            goto(page, url)
             if "/oauth2/authorize" in page.url:
                 page.get_by_role("button", name="Authorize").click()
             deadline = time.monotonic() + 40

@@ -17,7 +17,7 @@ import requests
 from packaging.version import Version
 from playwright.sync_api import expect  # a test dependency: missing fails the run instead of skipping this tier
 
-from support.browser import expect_jupyterlab, sign_in_at_the_provider
+from support.browser import expect_jupyterlab, goto, sign_in_at_the_provider
 
 STUDENT = "gina"  # no other test signs gina in, so her server and work volume are this test's alone
 COURSE = "intro-python"
@@ -72,7 +72,7 @@ def wait_for_course_status(page, slug: str, status: str, timeout_s: float = STOP
 
 def stop_from_home(page, lab, slug: str) -> None:
     """Click stop on the home page and wait until the course shows as stopped."""
-    page.goto(f"{lab.public_url}/hub/home")
+    goto(page, f"{lab.public_url}/hub/home")
     page.locator(f"a#stop-{slug}").click()
     # The start button comes back once the hub answered the stop request; reloading earlier would cancel it.
     expect(page.locator(f"a#start-{slug}")).to_be_visible(timeout=STOP_TIMEOUT_S * 1000)
@@ -168,7 +168,7 @@ def test_student_works_in_jupyterlab_and_finds_the_work_again_after_a_restart(la
         print(f"{name}: {seconds:.1f} s")
 
     # 1. The hub's login page sends the student to the university's login form and back.
-    page.goto(f"{lab.public_url}/hub/login")
+    goto(page, f"{lab.public_url}/hub/login")
     screenshots.take("login")
     sign_in_at_the_provider(page, lab, STUDENT)
 

@@ -22,6 +22,19 @@ NETWORK_CHANGED = "net::ERR_NETWORK_CHANGED"
 _failed_requests: dict[int, list[tuple[str, str]]] = {}
 
 
+def goto(page, url: str, attempts: int = 3):
+    """``page.goto(url)``, again when Chromium aborted the navigation for a network change, and only then."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return page.goto(url)
+        except PlaywrightError as error:
+            if NETWORK_CHANGED not in str(error) or attempt == attempts:
+                raise
+            print(f"navigating to {url} again: {error}")
+
+
 def watch_failed_requests(context) -> None:
     """Remember every request of ``context`` that failed, with Chromium's reason (printed when a test fails)."""
     failed = _failed_requests.setdefault(id(context), [])
