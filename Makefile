@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 .PHONY: help setup python-env node-env system-packages docker up down test test-cluster unit lint format docs clean
 
 help:
-	@echo "make up      run the lab on http://127.0.0.1:8000 (demo accounts printed)"
+	@echo "make up      run the lab on https://teachlab.localhost:8443 (demo accounts printed)"
 	@echo "make down    stop the lab, keep its data"
 	@echo "make test    install everything needed and run the whole test suite"
 	@echo "make unit    run the unit tests only (no Docker needed)"

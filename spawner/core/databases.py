@@ -12,9 +12,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 
-from alembic import command
+from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import create_engine
+from sqlalchemy import MetaData, create_engine
 from sqlalchemy.engine import Connection, Engine, make_url
 
 # SQLite's busy handler: how long a writer waits for another process's write lock before failing.
@@ -43,3 +43,16 @@ def migrate(engine: Engine, script_location: str, *, begin: Callable[[], Context
     with _migration_lock, (begin or engine.begin)() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def run_migrations_in_env(metadata: MetaData, version_table: str) -> None:
+    """The body of every store's Alembic ``env.py``: upgrade on the connection ``migrate`` passes, inside its
+    transaction; each store keeps its own version table. There is no alembic.ini and no offline mode."""
+    context.configure(
+        connection=context.config.attributes["connection"],
+        target_metadata=metadata,
+        version_table=version_table,
+        render_as_batch=True,  # SQLite can only ALTER tables by copying them
+    )
+    with context.begin_transaction():
+        context.run_migrations()

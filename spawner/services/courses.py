@@ -144,20 +144,10 @@ class CourseHandler(HubOAuthenticated, ServiceHandling, web.RequestHandler):
         self.finish(json.dumps(payload))
 
     def write_error(self, status_code: int, **kwargs) -> None:
-        error = kwargs.get("exc_info", (None, None))[1]
-        message = error.log_message if isinstance(error, web.HTTPError) and error.log_message else self._reason
         if self.api or self.current_user is None:
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"status": status_code, "message": message}))
-            return
-        self.render_page(
-            "error.html",
-            title=self._reason,
-            status=status_code,
-            status_code=status_code,
-            reason=self._reason,
-            error_message=message,
-        )
+            self.write_json_error(status_code, **kwargs)
+        else:
+            self.write_error_page(status_code, **kwargs)
 
     async def environment_text(self, course: Course) -> str:
         return await run_blocking(FILES, (course.folder / ENVIRONMENT_FILE).read_text)

@@ -76,11 +76,7 @@ class GpuHandler(HubOAuthenticated, ServiceHandling, web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(payload, default=_json_default))
 
-    def write_error(self, status_code: int, **kwargs) -> None:
-        error = kwargs.get("exc_info", (None, None))[1]
-        message = error.log_message if isinstance(error, web.HTTPError) and error.log_message else self._reason
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"status": status_code, "message": message}))
+    write_error = ServiceHandling.write_json_error
 
     async def chart_data(self, now: datetime) -> dict:
         """The charts' series, from the intervals since the earliest GPU course's term began (or the last day)."""
@@ -267,19 +263,10 @@ class PageHandler(GpuHandler):
             self.render_page("gpu_student.html", title="Your GPU time", rows=await self.my_usage())
 
     def write_error(self, status_code: int, **kwargs) -> None:
-        error = kwargs.get("exc_info", (None, None))[1]
-        message = error.log_message if isinstance(error, web.HTTPError) and error.log_message else self._reason
         if self.current_user is None:
             super(GpuHandler, self).write_error(status_code, **kwargs)
-            return
-        self.render_page(
-            "error.html",
-            title=self._reason,
-            status=status_code,
-            status_code=status_code,
-            reason=self._reason,
-            error_message=message,
-        )
+        else:
+            self.write_error_page(status_code, **kwargs)
 
 
 def _form_limit(name: str, text_value: str, *, whole: bool) -> int | float | None:

@@ -71,7 +71,7 @@ def page_variables(*, user: Mapping[str, Any], links: HubLinks, xsrf_token: str,
 
 class ServiceHandling:
     """What the lab's services' request handlers share (tornado's ``RequestHandler`` with ``templates``,
-    ``links`` and ``service_prefix`` in its settings): pages in the hub's frame, JSON bodies."""
+    ``links`` and ``service_prefix`` in its settings for pages): pages in the hub's frame, JSON bodies, errors."""
 
     def body(self) -> dict:
         """The request's JSON object, or a 400 that says what is wrong."""
@@ -82,6 +82,27 @@ class ServiceHandling:
         if not isinstance(payload, dict):
             raise web.HTTPError(400, "the body must be a JSON object")
         return payload
+
+    def error_message(self, **kwargs: Any) -> str:
+        """What a failed request says: the HTTPError's own message, else the status's reason."""
+        error = kwargs.get("exc_info", (None, None))[1]
+        return error.log_message if isinstance(error, web.HTTPError) and error.log_message else self._reason
+
+    def write_json_error(self, status_code: int, **kwargs: Any) -> None:
+        """An error as ``{"status", "message"}``: for the APIs and for callers without a page to show."""
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": self.error_message(**kwargs)}))
+
+    def write_error_page(self, status_code: int, **kwargs: Any) -> None:
+        """An error as a page in the hub's frame, for a signed-in person's browser."""
+        self.render_page(
+            "error.html",
+            title=self._reason,
+            status=status_code,
+            status_code=status_code,
+            reason=self._reason,
+            error_message=self.error_message(**kwargs),
+        )
 
     def render_page(self, template: str, *, title: str, status: int = 200, **values: Any) -> None:
         """A page in the hub's frame (``page.html``)."""

@@ -37,6 +37,7 @@ from ..core.contract import Scopes
 from ..hubclient import HubApi, HubRefused
 from ..prewarm.planner import plan_warm
 from ..prewarm.records import WarmRecords
+from .hubpage import ServiceHandling
 
 log = logging.getLogger("teachlab.warmer")
 TICK_SECONDS = 30
@@ -197,7 +198,7 @@ def was_opened(server: Mapping) -> bool:
     return (last_at - started_at).total_seconds() > USED_AFTER_SECONDS
 
 
-class WarmNowHandler(HubAuthenticated, web.RequestHandler):
+class WarmNowHandler(HubAuthenticated, ServiceHandling, web.RequestHandler):
     """``POST api/warm/<course>``: warm a course now (admins, and the lab's CLI)."""
 
     @web.authenticated
@@ -214,11 +215,7 @@ class WarmNowHandler(HubAuthenticated, web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"course": slug, "session_start": now.isoformat(), **result}))
 
-    def write_error(self, status_code: int, **kwargs) -> None:
-        error = kwargs.get("exc_info", (None, None))[1]
-        message = error.log_message if isinstance(error, web.HTTPError) and error.log_message else self._reason
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"status": status_code, "message": message}))
+    write_error = ServiceHandling.write_json_error
 
 
 def make_app(*, prefix: str, warmer: Warmer) -> web.Application:
