@@ -8,15 +8,7 @@
   const message = document.getElementById("class-message");
   const REFRESH_MS = 3000;
 
-  function element(tag, attributes, children) {
-    const node = document.createElement(tag);
-    Object.entries(attributes || {}).forEach(function ([key, value]) {
-      if (key === "text") node.textContent = value;
-      else node.setAttribute(key, value);
-    });
-    (children || []).forEach(function (child) { node.appendChild(child); });
-    return node;
-  }
+  const element = window.teachlabPages.element;
 
   function when(iso) {
     return iso ? iso.replace("T", " ").replace(/\.\d+/, "").replace("Z", "").replace("+00:00", "") : "–";

@@ -13,15 +13,7 @@
   const publishButton = document.getElementById("publish-environment");
   let events = null;
 
-  function element(tag, attributes, children) {
-    const node = document.createElement(tag);
-    Object.entries(attributes || {}).forEach(function ([key, value]) {
-      if (key === "text") node.textContent = value;
-      else node.setAttribute(key, value);
-    });
-    (children || []).forEach(function (child) { node.appendChild(child); });
-    return node;
-  }
+  const element = window.teachlabPages.element;
 
   async function call(method, path, body) {
     const response = await fetch(api + path, {
