@@ -22,6 +22,7 @@ import random
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ MAX_OPTION_LENGTH = 64
 # A node's engine that does not answer: its servers are gone for the hub (docker.errors.APIError is an HTTP
 # answer, not one of these).
 ENGINE_UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+# How long a node whose engine did not answer takes no new server (the swarm marks it down later, if at all).
+UNREACHABLE_HOLD_SECONDS = 60
 
 
 class CourseSpawner(DockerSpawner):
@@ -80,6 +83,7 @@ class CourseSpawner(DockerSpawner):
     placement_book = PlacementBook()
     _node_clients: dict[str, docker.DockerClient] = {}
     _prepared_nodes: dict[str, str] = {}  # node -> the network id prepared there
+    _unreachable_nodes: dict[str, float] = {}  # node -> when its engine last did not answer (monotonic)
 
     catalog_path = Unicode(
         help="""Folder of the course catalog (course_envs/<slug>/course.yaml + environment.yml).
@@ -225,6 +229,15 @@ class CourseSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    node_engine_api_version = Unicode(
+        "1.41",
+        help="""Docker API version spoken to the nodes' engines (Engine 20.10 speaks 1.41). Fixed rather than probed, so
+        that no call waits on an engine that is down just to learn its version.
+
+        c.CourseSpawner.node_engine_api_version = "1.41"
+        """,
+    ).tag(config=True)
+
     hub_address = Unicode(
         "",
         help="""The hub's address as the swarm's nodes reach it: a node where the hub does not run forwards its
@@ -331,7 +344,7 @@ class CourseSpawner(DockerSpawner):
                 arguments["client_cert"] = tuple(arguments["client_cert"])
             clients[url] = docker.DockerClient(
                 base_url=url,
-                version=self.manager_client.api_version,  # no version probe: an engine that is down must not hang here
+                version=self.node_engine_api_version,  # no version probe: an engine that is down must not hang a caller
                 timeout=self.node_engine_timeout,
                 tls=docker.tls.TLSConfig(**arguments) if arguments else False,
                 max_pool_size=DOCKER_THREADS,
@@ -569,13 +582,21 @@ class CourseSpawner(DockerSpawner):
     # -- nodes of a swarm ----------------------------------------------------------------------------
     async def _swarm_nodes(self) -> tuple[list[Node], dict[str, str]]:
         """The swarm's nodes as placement reads them, and each one's address (read from the manager)."""
-        listing = await asyncio.wrap_future(self.executor.submit(self.manager_client.nodes))
+        listing = await asyncio.wrap_future(self.executor.submit(lambda: self.manager_client.nodes()))
         try:
             nodes = [node_from_swarm(attrs) for attrs in listing]
             addresses = {node.name: node_address(attrs) for node, attrs in zip(nodes, listing, strict=True)}
         except TeachlabError as exc:
             self.log.error("cannot place %s: %s", self._log_name, exc)
             raise refusal(503, "The lab's machines are not set up right now; tell the lab's admins")
+        silent = type(self)._unreachable_nodes
+        now = time.monotonic()
+        nodes = [
+            replace(node, ready=False)
+            if now - silent.get(node.name, -UNREACHABLE_HOLD_SECONDS) < UNREACHABLE_HOLD_SECONDS
+            else node
+            for node in nodes
+        ]
         return nodes, addresses
 
     async def _place(self, course: Course) -> None:
@@ -663,6 +684,8 @@ class CourseSpawner(DockerSpawner):
         try:
             type(self)._prepared_nodes[node] = await asyncio.wrap_future(self.executor.submit(prepare))
         except (TeachlabError, docker.errors.APIError, *ENGINE_UNREACHABLE) as exc:
+            if isinstance(exc, ENGINE_UNREACHABLE):
+                type(self)._unreachable_nodes[node] = time.monotonic()
             self.log.error("preparing node %s for %s failed: %s", node, self._log_name, exc)
             raise refusal(503, f"The machine chosen for your server ({node}) is not ready; please try again")
 
@@ -829,6 +852,7 @@ class CourseSpawner(DockerSpawner):
                 raise
             self.log.warning("node %s of %s does not answer: %s", self.node, self._log_name, exc)
             type(self)._prepared_nodes.pop(self.node, None)  # a node that comes back is prepared again
+            type(self)._unreachable_nodes[self.node] = time.monotonic()
             status = f"its node {self.node} does not answer"
         if status is not None and not self._spawn_pending:
             await self._release_gpus("its container is gone")

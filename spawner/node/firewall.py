@@ -11,7 +11,7 @@ ours, one pair per students' network, so the rules are ours alone to replace:
   node opened are accepted, everything else a student's container sends to the node is dropped.
 * ``TL-HUB-<id>`` (nat table, only on a node where the hub does not run, ``hub_address`` set): the hub's API
   port on the gateway is forwarded to the hub's address on the management network, and ``TL-EGRESS`` accepts
-  exactly that destination first. Every node's students' network has the same subnet, so a server calls the
+  exactly that destination first, and the servers' answers to connections made to their published ports. Every node's students' network has the same subnet, so a server calls the
   hub at the same gateway address on every node (docs/scale-out.md).
 
 ``egress_rules``/``input_rules`` are pure; ``install`` applies them with the ``iptables`` command and
@@ -100,6 +100,9 @@ def egress_rules(net: StudentNetwork) -> list[list[str]]:
     chain = net.egress_chain
     rules = []
     if net.hub_address:
+        # The hub and proxy reach this node's servers through published ports: the servers' answers (and only
+        # answers: the reply direction of connections made to them) go back through the node.
+        rules.append(["-A", chain, "-m", "conntrack", "--ctstate", "ESTABLISHED", "--ctdir", "REPLY", "-j", "ACCEPT"])
         hub = ["-d", f"{net.hub_address}/32", "-p", "tcp", "-m", "tcp", "--dport", str(net.hub_port), "-j", "ACCEPT"]
         rules.append(["-A", chain, *hub])
     rules += [["-A", chain, "-d", cidr, "-j", "DROP"] for cidr in BLOCKED_DESTINATIONS]

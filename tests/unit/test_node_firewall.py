@@ -66,24 +66,14 @@ def test_a_subnet_splits_into_docker_half_and_offline_half():
 
 
 def test_a_node_without_the_hub_forwards_only_the_hub_port_to_the_hub():
-    """Another node's servers call the hub at the same gateway address; the node sends exactly that port on."""
+    """Another node's servers call the hub at the same gateway address; the node sends exactly that port on, and
+    lets the servers answer (never open) connections the proxy makes to their published ports."""
     remote = StudentNetwork(**{**NET.__dict__, "hub_address": "10.0.0.2"})
     rules = egress_rules(remote)
-    assert rules[0] == [
-        "-A",
-        remote.egress_chain,
-        "-d",
-        "10.0.0.2/32",
-        "-p",
-        "tcp",
-        "-m",
-        "tcp",
-        "--dport",
-        "8081",
-        "-j",
-        "ACCEPT",
-    ]
-    assert rules[1:] == egress_rules(NET)  # everything else of the policy is the same
+    reply = ["-m", "conntrack", "--ctstate", "ESTABLISHED", "--ctdir", "REPLY", "-j", "ACCEPT"]
+    hub = ["-d", "10.0.0.2/32", "-p", "tcp", "-m", "tcp", "--dport", "8081", "-j", "ACCEPT"]
+    assert rules[:2] == [["-A", remote.egress_chain, *reply], ["-A", remote.egress_chain, *hub]]
+    assert rules[2:] == egress_rules(NET)  # everything else of the policy is the same
     assert hub_forward_rules(remote) == [
         ["-A", remote.hub_chain, "-d", "172.30.0.1/32", "-p", "tcp", "-m", "tcp", "--dport", "8081", "-j", "DNAT",
          "--to-destination", "10.0.0.2:8081"],
