@@ -649,14 +649,19 @@ class CourseSpawner(DockerSpawner):
         self.log.info("placed %s on %s", self._log_name, why)
         if self.work_node and self.work_node != chosen:
             self._report(18, f"Your earlier work for {course.title} is on {self.work_node}, which cannot take it now")
-        self.work_node = chosen
 
     async def _prepare_node(self) -> None:
         """The node's students' network (same name and subnet as the hub's) and its egress policy, made once per
         node and hub process through the node's engine and its node agent."""
-        node, address = self.node, self.node_address
+        node = self.node
         if not node or type(self)._prepared_nodes.get(node):
             return
+        async with _node_preparation_lock(node):  # a crowd's first starts on a node prepare it once
+            if not type(self)._prepared_nodes.get(node):
+                await self._prepare_node_now()
+
+    async def _prepare_node_now(self) -> None:
+        node, address = self.node, self.node_address
         if not self.node_agent_image:
             self.log.error("swarm_placement needs node_agent_image: the hub cannot make volumes or rules on %s", node)
             raise refusal(503, "The lab's machines are not set up right now; tell the lab's admins")
@@ -755,6 +760,8 @@ class CourseSpawner(DockerSpawner):
             # at a time instead of all together; JupyterHub's own wait then finds it up at once.
             await self._wait_until_answering(f"http://{ip}:{port}{self.server.base_url}api")
             booted = True
+            if self.node:
+                self.work_node = self.node  # its work volume is there now (recorded only once the server runs)
             SPAWN_SECONDS.labels(course=course.slug).observe(time.monotonic() - began)
             return ip, port
         except BaseException:
@@ -943,6 +950,15 @@ def _gpu_placement_lock() -> asyncio.Lock:
     """GPU placements of one hub one at a time: each counts the CPUs and memory the others reserved (the ledger
     serializes the devices themselves)."""
     return _GPU_PLACEMENT_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+
+
+_NODE_PREPARATION_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _node_preparation_lock(node: str) -> asyncio.Lock:
+    return _NODE_PREPARATION_LOCKS.setdefault(asyncio.get_running_loop(), {}).setdefault(node, asyncio.Lock())
 
 
 def pick_offline_address(offline_range: str, taken: list[str]) -> str:

@@ -172,6 +172,9 @@ def make_spawner(lab_state, username: str, course: str, engines: NodeEngines, *,
     return spawner
 
 
+REAL_PREPARE_NODE = CourseSpawner._prepare_node  # the stand-in below replaces it for the start tests
+
+
 async def _prepared(self):
     """The node's network and rules are made through its node agent (tests/cluster); here there is none."""
 
@@ -346,3 +349,46 @@ def test_a_nodes_address(status, manager, expected):
 def test_a_node_without_an_address_is_one_line_for_the_admin():
     with pytest.raises(Exception, match="swarm node n reports no address; check that it joined with --advertise-addr"):
         node_address({"Description": {"Hostname": "n"}, "Status": {}})
+
+
+def test_a_node_is_prepared_once_for_a_crowd_with_the_hub_forward_where_the_hub_is_elsewhere(lab_state, monkeypatch):
+    """The node's students' network and rules are made once, however many first starts arrive together; the
+    forward to the hub is installed on every node but the hub's own."""
+    import time as clock
+
+    from spawner.hub import nodeagent
+
+    made: list[tuple[str, str]] = []
+    installed: list[str] = []
+
+    def network(engine, name, labels, hub_port, *, subnet=None, hub_address=""):
+        clock.sleep(0.2)  # the engine's time to make it: long enough for the others to arrive
+        made.append((engine.api.base_url, hub_address))
+        return SimpleNamespace(network_id=f"net-{len(made)}", hub_address=hub_address)
+
+    class Agent:
+        def __init__(self, api, **kwargs):
+            self.api = api
+
+        def ensure(self):
+            pass
+
+        def install_firewall(self, net):
+            installed.append(net.network_id)
+
+    monkeypatch.setattr("spawner.hub.spawner.ensure_student_network", network)
+    monkeypatch.setattr(nodeagent, "NodeAgent", Agent)
+    monkeypatch.setattr(CourseSpawner, "_prepared_nodes", {})
+    engines = NodeEngines()
+    crowd = [make_spawner(lab_state, f"student{n}", "intro-python", engines) for n in range(3)]
+    for spawner, (node, address) in zip(
+        crowd, [("worker-1", "10.0.0.11"), ("worker-1", "10.0.0.11"), ("manager", "10.0.0.1")], strict=True
+    ):
+        spawner.node, spawner.node_address, spawner.node_agent_image = node, address, "teachlab/hub:1"
+
+    async def prepare_all():
+        await asyncio.gather(*(REAL_PREPARE_NODE(spawner) for spawner in crowd))
+
+    asyncio.run(prepare_all())
+    assert sorted(made) == sorted([("https://10.0.0.1:2376", ""), ("https://10.0.0.11:2376", "10.0.0.1")])
+    assert len(installed) == 2 and CourseSpawner._prepared_nodes.keys() == {"worker-1", "manager"}
