@@ -32,6 +32,7 @@ import docker.errors
 import docker.tls
 import jinja2
 import requests.exceptions
+from docker.utils import kwargs_from_env
 from dockerspawner import DockerSpawner
 from jupyterhub.utils import exponential_backoff
 from tornado import web
@@ -73,6 +74,14 @@ MAX_OPTION_LENGTH = 64
 ENGINE_UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
 # How long a node whose engine did not answer takes no new server (the swarm marks it down later, if at all).
 UNREACHABLE_HOLD_SECONDS = 60
+
+
+class EngineClient(docker.APIClient):
+    """A Docker API client that ignores requests' environment variables. requests lets ``REQUESTS_CA_BUNDLE``
+    replace a session's own CA (psf/requests issues 4650 and 4726), which breaks mutual TLS to an engine whose
+    CA is the lab's whenever the hub's environment names another bundle; proxy variables must not apply either."""
+
+    trust_env = property(lambda self: False, lambda self, value: None)
 
 
 class CourseSpawner(DockerSpawner):
@@ -326,12 +335,17 @@ class CourseSpawner(DockerSpawner):
         """The Docker engine of this server's node (DockerSpawner's one client where no node is set: a single server,
         and the swarm's manager, where nodes are read)."""
         if not self.node_address:
-            return super().client
+            return self.manager_client
         return self._node_engine(self.node_address).api
 
     @property
     def manager_client(self):
-        """The hub's own engine: the single server's, or a manager of the swarm."""
+        """The hub's own engine: the single server's, or a manager of the swarm. DockerSpawner's one client; over
+        TLS it is made here as DockerSpawner makes it, as an ``EngineClient``."""
+        cls = type(self)
+        if cls._client is None and self.tls_config:
+            arguments = {"version": "auto", "tls": docker.tls.TLSConfig(**self.tls_config)}
+            cls._client = EngineClient(**{**arguments, **kwargs_from_env(), **self.client_kwargs})
         return super().client
 
     def _node_engine(self, address: str) -> docker.DockerClient:
@@ -342,13 +356,15 @@ class CourseSpawner(DockerSpawner):
             arguments = dict(self.node_engine_tls)
             if isinstance(arguments.get("client_cert"), list):
                 arguments["client_cert"] = tuple(arguments["client_cert"])
-            clients[url] = docker.DockerClient(
+            engine = docker.DockerClient.__new__(docker.DockerClient)  # the high-level client around an EngineClient
+            engine.api = EngineClient(
                 base_url=url,
                 version=self.node_engine_api_version,  # no version probe: an engine that is down must not hang a caller
                 timeout=self.node_engine_timeout,
                 tls=docker.tls.TLSConfig(**arguments) if arguments else False,
                 max_pool_size=DOCKER_THREADS,
             )
+            clients[url] = engine
         return clients[url]
 
     @property

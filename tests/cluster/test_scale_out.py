@@ -116,10 +116,12 @@ def swarm_lab(docker_client, build_settings, scale_images, scale_catalog, swarm,
     # Servers on other nodes reach the hub through their node's forward to this machine's address on the nodes'
     # network: the hub listens there too, and tells servers the students' gateway, the same on every node.
     lines += [
-        "from urllib.parse import urlparse",
-        "_bound = c.JupyterHub.hub_bind_url",
-        "c.JupyterHub.hub_connect_url = _bound",
-        'c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{urlparse(_bound).port}"',
+        "from spawner.hub.settings import HubSettings",
+        "from spawner.hub.startup import HubHost",
+        "_settings = HubSettings.from_environment()",
+        "_net = HubHost().student_network(_settings.network, _settings.extra_labels, _settings.hub_port)",
+        'c.JupyterHub.hub_connect_url = f"http://{_net.gateway}:{_settings.hub_port}"',
+        'c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{_settings.hub_port}"',
     ]
     (site / "50-swarm.py").write_text("\n".join(lines) + "\n")
     with names_on_loopback(TEST_DOMAIN):

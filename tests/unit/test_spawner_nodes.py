@@ -307,6 +307,7 @@ def test_node_engines_use_mutual_tls_and_a_short_timeout(lab_state):
     api = spawner.client
     assert api.base_url == "https://10.0.0.12:2376" and api.timeout == 4
     assert api.cert == (str(tls / "hub.crt"), str(tls / "hub.key")) and api.verify == str(tls / "ca.crt")
+    assert api.trust_env is False  # REQUESTS_CA_BUNDLE in the hub's environment must not replace the lab's CA
     spawner.node_address = "10.0.0.11"
     assert spawner.client is not api and spawner.client is spawner.client  # one client per engine
 
