@@ -161,11 +161,16 @@ class Iptables:
     def has_chain(self, chain: str, table: str = "filter") -> bool:
         """Whether ``table`` has ``chain`` (read from the whole listing: asking for a missing chain gives
         different messages on different iptables backends, and a refusal must not read as "missing")."""
-        listing = self.run("-t", table, "-S").stdout.splitlines()
+        listing = self.run(*_table(table), "-S").stdout.splitlines()
         return any(line.split()[:2] in (["-N", chain], ["-P", chain]) for line in listing)
 
     def chain_rules(self, chain: str, table: str = "filter") -> list[str]:
-        return [line for line in self.run("-t", table, "-S", chain).stdout.splitlines() if line.startswith("-A ")]
+        return [line for line in self.run(*_table(table), "-S", chain).stdout.splitlines() if line.startswith("-A ")]
+
+
+def _table(table: str) -> tuple[str, ...]:
+    """``-t TABLE``, left out for the filter table (iptables' default), so filter commands read as they always did."""
+    return () if table == "filter" else ("-t", table)
 
 
 def install(net: StudentNetwork, iptables: Iptables | None = None) -> None:
