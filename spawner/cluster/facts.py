@@ -52,6 +52,19 @@ def node_from_swarm(attrs: Mapping[str, Any]) -> Node:
         raise TeachlabError(f"swarm node {name}: {exc}") from None
 
 
+def node_address(attrs: Mapping[str, Any]) -> str:
+    """The address a swarm node is reached at (its engine, its servers' published ports): ``Status.Addr``, or the
+    manager's advertised address where a manager reports ``0.0.0.0``. TeachlabError when the node has none."""
+    address = attrs.get("Status", {}).get("Addr") or ""
+    if address in ("", "0.0.0.0"):
+        manager = attrs.get("ManagerStatus", {}).get("Addr") or ""
+        address = manager.rsplit(":", 1)[0] if manager else ""
+    if not address:
+        name = attrs.get("Description", {}).get("Hostname") or attrs.get("ID", "?")
+        raise TeachlabError(f"swarm node {name} reports no address; check that it joined with --advertise-addr")
+    return address
+
+
 def placed_from_container(attrs: Mapping[str, Any], node: str) -> PlacedServer | None:
     """A student's container on ``node`` and what it reserves (its CPU and memory limits); ``None`` for a
     container that is no student's server or holds nothing now (exited)."""

@@ -9,6 +9,7 @@ a changed hub gets a new tag that ``teachlab deploy upgrade`` rolls the hub serv
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -151,10 +152,12 @@ class StackImageBuilder:
             raise TeachlabError(f"the stack's images {', '.join(missing)} are not built: run teachlab deploy build")
         return _stack_images(planned)
 
-    def build(self) -> StackImages:
-        """Build every image the current source needs and this engine lacks."""
+    def build(self, names: Sequence[str] | None = None) -> StackImages:
+        """Build every image the current source needs and this engine lacks (of ``names`` and the base, when given)."""
         planned = self.plan(build_rootfs=True)
         for image in planned:
+            if names is not None and image.name != BASE and image.name not in names:
+                continue
             if self._image_id(image.reference) is not None:
                 self.progress.info(f"{image.reference} is up to date")
                 continue

@@ -255,6 +255,7 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     c.CourseSpawner.today = today
     c.CourseSpawner.network_name = settings.network
     c.CourseSpawner.offline_address_range = net.offline_range
+    c.CourseSpawner.student_subnet = net.subnet
     c.CourseSpawner.use_internal_ip = True
     # A start may wait in the admission queue (spawner/hub/admission.py): it is not failing while it waits, so
     # the timeout is long and the queue, not JupyterHub's concurrent-spawn limit, paces a crowd.

@@ -6,6 +6,11 @@ prepares the work and data volumes, then builds the container with the pure
 ``make_container_spec`` and hands it to the engine in ``create_object`` (DockerSpawner's hook).
 Everything a student sends (``user_options``, the server name) is checked against the catalog before
 it is used.
+
+On a swarm (``swarm_placement``), ``start()`` first places the server on a node (``spawner.cluster``; the GPU
+ledger for GPU courses) and every Docker call of that server goes to that node's engine: ``client`` is the
+one hook that changes, so volumes, the container, its polls and its stop all happen there
+(docs/scale-out.md). A single server keeps ``node`` empty and talks to its own engine as before.
 """
 
 from __future__ import annotations
@@ -15,25 +20,35 @@ import ipaddress
 import os
 import random
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+import docker
 import docker.errors
+import docker.tls
 import jinja2
+import requests.exceptions
+from docker.utils import kwargs_from_env
 from dockerspawner import DockerSpawner
 from jupyterhub.utils import exponential_backoff
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Any as AnyTrait
-from traitlets import Dict, Integer, List, Unicode, Union, default
+from traitlets import Bool, Dict, Float, Integer, List, Unicode, Union, default
 
 from ..catalog import Access, Course
 from ..catalog.cache import CatalogCache
+from ..cluster.book import PlacementBook
+from ..cluster.facts import node_address, node_from_swarm
+from ..cluster.placement import Node, NoRoom, PlacedServer, ServerRequest
 from ..core import naming
 from ..core.blocking import FILES, LEDGER, run_blocking
 from ..core.contract import IMAGE, Labels, StateLayout
+from ..core.problems import TeachlabError
 from ..gpu import AllocationRefused, GpuInventoryError
 from ..gpu.cache import inventory_for, ledger_for
 from ..gpu.cuda import cuda_driver_refusal, host_driver_version
@@ -43,6 +58,7 @@ from .admission import admission_for
 from .container_spec import ContainerSpec, make_container_spec
 from .home import NOTICES, TEMPLATES_DIR, user_group_names
 from .metrics import SPAWN_SECONDS
+from .startup import ensure_student_network
 from .storage import ServerStorage, StorageFailed
 
 STATE_VERSION = 1
@@ -53,12 +69,30 @@ LEAN_SERVER_ARGUMENTS = ("--ServerApp.jpserver_extensions=jupyter_lsp=False",)
 OFFLINE_ADDRESS_ATTEMPTS = 5
 ALLOWED_OPTION_KEYS = ("course",)
 MAX_OPTION_LENGTH = 64
+# A node's engine that does not answer: its servers are gone for the hub (docker.errors.APIError is an HTTP
+# answer, not one of these).
+ENGINE_UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+# How long a node whose engine did not answer takes no new server (the swarm marks it down later, if at all).
+UNREACHABLE_HOLD_SECONDS = 60
+
+
+class EngineClient(docker.APIClient):
+    """A Docker API client that ignores requests' environment variables. requests lets ``REQUESTS_CA_BUNDLE``
+    replace a session's own CA (psf/requests issues 4650 and 4726), which breaks mutual TLS to an engine whose
+    CA is the lab's whenever the hub's environment names another bundle; proxy variables must not apply either."""
+
+    trust_env = property(lambda self: False, lambda self, value: None)
 
 
 class CourseSpawner(DockerSpawner):
     """One container per (student, course), from the course's current published image."""
 
     _docker_pool: ThreadPoolExecutor | None = None
+    # One hub process: its placements, its clients of the nodes' engines, the nodes whose network it prepared.
+    placement_book = PlacementBook()
+    _node_clients: dict[str, docker.DockerClient] = {}
+    _prepared_nodes: dict[str, str] = {}  # node -> the network id prepared there
+    _unreachable_nodes: dict[str, float] = {}  # node -> when its engine last did not answer (monotonic)
 
     catalog_path = Unicode(
         help="""Folder of the course catalog (course_envs/<slug>/course.yaml + environment.yml).
@@ -168,6 +202,69 @@ class CourseSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    swarm_placement = Bool(
+        False,
+        help="""Place each server on a node of the swarm that the hub's Docker engine manages (docs/scale-out.md).
+
+        The hub reads the swarm's nodes (role and GPU labels, CPUs, memory, ready or not), chooses one, and creates
+        the server's container on that node's engine (``node_engine_url_template``), with the same spec as on one
+        server. Off: every server runs on the hub's own engine.
+        c.CourseSpawner.swarm_placement = True
+        """,
+    ).tag(config=True)
+
+    node_engine_url_template = Unicode(
+        "tcp://{address}:2376",
+        help="""Where a node's Docker engine listens; ``{address}`` is the node's address in the swarm.
+
+        c.CourseSpawner.node_engine_url_template = "tcp://{address}:2376"
+        """,
+    ).tag(config=True)
+
+    node_engine_tls = Dict(
+        help="""docker-py ``TLSConfig`` arguments for the nodes' engines: mutual TLS with certificates of the lab's CA.
+
+        c.CourseSpawner.node_engine_tls = {"ca_cert": "/run/secrets/nodes-ca.crt", "verify": True,
+            "client_cert": ["/run/secrets/hub-engine.crt", "/run/secrets/hub-engine.key"]}
+        """,
+    ).tag(config=True)
+
+    node_engine_timeout = Float(
+        10.0,
+        help="""Seconds a node's engine may take to answer one call; a node that does not answer in time has lost its
+        servers (they are stopped in the hub at that poll, their GPUs released).
+
+        c.CourseSpawner.node_engine_timeout = 10
+        """,
+    ).tag(config=True)
+
+    node_engine_api_version = Unicode(
+        "1.41",
+        help="""Docker API version spoken to the nodes' engines (Engine 20.10 speaks 1.41). Fixed rather than probed, so
+        that no call waits on an engine that is down just to learn its version.
+
+        c.CourseSpawner.node_engine_api_version = "1.41"
+        """,
+    ).tag(config=True)
+
+    hub_address = Unicode(
+        "",
+        help="""The hub's address as the swarm's nodes reach it: a node where the hub does not run forwards its
+        students' gateway's hub port there (spawner.node.firewall). Needed with ``swarm_placement``.
+
+        c.CourseSpawner.hub_address = "10.0.0.2"
+        """,
+    ).tag(config=True)
+
+    student_subnet = Unicode(
+        "",
+        help="""Subnet of the students' network; every node's is the same, so servers reach the hub at the same gateway
+        address everywhere. Set by apply() from the hub's own students' network.
+
+        c.CourseSpawner.student_subnet = "172.24.0.0/20"
+        """,
+    ).tag(config=True)
+
     today = AnyTrait(
         help="""Callable returning today's date, used for course terms (tests pass a fixed day).
 
@@ -181,6 +278,9 @@ class CourseSpawner(DockerSpawner):
     image_version = Unicode(None, allow_none=True, help="Published version the running server was started from.")
     home_volume = Unicode(None, allow_none=True, help="Name of the student's work volume (persisted, never renamed).")
     gpu_devices = List(Unicode(), help="UUIDs of the GPUs this server holds (persisted).")
+    node = Unicode(None, allow_none=True, help="Swarm node that runs this server (persisted while it runs).")
+    node_address = Unicode(None, allow_none=True, help="That node's address: its engine and the server's port (persisted).")
+    work_node = Unicode(None, allow_none=True, help="Swarm node that holds the student's work volume (persisted).")
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -231,6 +331,43 @@ class CourseSpawner(DockerSpawner):
         return {"max_pool_size": DOCKER_THREADS}
 
     @property
+    def client(self):
+        """The Docker engine of this server's node (DockerSpawner's one client where no node is set: a single server,
+        and the swarm's manager, where nodes are read)."""
+        if not self.node_address:
+            return self.manager_client
+        return self._node_engine(self.node_address).api
+
+    @property
+    def manager_client(self):
+        """The hub's own engine: the single server's, or a manager of the swarm. DockerSpawner's one client; over
+        TLS it is made here as DockerSpawner makes it, as an ``EngineClient``."""
+        cls = type(self)
+        if cls._client is None and self.tls_config:
+            arguments = {"version": "auto", "tls": docker.tls.TLSConfig(**self.tls_config)}
+            cls._client = EngineClient(**{**arguments, **kwargs_from_env(), **self.client_kwargs})
+        return super().client
+
+    def _node_engine(self, address: str) -> docker.DockerClient:
+        """A client of the engine at ``address`` (one per engine, shared by every server there), mutual TLS when set."""
+        url = self.node_engine_url_template.format(address=address)
+        clients = type(self)._node_clients
+        if url not in clients:
+            arguments = dict(self.node_engine_tls)
+            if isinstance(arguments.get("client_cert"), list):
+                arguments["client_cert"] = tuple(arguments["client_cert"])
+            engine = docker.DockerClient.__new__(docker.DockerClient)  # the high-level client around an EngineClient
+            engine.api = EngineClient(
+                base_url=url,
+                version=self.node_engine_api_version,  # no version probe: an engine that is down must not hang a caller
+                timeout=self.node_engine_timeout,
+                tls=docker.tls.TLSConfig(**arguments) if arguments else False,
+                max_pool_size=DOCKER_THREADS,
+            )
+            clients[url] = engine
+        return clients[url]
+
+    @property
     def executor(self):
         """Docker calls of every spawn in a pool of threads, not DockerSpawner's single one: a slow call (a
         volume helper's wait, a busy engine) must not hold up everyone else's start and poll."""
@@ -261,10 +398,13 @@ class CourseSpawner(DockerSpawner):
     def get_state(self) -> dict:
         state = super().get_state()
         state["teachlab_state_version"] = STATE_VERSION
-        for key in ("course_slug", "image_version", "home_volume", "gpu_devices"):
+        for key in ("course_slug", "image_version", "home_volume", "gpu_devices", "node", "node_address", "work_node"):
             value = getattr(self, key)
             if value:
                 state[key] = list(value) if key == "gpu_devices" else value
+        reserved = self.placement_book.reservation(self.user.name, self.name) if self.node else None
+        if reserved is not None:
+            state["node_reservation"] = {"cpus": reserved.cpus, "memory_bytes": reserved.memory_bytes}
         return state
 
     def load_state(self, state: dict) -> None:
@@ -275,12 +415,33 @@ class CourseSpawner(DockerSpawner):
         self.image_version = state.get("image_version") or self.image_version
         self.home_volume = state.get("home_volume") or self.home_volume
         self.gpu_devices = state.get("gpu_devices") or self.gpu_devices
+        self.node = state.get("node") or self.node
+        self.node_address = state.get("node_address") or self.node_address
+        self.work_node = state.get("work_node") or self.work_node
+        reserved = state.get("node_reservation")
+        if self.node and isinstance(reserved, dict):
+            # A running server found at hub start holds its reservation again before any new placement.
+            self.placement_book.record(
+                PlacedServer(
+                    node=self.node,
+                    username=self.user.name,
+                    server_name=self.name,
+                    cpus=float(reserved.get("cpus", 0)),
+                    memory_bytes=int(reserved.get("memory_bytes", 0)),
+                    gpu_devices=tuple(self.gpu_devices),
+                )
+            )
 
     def clear_state(self) -> None:
-        """Forget the running container, its version and GPUs; keep the course and the volume name."""
+        """Forget the running container, its version, GPUs and node; keep the course, the volume name and the
+        node that holds the work."""
         super().clear_state()
         self.image_version = None
         self.gpu_devices = []
+        if self.node:
+            self.placement_book.forget(self.user.name, self.name)
+        self.node = None
+        self.node_address = None
 
     # -- catalog and access -------------------------------------------------------------------------
     @property
@@ -434,6 +595,127 @@ class CourseSpawner(DockerSpawner):
             self.log.info("released GPUs %s of %s (%s)", ",".join(released), self._log_name, reason)
             self.gpu_devices = []
 
+    # -- nodes of a swarm ----------------------------------------------------------------------------
+    async def _swarm_nodes(self) -> tuple[list[Node], dict[str, str]]:
+        """The swarm's nodes as placement reads them, and each one's address (read from the manager)."""
+        listing = await asyncio.wrap_future(self.executor.submit(lambda: self.manager_client.nodes()))
+        try:
+            nodes = [node_from_swarm(attrs) for attrs in listing]
+            addresses = {node.name: node_address(attrs) for node, attrs in zip(nodes, listing, strict=True)}
+        except TeachlabError as exc:
+            self.log.error("cannot place %s: %s", self._log_name, exc)
+            raise refusal(503, "The lab's machines are not set up right now; tell the lab's admins")
+        silent = type(self)._unreachable_nodes
+        now = time.monotonic()
+        nodes = [
+            replace(node, ready=False)
+            if now - silent.get(node.name, -UNREACHABLE_HOLD_SECONDS) < UNREACHABLE_HOLD_SECONDS
+            else node
+            for node in nodes
+        ]
+        return nodes, addresses
+
+    async def _place(self, course: Course) -> None:
+        """Choose this server's node (and its GPUs there), or refuse at once with the reason: which resource, how
+        much is free at most, where. The reservation is held from here until the server stops."""
+        if self.node_engine_url_template.startswith("tcp://") and not self.node_engine_tls:
+            self.log.error(
+                "swarm_placement: set c.CourseSpawner.node_engine_tls; a node's Docker API over TCP without mutual TLS "
+                "is root on that node for anyone who reaches it, so the hub does not use it"
+            )
+            raise refusal(503, "The lab's machines are not set up right now; tell the lab's admins")
+        nodes, addresses = await self._swarm_nodes()
+        request = ServerRequest(
+            course=course.slug, cpus=course.resources.cpu, memory_bytes=course.resources.memory_bytes, gpus=course.gpu
+        )
+        book = self.placement_book
+        username, server_name = self.user.name, self.name
+        if course.gpu:
+            async with _gpu_placement_lock():
+                ledger = await run_blocking(LEDGER, ledger_for, self.gpu_ledger_url)
+                self._gpus_requested = True  # from here on a cancelled start may leave a holding: release it then
+                others = [s for s in book.placed() if (s.username, s.server_name) != (username, server_name)]
+                try:
+                    allocation = await run_blocking(
+                        LEDGER,
+                        ledger.place_and_allocate,
+                        username=username,
+                        server_name=server_name,
+                        request=request,
+                        nodes=nodes,
+                        placed=others,
+                        term_start=course.term.start,
+                        term_end=course.term.end,
+                        container_name=self.object_name,
+                    )
+                except AllocationRefused as refused:
+                    raise refusal(refused.status, refused.reason)
+                chosen, why = allocation.node, f"{allocation.node}: GPUs {','.join(allocation.device_uuids)}"
+                self.gpu_devices = list(allocation.device_uuids)
+                book.record(
+                    PlacedServer(chosen, username, server_name, request.cpus, request.memory_bytes, allocation.device_uuids)
+                )
+        else:
+            try:
+                placement = book.choose(request, nodes, username=username, server_name=server_name, preferred=self.work_node)
+            except NoRoom as no_room:
+                raise refusal(503, no_room.reason)
+            chosen, why = placement.node, placement.why
+        self.node, self.node_address = chosen, addresses[chosen]
+        self.log.info("placed %s on %s", self._log_name, why)
+        if self.work_node and self.work_node != chosen:
+            self._report(18, f"Your earlier work for {course.title} is on {self.work_node}, which cannot take it now")
+
+    async def _prepare_node(self) -> None:
+        """The node's students' network (same name and subnet as the hub's) and its egress policy, made once per
+        node and hub process through the node's engine and its node agent."""
+        node = self.node
+        if not node or type(self)._prepared_nodes.get(node):
+            return
+        async with _node_preparation_lock(node):  # a crowd's first starts on a node prepare it once
+            if not type(self)._prepared_nodes.get(node):
+                await self._prepare_node_now()
+
+    async def _prepare_node_now(self) -> None:
+        node, address = self.node, self.node_address
+        if not self.node_agent_image:
+            self.log.error("swarm_placement needs node_agent_image: the hub cannot make volumes or rules on %s", node)
+            raise refusal(503, "The lab's machines are not set up right now; tell the lab's admins")
+        from .nodeagent import NodeAgent
+
+        engine = self._node_engine(address)
+        forward = "" if address == self.hub_address else self.hub_address
+        labels = {**self.extra_labels, Labels.LAB: self.lab_id}
+
+        def prepare() -> str:
+            net = ensure_student_network(
+                engine, self.network_name, labels, self.hub.port, subnet=self.student_subnet or None, hub_address=forward
+            )
+            agent = NodeAgent(
+                engine.api,
+                image=self.node_agent_image,
+                name=self.names.node_agent(),
+                volume_root=Path(self.volume_dir),
+                labels=labels,
+            )
+            agent.ensure()
+            agent.install_firewall(net)
+            return net.network_id
+
+        try:
+            type(self)._prepared_nodes[node] = await asyncio.wrap_future(self.executor.submit(prepare))
+        except (TeachlabError, docker.errors.APIError, *ENGINE_UNREACHABLE) as exc:
+            if isinstance(exc, ENGINE_UNREACHABLE):
+                type(self)._unreachable_nodes[node] = time.monotonic()
+            self.log.error("preparing node %s for %s failed: %s", node, self._log_name, exc)
+            raise refusal(503, f"The machine chosen for your server ({node}) is not ready; please try again")
+
+    def _forget_node(self) -> None:
+        if self.node:
+            self.placement_book.forget(self.user.name, self.name)
+        self.node = None
+        self.node_address = None
+
     # -- start / stop -------------------------------------------------------------------------------
     async def _current_version(self, course: Course) -> CourseVersion:
         current = await run_blocking(FILES, self.registry.current_image, course.slug)
@@ -458,7 +740,11 @@ class CourseSpawner(DockerSpawner):
             self.image_version = version.version
             self.object_name = self.names.container(self.user.name, course.slug)
             self.home_volume = self.home_volume or self.names.home_volume(self.user.name, course.slug)
-            if course.gpu:
+            if self.swarm_placement:
+                self._report(12, f"Choosing a machine for {course.title}")
+                await self._place(course)
+                await self._prepare_node()
+            elif course.gpu:
                 await self._check_cuda_driver(course, version)  # before any GPU is held
                 self._report(15, f"Reserving {course.gpu} GPU(s) for {course.title}")
                 await self._reserve_gpus(course)
@@ -490,10 +776,13 @@ class CourseSpawner(DockerSpawner):
             # at a time instead of all together; JupyterHub's own wait then finds it up at once.
             await self._wait_until_answering(f"http://{ip}:{port}{self.server.base_url}api")
             booted = True
+            if self.node:
+                self.work_node = self.node  # its work volume is there now (recorded only once the server runs)
             SPAWN_SECONDS.labels(course=course.slug).observe(time.monotonic() - began)
             return ip, port
         except BaseException:
             await self._release_gpus("the start failed", held=self._gpus_requested or bool(self.gpu_devices))
+            self._forget_node()
             raise
         finally:
             if ticket is not None:
@@ -527,7 +816,11 @@ class CourseSpawner(DockerSpawner):
         spec = self._spec
         if spec is None:
             raise RuntimeError("create_object() runs only inside start(), after the container spec is built")
-        host_config = self.client.create_host_config(**spec.host_config(network=self.network_name, auto_remove=self.remove))
+        host_options = spec.host_config(network=self.network_name, auto_remove=self.remove)
+        if self.node_address:
+            # The hub and proxy run on another machine: the server's port is published on its node's address.
+            host_options["port_bindings"] = {self.port: (self.node_address,)}
+        host_config = self.client.create_host_config(**host_options)
         arguments = dict(
             image=spec.image,
             name=spec.name,
@@ -557,6 +850,15 @@ class CourseSpawner(DockerSpawner):
                 await self.docker("remove_container", spec.name, force=True)
         raise refusal(503, "No address was free for your server; please try again")
 
+    async def get_ip_and_port(self):
+        """On a node of a swarm: the node's address and the port published there; else DockerSpawner's answer."""
+        if not self.node_address:
+            return await super().get_ip_and_port()
+        published = await self.docker("port", self.container_id, self.port)
+        if not published:
+            raise RuntimeError(f"the container of {self._log_name} on {self.node} publishes no port")
+        return self.node_address, int(published[0]["HostPort"])
+
     def get_env(self) -> dict:
         env = super().get_env()
         if self._spec is not None:
@@ -566,9 +868,18 @@ class CourseSpawner(DockerSpawner):
     async def poll(self):
         if not self.object_name:
             return 0  # start() refused before naming a container: nothing runs
-        status = await super().poll()
+        try:
+            status = await super().poll()
+        except ENGINE_UNREACHABLE as exc:
+            if not self.node:
+                raise
+            self.log.warning("node %s of %s does not answer: %s", self.node, self._log_name, exc)
+            type(self)._prepared_nodes.pop(self.node, None)  # a node that comes back is prepared again
+            type(self)._unreachable_nodes[self.node] = time.monotonic()
+            status = f"its node {self.node} does not answer"
         if status is not None and not self._spawn_pending:
             await self._release_gpus("its container is gone")
+            self._forget_node()  # nothing of it can run there any more: its reservation ends, and no call goes there
         elif status is None and not self._spawn_pending and self.course_slug:
             reason = await self._reason_to_stop()
             if reason:
@@ -636,9 +947,34 @@ class CourseSpawner(DockerSpawner):
     async def stop(self, now: bool = False):
         held = bool(self.gpu_devices)  # DockerSpawner.stop clears the state; release only once the container is gone
         if self.object_name:
-            await super().stop(now=now)
+            try:
+                await super().stop(now=now)
+            except ENGINE_UNREACHABLE as exc:
+                if not self.node:
+                    raise
+                self.log.warning(
+                    "node %s of %s does not answer; its server counts as stopped: %s", self.node, self._log_name, exc
+                )
         await self._release_gpus("the server stopped", held=held)
         self.clear_state()
+
+
+_GPU_PLACEMENT_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _gpu_placement_lock() -> asyncio.Lock:
+    """GPU placements of one hub one at a time: each counts the CPUs and memory the others reserved (the ledger
+    serializes the devices themselves)."""
+    return _GPU_PLACEMENT_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+
+
+_NODE_PREPARATION_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _node_preparation_lock(node: str) -> asyncio.Lock:
+    return _NODE_PREPARATION_LOCKS.setdefault(asyncio.get_running_loop(), {}).setdefault(node, asyncio.Lock())
 
 
 def pick_offline_address(offline_range: str, taken: list[str]) -> str:

@@ -15,7 +15,7 @@ import sys
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..catalog import Catalog, load_catalog
 from ..core.contract import Labels
@@ -93,69 +93,15 @@ class HubHost:
         return {name: os.environ[name] for name in BUILD_VARIABLES if os.environ.get(name)}
 
     def student_network(self, name: str, labels: Mapping[str, str], hub_port: int) -> StudentNetwork:
-        """Create (once) the bridge network of student containers and install its egress policy.
-
-        Container-to-container traffic is off (``enable_icc=false``); Docker hands out addresses from the
-        lower half of the subnet, the upper half is for servers of offline courses. The hub listens on the
-        gateway so containers reach it; the firewall lets them reach nothing else of the node.
-        """
-        import docker.errors
-        import docker.types
-
+        """Create (once) the bridge network of student containers on this node (``ensure_student_network``)."""
         try:
             client = connect()
         except DockerUnavailable as exc:
             stop_hub(_problem_lines(exc))
         try:
-            network = client.networks.get(name)
-        except docker.errors.NotFound:
-            taken = [
-                config["Subnet"]
-                for other in client.networks.list()
-                for config in (other.attrs.get("IPAM", {}).get("Config") or [])
-                if config.get("Subnet")
-            ]
-            try:
-                subnet = self.student_subnet or free_subnet(taken)
-            except FirewallError as exc:
-                stop_hub(_problem_lines(exc))
-            docker_half, _ = split_subnet(subnet)
-            gateway = str(next(ipaddress.ip_network(subnet).hosts()))
-            ipam = docker.types.IPAMConfig(
-                pool_configs=[docker.types.IPAMPool(subnet=subnet, iprange=docker_half, gateway=gateway)]
-            )
-            network = client.networks.create(
-                name, driver="bridge", labels={Labels.NETWORK: name, **labels}, ipam=ipam, options={ICC_OPTION: "false"}
-            )
-            network.reload()
-        recreate = f"remove it (docker network rm {name}) and start the hub again to recreate it"
-        if network.attrs.get("Options", {}).get(ICC_OPTION) != "false":
-            stop_hub([f"teachlab: docker network {name} lets containers reach each other (enable_icc is not false); {recreate}"])
-        configs = network.attrs.get("IPAM", {}).get("Config") or []
-        usable = [c for c in configs if c.get("Gateway") and c.get("Subnet") and c.get("IPRange")]
-        if not usable or usable[0]["IPRange"] != split_subnet(usable[0]["Subnet"])[0]:
-            stop_hub(
-                [
-                    f"teachlab: docker network {name} has no address range for offline courses (it was made by an older "
-                    f"release); {recreate}"
-                ]
-            )
-        config = usable[0]
-        if self.student_subnet and config["Subnet"] != self.student_subnet:
-            stop_hub(
-                [
-                    f"teachlab: docker network {name} has subnet {config['Subnet']}, not {self.student_subnet} as configured; "
-                    f"set TEACHLAB_STUDENT_SUBNET to {config['Subnet']}, or {recreate} while no server runs"
-                ]
-            )
-        return StudentNetwork(
-            network_id=network.id,
-            bridge=f"br-{network.id[:12]}",
-            subnet=config["Subnet"],
-            gateway=config["Gateway"],
-            offline_range=split_subnet(config["Subnet"])[1],
-            hub_port=hub_port,
-        )
+            return ensure_student_network(client, name, labels, hub_port, subnet=self.student_subnet)
+        except TeachlabError as exc:
+            stop_hub(_problem_lines(exc))
 
     def install_firewall(self, net: StudentNetwork) -> None:
         """Install and verify the egress policy of the students' network, or stop the hub."""
@@ -227,6 +173,64 @@ class HubHost:
         for line in reconcile_report_lines(report):
             print(line, file=sys.stderr)
         return report
+
+
+def ensure_student_network(
+    client: Any, name: str, labels: Mapping[str, str], hub_port: int, *, subnet: str | None = None, hub_address: str = ""
+) -> StudentNetwork:
+    """Create (once) the bridge network of student containers on the engine of ``client`` (a docker-py
+    DockerClient) and describe it for the egress policy; TeachlabError when an existing one is unfit.
+
+    Container-to-container traffic is off (``enable_icc=false``); Docker hands out addresses from the
+    lower half of the subnet, the upper half is for servers of offline courses. The hub listens on the
+    gateway so containers reach it (or, on a node where the hub does not run, ``hub_address`` is where the
+    node forwards the gateway's hub port); the firewall lets them reach nothing else of the node. Every node
+    of a cluster gets the same ``subnet``, so the hub's address for servers is the same everywhere.
+    """
+    import docker.errors
+    import docker.types
+
+    try:
+        network = client.networks.get(name)
+    except docker.errors.NotFound:
+        taken = [
+            config["Subnet"]
+            for other in client.networks.list()
+            for config in (other.attrs.get("IPAM", {}).get("Config") or [])
+            if config.get("Subnet")
+        ]
+        chosen = subnet or free_subnet(taken)
+        docker_half, _ = split_subnet(chosen)
+        gateway = str(next(ipaddress.ip_network(chosen).hosts()))
+        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=chosen, iprange=docker_half, gateway=gateway)])
+        network = client.networks.create(
+            name, driver="bridge", labels={Labels.NETWORK: name, **labels}, ipam=ipam, options={ICC_OPTION: "false"}
+        )
+        network.reload()
+    recreate = f"remove it (docker network rm {name}) and start the hub again to recreate it"
+    if network.attrs.get("Options", {}).get(ICC_OPTION) != "false":
+        raise TeachlabError(f"docker network {name} lets containers reach each other (enable_icc is not false); {recreate}")
+    configs = network.attrs.get("IPAM", {}).get("Config") or []
+    usable = [c for c in configs if c.get("Gateway") and c.get("Subnet") and c.get("IPRange")]
+    if not usable or usable[0]["IPRange"] != split_subnet(usable[0]["Subnet"])[0]:
+        raise TeachlabError(
+            f"docker network {name} has no address range for offline courses (it was made by an older release); {recreate}"
+        )
+    config = usable[0]
+    if subnet and config["Subnet"] != subnet:
+        raise TeachlabError(
+            f"docker network {name} has subnet {config['Subnet']}, not {subnet} as configured; "
+            f"set TEACHLAB_STUDENT_SUBNET to {config['Subnet']}, or {recreate} while no server runs"
+        )
+    return StudentNetwork(
+        network_id=network.id,
+        bridge=f"br-{network.id[:12]}",
+        subnet=config["Subnet"],
+        gateway=config["Gateway"],
+        offline_range=split_subnet(config["Subnet"])[1],
+        hub_port=hub_port,
+        hub_address=hub_address,
+    )
 
 
 def reconcile_report_lines(report: ReconcileReport) -> list[str]:

@@ -9,6 +9,10 @@ ours, one pair per students' network, so the rules are ours alone to replace:
   the rest (the public internet) continues through Docker's own rules.
 * ``TL-INPUT-<id>``: the hub's API port and DNS on the gateway are accepted, replies to connections the
   node opened are accepted, everything else a student's container sends to the node is dropped.
+* ``TL-HUB-<id>`` (nat table, only on a node where the hub does not run, ``hub_address`` set): the hub's API
+  port on the gateway is forwarded to the hub's address on the management network, and ``TL-EGRESS`` accepts
+  exactly that destination first, and the servers' answers to connections made to their published ports. Every node's students' network has the same subnet, so a server calls the
+  hub at the same gateway address on every node (docs/scale-out.md).
 
 ``egress_rules``/``input_rules`` are pure; ``install`` applies them with the ``iptables`` command and
 ``verify`` reads them back, so a hub start can refuse when the kernel does not hold what it asked for.
@@ -55,6 +59,11 @@ class StudentNetwork:
     gateway: str
     offline_range: str  # addresses of servers that may not reach the internet
     hub_port: int
+    hub_address: str = ""  # the hub's address when it runs on another node; empty: it listens on the gateway
+
+    @property
+    def hub_chain(self) -> str:
+        return f"TL-HUB-{self.suffix}"
 
     @property
     def suffix(self) -> str:
@@ -89,7 +98,14 @@ def free_subnet(taken: list[str], pool: str = "172.24.0.0/13", prefix: int = 20)
 
 def egress_rules(net: StudentNetwork) -> list[list[str]]:
     chain = net.egress_chain
-    rules = [["-A", chain, "-d", cidr, "-j", "DROP"] for cidr in BLOCKED_DESTINATIONS]
+    rules = []
+    if net.hub_address:
+        # The hub and proxy reach this node's servers through published ports: the servers' answers (and only
+        # answers: the reply direction of connections made to them) go back through the node.
+        rules.append(["-A", chain, "-m", "conntrack", "--ctstate", "ESTABLISHED", "--ctdir", "REPLY", "-j", "ACCEPT"])
+        hub = ["-d", f"{net.hub_address}/32", "-p", "tcp", "-m", "tcp", "--dport", str(net.hub_port), "-j", "ACCEPT"]
+        rules.append(["-A", chain, *hub])
+    rules += [["-A", chain, "-d", cidr, "-j", "DROP"] for cidr in BLOCKED_DESTINATIONS]
     rules.append(["-A", chain, "-s", net.offline_range, "-j", "DROP"])
     rules.append(["-A", chain, "-j", "RETURN"])
     return rules
@@ -106,9 +122,25 @@ def input_rules(net: StudentNetwork) -> list[list[str]]:
     ]
 
 
+def hub_forward_rules(net: StudentNetwork) -> list[list[str]]:
+    """nat rules: the hub's port on the gateway goes to the hub on another node (none where the hub listens here)."""
+    if not net.hub_address:
+        return []
+    chain = net.hub_chain
+    return [
+        ["-A", chain, "-d", f"{net.gateway}/32", "-p", "tcp", "-m", "tcp", "--dport", str(net.hub_port), "-j", "DNAT",
+         "--to-destination", f"{net.hub_address}:{net.hub_port}"],
+    ]  # fmt: skip
+
+
 def jump_rules(net: StudentNetwork) -> list[list[str]]:
     """The rules (without -A/-I) that send the bridge's traffic into our chains."""
     return [[DOCKER_FORWARD_HOOK, "-i", net.bridge, "-j", net.egress_chain], ["INPUT", "-i", net.bridge, "-j", net.input_chain]]
+
+
+def nat_jump_rules(net: StudentNetwork) -> list[list[str]]:
+    """The nat rule (without -A/-I) that sends the bridge's new connections into the hub forward."""
+    return [["PREROUTING", "-i", net.bridge, "-j", net.hub_chain]] if net.hub_address else []
 
 
 class Iptables:
@@ -126,14 +158,19 @@ class Iptables:
             raise FirewallError(f"iptables {' '.join(arguments)} failed: {message} (the hub needs root or CAP_NET_ADMIN)")
         return result
 
-    def has_chain(self, chain: str) -> bool:
-        """Whether the filter table has ``chain`` (read from the whole listing: asking for a missing chain gives
+    def has_chain(self, chain: str, table: str = "filter") -> bool:
+        """Whether ``table`` has ``chain`` (read from the whole listing: asking for a missing chain gives
         different messages on different iptables backends, and a refusal must not read as "missing")."""
-        listing = self.run("-S").stdout.splitlines()
+        listing = self.run(*_table(table), "-S").stdout.splitlines()
         return any(line.split()[:2] in (["-N", chain], ["-P", chain]) for line in listing)
 
-    def chain_rules(self, chain: str) -> list[str]:
-        return [line for line in self.run("-S", chain).stdout.splitlines() if line.startswith("-A ")]
+    def chain_rules(self, chain: str, table: str = "filter") -> list[str]:
+        return [line for line in self.run(*_table(table), "-S", chain).stdout.splitlines() if line.startswith("-A ")]
+
+
+def _table(table: str) -> tuple[str, ...]:
+    """``-t TABLE``, left out for the filter table (iptables' default), so filter commands read as they always did."""
+    return () if table == "filter" else ("-t", table)
 
 
 def install(net: StudentNetwork, iptables: Iptables | None = None) -> None:
@@ -148,9 +185,19 @@ def install(net: StudentNetwork, iptables: Iptables | None = None) -> None:
             iptables.run("-N", chain)
         for rule in rules:
             iptables.run(*rule)
+    if net.hub_address:
+        if iptables.has_chain(net.hub_chain, table="nat"):
+            iptables.run("-t", "nat", "-F", net.hub_chain)
+        else:
+            iptables.run("-t", "nat", "-N", net.hub_chain)
+        for rule in hub_forward_rules(net):
+            iptables.run("-t", "nat", *rule)
     for jump in jump_rules(net):
         if iptables.run("-C", *jump, check=False).returncode != 0:
             iptables.run("-I", jump[0], "1", *jump[1:])
+    for jump in nat_jump_rules(net):
+        if iptables.run("-t", "nat", "-C", *jump, check=False).returncode != 0:
+            iptables.run("-t", "nat", "-I", jump[0], "1", *jump[1:])
     verify(net, iptables)
 
 
@@ -165,9 +212,16 @@ def verify(net: StudentNetwork, iptables: Iptables | None = None) -> None:
                 f"chain {chain} holds {len(found)} rule(s) that differ from the {len(expected)} expected "
                 f"(first difference: {next((f for f, e in zip(found, expected, strict=False) if f != e), 'count')})"
             )
+    if net.hub_address:
+        expected = [" ".join(rule) for rule in hub_forward_rules(net)]
+        if iptables.chain_rules(net.hub_chain, table="nat") != expected:
+            raise FirewallError(f"nat chain {net.hub_chain} does not forward the hub's port to {net.hub_address}")
     for jump in jump_rules(net):
         if iptables.run("-C", *jump, check=False).returncode != 0:
             raise FirewallError(f"{jump[0]} does not send {net.bridge}'s traffic to {jump[-1]}")
+    for jump in nat_jump_rules(net):
+        if iptables.run("-t", "nat", "-C", *jump, check=False).returncode != 0:
+            raise FirewallError(f"nat {jump[0]} does not send {net.bridge}'s connections to {jump[-1]}")
 
 
 def remove(net: StudentNetwork, iptables: Iptables | None = None) -> None:
@@ -180,3 +234,10 @@ def remove(net: StudentNetwork, iptables: Iptables | None = None) -> None:
         if iptables.has_chain(chain):
             iptables.run("-F", chain)
             iptables.run("-X", chain)
+    if net.hub_address:
+        for jump in nat_jump_rules(net):
+            while iptables.run("-t", "nat", "-C", *jump, check=False).returncode == 0:
+                iptables.run("-t", "nat", "-D", *jump)
+        if iptables.has_chain(net.hub_chain, table="nat"):
+            iptables.run("-t", "nat", "-F", net.hub_chain)
+            iptables.run("-t", "nat", "-X", net.hub_chain)

@@ -189,7 +189,11 @@ def start_test_lab(
             **({"TEACHLAB_IMAGE_NAMESPACE": image_namespace} if image_namespace else {}),
         },
     )
-    lab.up()
+    try:
+        lab.up()
+    except BaseException:
+        lab.down()  # a hub that did not start must not leave the provider and the proxy running
+        raise
     return lab
 
 

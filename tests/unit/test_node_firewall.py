@@ -6,7 +6,16 @@ import ipaddress
 
 import pytest
 
-from spawner.node.firewall import BLOCKED_DESTINATIONS, StudentNetwork, egress_rules, input_rules, jump_rules, split_subnet
+from spawner.node.firewall import (
+    BLOCKED_DESTINATIONS,
+    StudentNetwork,
+    egress_rules,
+    hub_forward_rules,
+    input_rules,
+    jump_rules,
+    nat_jump_rules,
+    split_subnet,
+)
 
 NET = StudentNetwork(
     network_id="abc123",
@@ -54,3 +63,20 @@ def test_a_subnet_splits_into_docker_half_and_offline_half():
     assert split_subnet("172.30.0.0/20") == ("172.30.0.0/21", "172.30.8.0/21")
     with pytest.raises(ValueError, match="too small"):
         split_subnet("172.30.0.0/30")
+
+
+def test_a_node_without_the_hub_forwards_only_the_hub_port_to_the_hub():
+    """Another node's servers call the hub at the same gateway address; the node sends exactly that port on, and
+    lets the servers answer (never open) connections the proxy makes to their published ports."""
+    remote = StudentNetwork(**{**NET.__dict__, "hub_address": "10.0.0.2"})
+    rules = egress_rules(remote)
+    reply = ["-m", "conntrack", "--ctstate", "ESTABLISHED", "--ctdir", "REPLY", "-j", "ACCEPT"]
+    hub = ["-d", "10.0.0.2/32", "-p", "tcp", "-m", "tcp", "--dport", "8081", "-j", "ACCEPT"]
+    assert rules[:2] == [["-A", remote.egress_chain, *reply], ["-A", remote.egress_chain, *hub]]
+    assert rules[2:] == egress_rules(NET)  # everything else of the policy is the same
+    assert hub_forward_rules(remote) == [
+        ["-A", remote.hub_chain, "-d", "172.30.0.1/32", "-p", "tcp", "-m", "tcp", "--dport", "8081", "-j", "DNAT",
+         "--to-destination", "10.0.0.2:8081"],
+    ]  # fmt: skip
+    assert nat_jump_rules(remote) == [["PREROUTING", "-i", "br-abc123", "-j", remote.hub_chain]]
+    assert hub_forward_rules(NET) == [] and nat_jump_rules(NET) == []  # where the hub listens on the gateway

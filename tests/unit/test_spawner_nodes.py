@@ -1,0 +1,395 @@
+"""CourseSpawner on a swarm: which node a server goes to, what its state keeps, how a node that stops answering ends
+its servers, and that a single server stays as it was.
+
+No Docker daemon: ``StandInManager`` answers the manager's node listing with recorded shapes of docker-py's
+``Node.attrs``, and ``NodeEngines`` answers each node's engine from memory (a node can be made to stop
+answering, as a machine that is switched off does). The catalog, the version registry, the placement core and the
+GPU ledger (SQLite) are real. tests/cluster runs the same paths on Docker-in-Docker nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import docker
+import docker.errors
+import pytest
+import requests.exceptions
+from jupyterhub import orm
+from tornado import web
+from traitlets.config import Config
+
+from spawner.cluster.book import PlacementBook
+from spawner.cluster.facts import node_address
+from spawner.cluster.placement import GIB, Node, NoRoom, ServerRequest
+from spawner.core.contract import Labels, StateLayout
+from spawner.gpu.cache import ledger_for
+from spawner.hub.spawner import CourseSpawner
+from spawner.images.registry import CourseVersion, VersionRegistry
+from support.catalogs import copy_course
+
+
+def swarm_node(hostname, address, *, role="cpu", gpus="", cpus=2, memory=4 * GIB, state="ready"):
+    """The shape of docker-py's ``APIClient.nodes()`` entries, trimmed to what is read."""
+    labels = {Labels.NODE_ROLE: role, **({Labels.NODE_GPUS: gpus} if gpus else {})}
+    return {
+        "ID": f"id-{hostname}",
+        "Spec": {"Labels": labels, "Role": "worker", "Availability": "active"},
+        "Description": {"Hostname": hostname, "Resources": {"NanoCPUs": cpus * 10**9, "MemoryBytes": memory}},
+        "Status": {"State": state, "Addr": address},
+    }
+
+
+SWARM = [
+    swarm_node("manager", "10.0.0.1", cpus=1, memory=1 * GIB, state="down"),
+    swarm_node("worker-1", "10.0.0.11"),
+    swarm_node("worker-2", "10.0.0.12"),
+    swarm_node("gpu-1", "10.0.0.21", role="gpu", gpus="0,1", cpus=8, memory=16 * GIB),
+]
+
+
+class StandInManager(docker.APIClient):
+    """The swarm manager's engine: lists ``SWARM`` and never connects (create_host_config is pure)."""
+
+    def __init__(self):
+        super().__init__(base_url="unix:///nonexistent.sock", version="1.41")
+
+    def nodes(self, filters=None):
+        return SWARM
+
+
+class NodeEngines:
+    """``spawner.docker(method, ...)`` answered per node (the spawner's ``node_address`` says which); a node in
+    ``off`` does not answer, as a switched-off machine's engine does not."""
+
+    def __init__(self):
+        self.off: set[str] = set()
+        self.containers: dict[tuple[str, str], dict] = {}  # (address, name) -> created arguments
+        self.calls: list[tuple[str, str]] = []
+
+    def bind(self, spawner: CourseSpawner):
+        async def call(method, *args, **kwargs):
+            address = spawner.node_address or "manager"
+            self.calls.append((address, method))
+            if address in self.off:
+                raise requests.exceptions.ConnectionError(f"[Errno 113] No route to host: {address} (stand-in)")
+            return self.answer(address, method, *args, **kwargs)
+
+        spawner.docker = call
+
+    def answer(self, address, method, *args, **kwargs):
+        not_found = docker.errors.NotFound("no such object (stand-in)", response=SimpleNamespace(status_code=404))
+        if method in ("inspect_volume", "inspect_container") and (address, args[0]) not in self.containers:
+            raise not_found
+        if method == "inspect_container":
+            return {"Id": args[0], "State": {"Running": True}, "Config": {"Env": []}}
+        if method == "create_container":
+            self.containers[(address, kwargs["name"])] = kwargs
+            return {"Id": kwargs["name"]}
+        if method == "port":
+            return [{"HostIp": address, "HostPort": "32768"}]
+        if method in ("stop", "remove_container"):
+            self.containers.pop((address, args[0]), None)
+        return None
+
+
+@pytest.fixture(autouse=True)
+def fresh_book(monkeypatch):
+    monkeypatch.setattr(CourseSpawner, "placement_book", PlacementBook())
+    monkeypatch.setattr(CourseSpawner, "_client", StandInManager())
+    monkeypatch.setattr(CourseSpawner, "_node_clients", {})
+    monkeypatch.setattr(CourseSpawner, "_unreachable_nodes", {})
+
+
+@pytest.fixture
+def lab_state(tmp_path, repo_root):
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    copy_course(repo_root, "intro-python", catalog)  # 1 CPU, 1 GiB
+    copy_course(
+        repo_root,
+        "intro-python",
+        catalog,
+        new_slug="gpu-course",
+        title="GPU Course",
+        gpu=1,
+        students={"users": ["alice", "bob", "carol"]},
+    )
+    state = tmp_path / "state"
+    registry = VersionRegistry(StateLayout(state).courses)
+    for slug in ("intro-python", "gpu-course"):
+        version = CourseVersion(
+            version="v1",
+            image=f"teachlab-test/course-{slug}:v1",
+            image_id="sha256:0",
+            environment_hash="0",
+            created="2026-11-01T00:00:00+00:00",
+            size_bytes=1,
+            base_image="teachlab-test/debian-py39:v1.0.0",
+            flavor="debian-py39",
+        )
+        registry.add_current(slug, version, "lock")
+    return catalog, state
+
+
+def make_spawner(lab_state, username: str, course: str, engines: NodeEngines, *, swarm: bool = True) -> CourseSpawner:
+    catalog, state = lab_state
+    tls = state.parent / "engine-tls"
+    tls.mkdir(exist_ok=True)
+    for name in ("ca.crt", "hub.crt", "hub.key"):
+        (tls / name).write_text("stand-in")  # docker-py only checks that the files exist until it connects
+    config = Config()
+    config.CourseSpawner.catalog_path = str(catalog)
+    config.CourseSpawner.state_dir = str(state)
+    config.CourseSpawner.lab_id = "lab-1"
+    config.CourseSpawner.today = lambda: __import__("datetime").date(2026, 11, 15)
+    config.CourseSpawner.swarm_placement = swarm
+    config.CourseSpawner.hub_address = "10.0.0.1"
+    config.CourseSpawner.node_engine_tls = {
+        "ca_cert": str(tls / "ca.crt"),
+        "client_cert": [str(tls / "hub.crt"), str(tls / "hub.key")],
+        "verify": True,
+    }
+    user = SimpleNamespace(
+        name=username,
+        url=f"/user/{username}/",
+        groups=[SimpleNamespace(name="cs101-students")],
+        server_url=lambda name: f"/user/{username}/{name}/",
+    )
+    spawner = CourseSpawner(
+        config=config,
+        user=user,
+        orm_spawner=SimpleNamespace(
+            name=course,
+            server=orm.Server(proto="http", ip="", port=0, base_url=f"/user/{username}/{course}/", cookie_name="c"),
+            state=None,
+        ),
+        hub=SimpleNamespace(api_url="http://hub:8081/hub/api", public_host="", url="/hub/", base_url="/hub/", port=8081),
+    )
+    engines.bind(spawner)
+    spawner.api_token = "t"
+    return spawner
+
+
+REAL_PREPARE_NODE = CourseSpawner._prepare_node  # the stand-in below replaces it for the start tests
+
+
+async def _prepared(self):
+    """The node's network and rules are made through its node agent (tests/cluster); here there is none."""
+
+
+async def _answering(self, url):
+    """The server's boot (tests/cluster waits on a real one)."""
+
+
+@pytest.fixture(autouse=True)
+def without_node_side(monkeypatch):
+    monkeypatch.setattr(CourseSpawner, "_prepare_node", _prepared)
+    monkeypatch.setattr(CourseSpawner, "_wait_until_answering", _answering)
+    monkeypatch.setattr(CourseSpawner, "_prepare_storage", lambda self, course, version: _prepared(self))
+
+
+def test_servers_spread_over_the_cpu_nodes_within_their_reservations_then_the_next_is_refused_at_once(lab_state):
+    engines = NodeEngines()
+    started = []
+    for n in range(4):  # two 1-CPU servers fit on each 2-CPU worker
+        spawner = make_spawner(lab_state, f"student{n}", "intro-python", engines)
+        ip, port = asyncio.run(spawner.start())
+        started.append((spawner.node, ip, port))
+    assert sorted(node for node, _, _ in started) == ["worker-1", "worker-1", "worker-2", "worker-2"]
+    assert [node for node, _, _ in started[:2]] in (["worker-1", "worker-2"], ["worker-2", "worker-1"])  # spread first
+    assert all(ip == {"worker-1": "10.0.0.11", "worker-2": "10.0.0.12"}[node] for node, ip, _ in started)
+    # Each container was made on its node's engine, its port published on that node's address only.
+    for (address, _name), created in engines.containers.items():
+        assert created["host_config"]["PortBindings"] == {"8888/tcp": [{"HostIp": address, "HostPort": ""}]}
+        assert created["host_config"]["SecurityOpt"] == ["no-new-privileges"]  # the single server's spec
+    fifth = make_spawner(lab_state, "student4", "intro-python", engines)
+    calls = len(engines.calls)
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(fifth.start())
+    assert refused.value.status_code == 503
+    assert refused.value.log_message == "no cpu node has 1 CPU free for intro-python: most free is 0 CPUs on worker-1"
+    assert len(engines.calls) == calls  # refused before any engine was asked for anything
+    assert fifth.node is None and len(CourseSpawner.placement_book.placed()) == 4
+
+
+def test_a_gpu_server_gets_its_node_and_devices_from_the_ledger_and_the_third_is_refused(lab_state):
+    engines = NodeEngines()
+    alice, bob, carol = (make_spawner(lab_state, name, "gpu-course", engines) for name in ("alice", "bob", "carol"))
+    for spawner in (alice, bob):
+        asyncio.run(spawner.start())
+    assert [(s.node, s.gpu_devices) for s in (alice, bob)] == [("gpu-1", ["0"]), ("gpu-1", ["1"])]
+    created = engines.containers[("10.0.0.21", alice.object_name)]
+    assert created["host_config"]["DeviceRequests"][0]["DeviceIDs"] == ["0"]
+    assert created["environment"]["NVIDIA_VISIBLE_DEVICES"] == "0"
+    ledger = ledger_for(alice.gpu_ledger_url)
+    assert [(h.node, h.device_uuid, h.username) for h in ledger.holdings()] == [("gpu-1", "0", "alice"), ("gpu-1", "1", "bob")]
+    calls = len(engines.calls)
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(carol.start())
+    assert refused.value.status_code == 503
+    assert refused.value.log_message == "no gpu node has 1 GPU free for gpu-course: most free is 0 GPUs on gpu-1"
+    assert len(engines.calls) == calls and carol.node is None and carol.gpu_devices == []
+    assert len(ledger.holdings()) == 2
+
+
+def test_a_node_that_stops_answering_ends_its_servers_at_the_next_poll_and_frees_their_gpus(lab_state):
+    engines = NodeEngines()
+    spawner = make_spawner(lab_state, "alice", "gpu-course", engines)
+    asyncio.run(spawner.start())
+    ledger = ledger_for(spawner.gpu_ledger_url)
+    assert asyncio.run(spawner.poll()) is None
+    engines.off.add("10.0.0.21")  # the GPU node is switched off
+    status = asyncio.run(spawner.poll())
+    assert status == "its node gpu-1 does not answer"
+    assert ledger.holdings() == [] and spawner.gpu_devices == []
+    assert CourseSpawner.placement_book.placed() == []  # its CPUs and memory are free for new placements
+    # JupyterHub then stops the server: its poll answers at once (no call to the dead node) and stop() does not fail.
+    calls = len(engines.calls)
+    assert asyncio.run(spawner.poll()) is not None
+    asyncio.run(spawner.stop())
+    assert all(address != "10.0.0.21" for address, _ in engines.calls[calls:])
+    assert spawner.work_node == "gpu-1"  # where the work is stays known
+
+
+def test_a_cpu_server_whose_node_is_gone_starts_again_on_another_node(lab_state):
+    engines = NodeEngines()
+    spawner = make_spawner(lab_state, "alice", "intro-python", engines)
+    asyncio.run(spawner.start())
+    first = spawner.node
+    engines.off.add(spawner.node_address)
+    assert asyncio.run(spawner.poll()) is not None
+    spawner.clear_state()  # what JupyterHub does when it records the server as stopped
+    # The swarm still lists the node as ready (its heartbeat has not timed out yet): the hub does not place there.
+    asyncio.run(spawner.start())
+    assert spawner.node not in (None, first) and spawner.work_node == spawner.node
+    assert (
+        spawner._progress_events[2]["message"]
+        == f"Your earlier work for Introduction to Python is on {first}, which cannot take it now"
+    )
+
+
+def test_the_state_keeps_the_node_and_a_restarted_hub_counts_its_reservation(lab_state):
+    engines = NodeEngines()
+    spawner = make_spawner(lab_state, "alice", "intro-python", engines)
+    asyncio.run(spawner.start())
+    state = spawner.get_state()
+    assert state["node"] == spawner.node and state["node_address"] == spawner.node_address
+    assert state["work_node"] == spawner.node
+    assert state["node_reservation"] == {"cpus": 1.0, "memory_bytes": 1 * GIB}
+    CourseSpawner.placement_book = PlacementBook()  # the hub restarts: its book is empty until states load
+    again = make_spawner(lab_state, "alice", "intro-python", engines)
+    again.load_state(state)
+    assert again.node == spawner.node and again.client.base_url == f"https://{spawner.node_address}:2376"
+    (held,) = CourseSpawner.placement_book.placed()
+    assert (held.node, held.cpus, held.memory_bytes) == (spawner.node, 1.0, 1 * GIB)
+    again.clear_state()
+    assert again.node is None and again.work_node == spawner.node and CourseSpawner.placement_book.placed() == []
+
+
+def test_a_single_server_asks_no_swarm_and_keeps_no_node(lab_state):
+    engines = NodeEngines()
+    spawner = make_spawner(lab_state, "alice", "intro-python", engines, swarm=False)
+    spawner.use_internal_ip = False  # the stand-in has no network to read an address from
+    asyncio.run(spawner.start())
+    assert {address for address, _ in engines.calls} == {"manager"}  # the hub's own engine only
+    state = spawner.get_state()
+    assert not {"node", "node_address", "work_node", "node_reservation"} & set(state)
+    assert spawner.client is CourseSpawner._client
+
+
+def test_node_engines_use_mutual_tls_and_a_short_timeout(lab_state):
+    spawner = make_spawner(lab_state, "alice", "intro-python", NodeEngines())
+    tls = lab_state[1].parent / "engine-tls"
+    spawner.node_engine_timeout = 4
+    spawner.node_address = "10.0.0.12"
+    api = spawner.client
+    assert api.base_url == "https://10.0.0.12:2376" and api.timeout == 4
+    assert api.cert == (str(tls / "hub.crt"), str(tls / "hub.key")) and api.verify == str(tls / "ca.crt")
+    assert api.trust_env is False  # REQUESTS_CA_BUNDLE in the hub's environment must not replace the lab's CA
+    spawner.node_address = "10.0.0.11"
+    assert spawner.client is not api and spawner.client is spawner.client  # one client per engine
+
+
+def test_a_swarm_without_tls_to_the_nodes_engines_is_refused_before_placement(lab_state):
+    engines = NodeEngines()
+    spawner = make_spawner(lab_state, "alice", "intro-python", engines)
+    spawner.node_engine_tls = {}
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(spawner.start())
+    assert refused.value.status_code == 503 and "tell the lab's admins" in refused.value.log_message
+    assert engines.calls == [] and CourseSpawner.placement_book.placed() == []
+
+
+def test_the_book_prefers_the_node_with_the_work_and_falls_back_when_it_cannot_take_it():
+    nodes = [Node("a", "cpu", cpus=2, memory_bytes=4 * GIB), Node("b", "cpu", cpus=4, memory_bytes=4 * GIB)]
+    book = PlacementBook()
+    request = ServerRequest("intro-python", cpus=2, memory_bytes=GIB)
+    assert book.choose(request, nodes, username="u1", server_name="c", preferred="a").node == "a"
+    assert book.choose(request, nodes, username="u2", server_name="c", preferred="a").node == "b"  # a is full
+    assert book.choose(request, nodes, username="u1", server_name="c").node == "a"  # its own record does not count
+    assert book.choose(request, nodes, username="u3", server_name="c", preferred="a").node == "b"
+    with pytest.raises(NoRoom):
+        book.choose(request, nodes, username="u4", server_name="c", preferred="b")
+    assert {(s.username, s.node) for s in book.placed()} == {("u1", "a"), ("u2", "b"), ("u3", "b")}
+
+
+@pytest.mark.parametrize(
+    ("status", "manager", "expected"),
+    [
+        pytest.param({"Addr": "10.0.0.11"}, None, "10.0.0.11", id="worker"),
+        pytest.param({"Addr": "0.0.0.0"}, {"Addr": "10.0.0.1:2377"}, "10.0.0.1", id="manager-reporting-0.0.0.0"),
+    ],
+)
+def test_a_nodes_address(status, manager, expected):
+    attrs = {"Description": {"Hostname": "n"}, "Status": status, **({"ManagerStatus": manager} if manager else {})}
+    assert node_address(attrs) == expected
+
+
+def test_a_node_without_an_address_is_one_line_for_the_admin():
+    with pytest.raises(Exception, match="swarm node n reports no address; check that it joined with --advertise-addr"):
+        node_address({"Description": {"Hostname": "n"}, "Status": {}})
+
+
+def test_a_node_is_prepared_once_for_a_crowd_with_the_hub_forward_where_the_hub_is_elsewhere(lab_state, monkeypatch):
+    """The node's students' network and rules are made once, however many first starts arrive together; the
+    forward to the hub is installed on every node but the hub's own."""
+    import time as clock
+
+    from spawner.hub import nodeagent
+
+    made: list[tuple[str, str]] = []
+    installed: list[str] = []
+
+    def network(engine, name, labels, hub_port, *, subnet=None, hub_address=""):
+        clock.sleep(0.2)  # the engine's time to make it: long enough for the others to arrive
+        made.append((engine.api.base_url, hub_address))
+        return SimpleNamespace(network_id=f"net-{len(made)}", hub_address=hub_address)
+
+    class Agent:
+        def __init__(self, api, **kwargs):
+            self.api = api
+
+        def ensure(self):
+            pass
+
+        def install_firewall(self, net):
+            installed.append(net.network_id)
+
+    monkeypatch.setattr("spawner.hub.spawner.ensure_student_network", network)
+    monkeypatch.setattr(nodeagent, "NodeAgent", Agent)
+    monkeypatch.setattr(CourseSpawner, "_prepared_nodes", {})
+    engines = NodeEngines()
+    crowd = [make_spawner(lab_state, f"student{n}", "intro-python", engines) for n in range(3)]
+    for spawner, (node, address) in zip(
+        crowd, [("worker-1", "10.0.0.11"), ("worker-1", "10.0.0.11"), ("manager", "10.0.0.1")], strict=True
+    ):
+        spawner.node, spawner.node_address, spawner.node_agent_image = node, address, "teachlab/hub:1"
+
+    async def prepare_all():
+        await asyncio.gather(*(REAL_PREPARE_NODE(spawner) for spawner in crowd))
+
+    asyncio.run(prepare_all())
+    assert sorted(made) == sorted([("https://10.0.0.1:2376", ""), ("https://10.0.0.11:2376", "10.0.0.1")])
+    assert len(installed) == 2 and CourseSpawner._prepared_nodes.keys() == {"worker-1", "manager"}
