@@ -24,6 +24,7 @@ from support.browser import (
     watch_failed_requests,
 )
 from support.hub import HubUser
+from support.probes import probe_arguments
 from support.production import DOMAIN, GPU_COURSE, PREVIOUS_JUPYTERHUB_HEAD
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker]
@@ -121,26 +122,7 @@ def test_the_proxy_api_and_postgresql_are_not_reachable_from_a_student_container
         "PostgreSQL on the server's address": (prod_lab.node.address, 5432),
         "proxy on the server's address": (prod_lab.node.address, 8000),
     }
-    probe = (
-        "import json, socket, sys\n"
-        "result = {}\n"
-        "for name, (host, port) in json.loads(sys.argv[1]).items():\n"
-        "    try:\n"
-        "        socket.create_connection((host, port), timeout=3).close(); result[name] = 'open'\n"
-        "    except OSError as exc:\n"
-        "        result[name] = type(exc).__name__\n"
-        "print(json.dumps(result))\n"
-    )
-    output = prod_lab.docker(
-        "exec",
-        container,
-        "sh",
-        "-c",
-        'exec "$(command -v python3 || command -v python)" -c "$0" "$1"',
-        probe,
-        json.dumps(targets),
-    ).stdout
-    reached = json.loads(output)
+    reached = json.loads(prod_lab.docker(*probe_arguments(container, targets)).stdout)
     assert reached.pop("hub (control)") == "open"
     assert all(state != "open" for state in reached.values()), reached
 

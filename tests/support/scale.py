@@ -1,0 +1,172 @@
+"""A swarm of Docker-in-Docker nodes and a test lab whose hub places servers on it (issue 14), shared by
+tests/cluster/test_scale_out.py and bench/cluster_spawn.py.
+
+The swarm: one manager (drained: it runs no student's server), two CPU workers and a GPU worker with four fake
+GPUs (the stand-in nvidia-container-runtime-hook of tests/fake_gpu_runtime is on each node's PATH, so device
+requests start and the container sees exactly its devices); each node's dockerd also listens on TCP 2376 with
+mutual TLS (certificates of a CA made here, the stand-in for the stack's). The lab: the test lab's provider, proxy
+and hub run on this machine with ``swarm_placement`` on. Stand-ins, named: the nodes are containers (each reports
+this machine's 2 CPUs); images reach the nodes by ``docker save | docker load`` (the stack's registry is not built).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import docker
+
+from spawner.catalog import load_catalog
+from spawner.core.contract import Labels
+from spawner.deploy.images import StackImageBuilder
+from spawner.devlab.lab import Lab
+from spawner.devlab.names import names_on_loopback
+from spawner.images.publish import publish_course
+from spawner.images.settings import BuildSettings
+from support.accounts import CROWD_STUDENTS, GPU_STUDENTS
+from support.catalogs import copy_course
+from support.cluster import Cluster, EngineCertificates, network_gateway, node_image
+from support.lab_fixtures import TEST_DOMAIN, start_test_lab, stop_test_lab
+from support.production import CACHE_LABEL
+
+COURSE = "intro-python"  # 1 CPU and 1 GiB per server: two fill a node that has 2 CPUs
+GPU_COURSE = "gpu-course"  # intro-python's environment, one GPU and half a CPU: four fill the GPU worker
+CROWD_COURSE = "crowd-course"  # an eighth of a CPU: sixteen fill a CPU worker
+CROWD = CROWD_STUDENTS[:30]
+GPU_IDS = ("0", "1", "2", "3")
+ENGINE_TIMEOUT_SECONDS = 4
+
+
+def make_scale_catalog(catalog: Path, repo_root: Path) -> Path:
+    copy_course(repo_root, COURSE, catalog)
+    copy_course(
+        repo_root,
+        COURSE,
+        catalog,
+        new_slug=GPU_COURSE,
+        title="GPU Course",
+        gpu=1,
+        resources={"cpu": 0.5, "memory": "1G"},
+        students={"users": list(GPU_STUDENTS), "groups": ["gpu-testers"]},
+    )
+    copy_course(
+        repo_root,
+        COURSE,
+        catalog,
+        new_slug=CROWD_COURSE,
+        title="Crowd",
+        resources={"cpu": 0.125, "memory": "384M"},
+        students={"users": list(CROWD)},
+    )
+    return catalog
+
+
+def build_scale_images(client: docker.DockerClient, settings: BuildSettings, base_image: str, catalog: Path) -> dict[str, str]:
+    """The courses' images, the base (its volume helper) and the hub's (the node agent), built here once."""
+    settings = replace(settings, labels=CACHE_LABEL)
+    courses = load_catalog(catalog).courses
+    images = {slug: publish_course(courses[slug], settings=settings, client=client).image for slug in courses}
+    builder = StackImageBuilder(settings, client)
+    images["hub"] = builder.build(names=["hub"]).hub
+    images["base"] = base_image
+    images["node"] = node_image(client, builder.rootfs(build=False), settings.image_namespace, CACHE_LABEL, settings.log_dir)
+    return images
+
+
+@contextmanager
+def running_swarm(
+    client: docker.DockerClient, name: str, images: Mapping[str, str], labels: Mapping[str, str], tls_dir: Path
+) -> Iterator[tuple[Cluster, EngineCertificates]]:
+    """Manager, two CPU workers and a GPU worker, the lab's images loaded into the workers; removed afterwards."""
+    certificates = EngineCertificates(tls_dir)
+    cluster = Cluster(client, name, images["node"], labels, count=4, engine_tls=certificates)
+    try:
+        cluster.start()
+        cluster.init_swarm()
+        manager, *workers = cluster.nodes
+        manager.docker("node", "update", "--availability", "drain", manager.name)
+        for worker in workers[:2]:
+            manager.docker("node", "update", "--label-add", f"{Labels.NODE_ROLE}=cpu", worker.name)
+        gpu_worker = workers[2]
+        manager.docker("node", "update", "--label-add", f"{Labels.NODE_ROLE}=gpu", gpu_worker.name)
+        manager.docker("node", "update", "--label-add", f"{Labels.NODE_GPUS}={','.join(GPU_IDS)}", gpu_worker.name)
+        loaded = [image for key, image in images.items() if key != "node"]
+        seconds = cluster.load_images(loaded, cluster.nodes)  # the manager too: it runs the probes' listeners
+        print(f"\nimages loaded into the nodes in {seconds:.0f} s")
+        yield cluster, certificates
+    finally:
+        cluster.remove()
+
+
+@contextmanager
+def swarm_lab(
+    client: docker.DockerClient,
+    *,
+    state_dir: Path,
+    image_namespace: str,
+    catalog: Path,
+    images: Mapping[str, str],
+    swarm: tuple[Cluster, EngineCertificates],
+    session_id: str,
+    labels: Mapping[str, str],
+    site_dir: Path,
+) -> Iterator[Lab]:
+    """The test lab, placing its servers on the swarm's workers; requests trust its CA meanwhile."""
+    cluster, certificates = swarm
+    settings = {
+        "swarm_placement": True,
+        "client_kwargs": {"base_url": cluster.engine_url(cluster.nodes[0]), "max_pool_size": 8},
+        "tls_config": certificates.hub_tls,
+        "node_engine_tls": certificates.hub_tls,
+        "node_engine_timeout": ENGINE_TIMEOUT_SECONDS,
+        "hub_address": network_gateway(client, cluster.network),
+        "node_agent_image": images["hub"],
+        "extra_labels": dict(labels),
+    }
+    lines = [f"c.CourseSpawner.{key} = {value!r}" for key, value in settings.items()]
+    # Servers on other nodes reach the hub through their node's forward to this machine's address on the nodes'
+    # network: the hub listens there too, and tells servers the students' gateway, the same on every node.
+    lines += [
+        "from spawner.hub.settings import HubSettings",
+        "from spawner.hub.startup import HubHost",
+        "_settings = HubSettings.from_environment()",
+        "_net = HubHost().student_network(_settings.network, _settings.extra_labels, _settings.hub_port)",
+        'c.JupyterHub.hub_connect_url = f"http://{_net.gateway}:{_settings.hub_port}"',
+        'c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{_settings.hub_port}"',
+    ]
+    (site_dir / "50-swarm.py").write_text("\n".join(lines) + "\n")
+    with names_on_loopback(TEST_DOMAIN):
+        lab = start_test_lab(
+            state_dir=state_dir,  # where the courses were published
+            catalog=catalog,
+            network=f"tl-scale-students-{session_id}",
+            labels=labels,
+            site_config_dir=site_dir,
+            name_prefix=f"tls{session_id}",
+            image_namespace=image_namespace,
+        )
+        previous = os.environ.get("REQUESTS_CA_BUNDLE")
+        os.environ["REQUESTS_CA_BUNDLE"] = str(lab.certificates.ca_certificate)
+        try:
+            yield lab
+        finally:
+            print(f"\n===== hub log =====\n{lab.hub.tail(120)}")
+            if previous is None:
+                os.environ.pop("REQUESTS_CA_BUNDLE", None)
+            else:
+                os.environ["REQUESTS_CA_BUNDLE"] = previous
+            stop_test_lab(lab, client, labels)
+
+
+def servers_by_node(cluster: Cluster, nodes=None) -> dict[str, list[str]]:
+    """Student servers running on each worker (the CPU workers unless told), read from the workers' own engines."""
+    placed = {}
+    for node in nodes or cluster.nodes[1:3]:
+        result = node.sh(
+            f"docker ps --filter label={Labels.USER} --format '{{{{.Label \"{Labels.USER}\"}}}}'", check=False, timeout=60
+        )
+        placed[node.name] = sorted(result.stdout.split()) if result.returncode == 0 else []
+    return placed
