@@ -664,7 +664,12 @@ class CourseSpawner(DockerSpawner):
         self.node, self.node_address = chosen, addresses[chosen]
         self.log.info("placed %s on %s", self._log_name, why)
         if self.work_node and self.work_node != chosen:
-            self._report(18, f"Your earlier work for {course.title} is on {self.work_node}, which cannot take it now")
+            self._report(
+                18,
+                f"Your earlier work for {course.title} is on {self.work_node}, which cannot take it now: this server "
+                f"starts with an empty work folder, and that work stays on {self.work_node} (ask the lab's admins to "
+                "bring it back)",
+            )
 
     async def _prepare_node(self) -> None:
         """The node's students' network (same name and subnet as the hub's) and its egress policy, made once per

@@ -266,7 +266,8 @@ def test_a_cpu_server_whose_node_is_gone_starts_again_on_another_node(lab_state)
     assert spawner.node not in (None, first) and spawner.work_node == spawner.node
     assert (
         spawner._progress_events[2]["message"]
-        == f"Your earlier work for Introduction to Python is on {first}, which cannot take it now"
+        == f"Your earlier work for Introduction to Python is on {first}, which cannot take it now: this server starts "
+        f"with an empty work folder, and that work stays on {first} (ask the lab's admins to bring it back)"
     )
 
 
