@@ -1,4 +1,5 @@
-"""GPU reconciliation at hub start: the ledger is made equal to what this lab's containers hold.
+"""GPU reconciliation at hub start: the ledger is made equal to what this lab's containers hold (on the hub's own
+engine at start; on a swarm, on each GPU node's engine before the hub's first GPU placement, spawner.hub.spawner).
 
 The lab label on each container says which lab started it (``Labels.LAB``). A running container with
 GPUs and no lab label could be this lab's (started by an older release, or by a site that replaced
@@ -14,7 +15,7 @@ import docker
 
 from ..core.contract import Labels
 from ..gpu.cache import ledger_for
-from ..gpu.ledger import ReconcileReport
+from ..gpu.ledger import LOCAL_NODE, GpuLedger, ReconcileReport
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,16 @@ def container_claims(client: docker.DockerClient, lab_id: str) -> ContainerClaim
     return ContainerClaims(servers=servers, unattributed_devices=frozenset(unattributed))
 
 
-def reconcile_with_containers(ledger_url: str, client: docker.DockerClient, lab_id: str) -> ReconcileReport:
-    """At hub start: make the ledger equal to what this lab's containers hold.
+def reconcile_with_claims(ledger: GpuLedger, claims: ContainerClaims, node: str = LOCAL_NODE) -> ReconcileReport:
+    """Make the ledger's holdings on ``node`` equal to what its running containers claim, before any spawn of this
+    hub process has taken a GPU there.
 
-    No spawn can be half-way while the hub is down, so a holding without a container is released at
-    once (no grace period), unless a container of no known lab holds its device.
+    No spawn can be half-way then (a spawn under way died with the previous hub), so a holding without a container
+    is released at once (no grace period), unless a container of no known lab holds its device.
     """
-    claims = container_claims(client, lab_id)
-    return ledger_for(ledger_url).reconcile(
-        claims.servers, spawn_grace=timedelta(0), protected_devices=claims.unattributed_devices
-    )
+    return ledger.reconcile(claims.servers, spawn_grace=timedelta(0), protected_devices=claims.unattributed_devices, node=node)
+
+
+def reconcile_with_containers(ledger_url: str, client: docker.DockerClient, lab_id: str) -> ReconcileReport:
+    """At hub start: make the ledger equal to what this lab's containers on the hub's own engine hold."""
+    return reconcile_with_claims(ledger_for(ledger_url), container_claims(client, lab_id))

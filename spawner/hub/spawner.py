@@ -49,16 +49,17 @@ from ..core import naming
 from ..core.blocking import FILES, LEDGER, run_blocking
 from ..core.contract import IMAGE, Labels, StateLayout
 from ..core.problems import TeachlabError
-from ..gpu import AllocationRefused, GpuInventoryError
+from ..gpu import AllocationRefused, GpuInventoryError, GpuLedger
 from ..gpu.cache import inventory_for, ledger_for
 from ..gpu.cuda import cuda_driver_refusal, host_driver_version
 from ..images.registry import CourseVersion, VersionRegistry
 from ..node.disks import VolumeStore
 from .admission import admission_for
 from .container_spec import ContainerSpec, make_container_spec
+from .gpus import container_claims, reconcile_with_claims
 from .home import NOTICES, TEMPLATES_DIR, user_group_names
 from .metrics import SPAWN_SECONDS
-from .startup import ensure_student_network
+from .startup import ensure_student_network, reconcile_report_lines
 from .storage import ServerStorage, StorageFailed
 
 STATE_VERSION = 1
@@ -93,6 +94,7 @@ class CourseSpawner(DockerSpawner):
     _node_clients: dict[str, docker.DockerClient] = {}
     _prepared_nodes: dict[str, str] = {}  # node -> the network id prepared there
     _unreachable_nodes: dict[str, float] = {}  # node -> when its engine last did not answer (monotonic)
+    _gpu_nodes_reconciled = False  # the GPU nodes' holdings were checked against their containers
 
     catalog_path = Unicode(
         help="""Folder of the course catalog (course_envs/<slug>/course.yaml + environment.yml).
@@ -624,6 +626,8 @@ class CourseSpawner(DockerSpawner):
                 "is root on that node for anyone who reaches it, so the hub does not use it"
             )
             raise refusal(503, "The lab's machines are not set up right now; tell the lab's admins")
+        if course.gpu:
+            await self._reconcile_gpu_nodes_once()
         nodes, addresses = await self._swarm_nodes()
         request = ServerRequest(
             course=course.slug, cpus=course.resources.cpu, memory_bytes=course.resources.memory_bytes, gpus=course.gpu
@@ -670,6 +674,43 @@ class CourseSpawner(DockerSpawner):
                 f"starts with an empty work folder, and that work stays on {self.work_node} (ask the lab's admins to "
                 "bring it back)",
             )
+
+    async def _reconcile_gpu_nodes_once(self) -> None:
+        """Before this hub process's first GPU placement, make the ledger's holdings on every GPU node equal to the GPU
+        labels of that node's running containers, as a single server's hub start does for its own engine: a holding
+        left by a spawn that died with the previous hub is freed, and a running container the ledger lacks (a
+        ledger restored from a backup) gets its holding back, so its device is not handed out twice.
+
+        Here and not in the hub's start (``apply``): the nodes' engines are reached with this spawner's settings
+        (``node_engine_tls``, often from a site's config file), and a node that does not answer must not stop the
+        hub. Under the GPU placement lock, so a crowd's first starts wait for it and no ``place_and_allocate`` runs
+        before it ends. CPU placements do not read the ledger and do not wait."""
+        cls = type(self)
+        async with _gpu_placement_lock():
+            if cls._gpu_nodes_reconciled:
+                return
+            nodes, addresses = await self._swarm_nodes()
+            ledger = await run_blocking(LEDGER, ledger_for, self.gpu_ledger_url)
+            gpu_nodes = [node.name for node in nodes if node.role == "gpu"]
+            await asyncio.gather(*(self._reconcile_gpu_node(ledger, name, addresses[name]) for name in gpu_nodes))
+            cls._gpu_nodes_reconciled = True
+
+    async def _reconcile_gpu_node(self, ledger: GpuLedger, node: str, address: str) -> None:
+        engine = self._node_engine(address)
+        try:
+            claims = await asyncio.wrap_future(self.executor.submit(container_claims, engine, self.lab_id))
+        except (docker.errors.APIError, *ENGINE_UNREACHABLE) as exc:
+            if isinstance(exc, ENGINE_UNREACHABLE):
+                type(self)._unreachable_nodes[node] = time.monotonic()
+            self.log.warning(
+                "GPU holdings on node %s were not checked against its containers (its engine: %s); they stay as they are",
+                node,
+                exc,
+            )
+            return
+        report = await run_blocking(LEDGER, reconcile_with_claims, ledger, claims, node)
+        for line in reconcile_report_lines(report, node):
+            self.log.warning(line)
 
     async def _prepare_node(self) -> None:
         """The node's students' network (same name and subnet as the hub's) and its egress policy, made once per

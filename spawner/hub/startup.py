@@ -22,7 +22,7 @@ from ..core.contract import Labels
 from ..core.problems import ProblemsError, TeachlabError
 from ..engine import DockerUnavailable, connect
 from ..gpu.cache import InventorySetting, inventory_for, parse_inventory_setting
-from ..gpu.ledger import ReconcileReport
+from ..gpu.ledger import LOCAL_NODE, ReconcileReport
 from ..images.settings import BUILD_VARIABLES
 from ..node import firewall
 from ..node.firewall import FirewallError, StudentNetwork, free_subnet, split_subnet
@@ -233,26 +233,31 @@ def ensure_student_network(
     )
 
 
-def reconcile_report_lines(report: ReconcileReport) -> list[str]:
-    """What reconciliation changed or left for an admin, one line each."""
+def reconcile_report_lines(report: ReconcileReport, node: str = LOCAL_NODE) -> list[str]:
+    """What reconciliation changed or left for an admin, one line each; a swarm node's devices are named with it."""
+
+    def gpu(device_uuid: str) -> str:
+        return device_uuid if node == LOCAL_NODE else f"{device_uuid} on {node}"
+
     lines = []
     for conflict in report.conflicts:
         claimants = ", ".join(f"{user}/{server}" for user, server in conflict.servers)
         lines.append(
-            f"teachlab: GPU {conflict.device_uuid} is claimed by several containers ({claimants}); the ledger "
+            f"teachlab: GPU {gpu(conflict.device_uuid)} is claimed by several containers ({claimants}); the ledger "
             "keeps it as it was: stop all but one of them (teachlab gpu status shows the holder)"
         )
     for holding in report.protected:
         lines.append(
-            f"teachlab: GPU {holding.device_uuid} stays with {holding.username}/{holding.server_name}: a running "
+            f"teachlab: GPU {gpu(holding.device_uuid)} stays with {holding.username}/{holding.server_name}: a running "
             "container without this lab's label holds it"
         )
     for holding in report.released:
         lines.append(
-            f"teachlab: GPU {holding.device_uuid} released from {holding.username}/{holding.server_name}: its container is gone"
+            f"teachlab: GPU {gpu(holding.device_uuid)} released from {holding.username}/{holding.server_name}: its "
+            "container is gone"
         )
     for holding in report.added:
         lines.append(
-            f"teachlab: GPU {holding.device_uuid} recorded for {holding.username}/{holding.server_name} from its container"
+            f"teachlab: GPU {gpu(holding.device_uuid)} recorded for {holding.username}/{holding.server_name} from its container"
         )
     return lines

@@ -4,12 +4,15 @@ its servers, and that a single server stays as it was.
 No Docker daemon: ``StandInManager`` answers the manager's node listing with recorded shapes of docker-py's
 ``Node.attrs``, and ``NodeEngines`` answers each node's engine from memory (a node can be made to stop
 answering, as a machine that is switched off does). The catalog, the version registry, the placement core and the
-GPU ledger (SQLite) are real. tests/cluster runs the same paths on Docker-in-Docker nodes.
+GPU ledger (SQLite) are real. tests/cluster runs the same paths on Docker-in-Docker nodes. A hub restart is a fresh
+``fresh_book`` state: a test that begins with holdings in the ledger begins in a restarted hub.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import date
 from types import SimpleNamespace
 
 import docker
@@ -24,6 +27,7 @@ from spawner.cluster.book import PlacementBook
 from spawner.cluster.facts import node_address
 from spawner.cluster.placement import GIB, Node, NoRoom, ServerRequest
 from spawner.core.contract import Labels, StateLayout
+from spawner.gpu import GpuDevice
 from spawner.gpu.cache import ledger_for
 from spawner.hub.spawner import CourseSpawner
 from spawner.images.registry import CourseVersion, VersionRegistry
@@ -50,33 +54,59 @@ SWARM = [
 
 
 class StandInManager(docker.APIClient):
-    """The swarm manager's engine: lists ``SWARM`` and never connects (create_host_config is pure)."""
+    """The swarm manager's engine: lists ``swarm`` and never connects (create_host_config is pure)."""
 
-    def __init__(self):
+    def __init__(self, swarm=SWARM):
         super().__init__(base_url="unix:///nonexistent.sock", version="1.41")
+        self.swarm = swarm
 
     def nodes(self, filters=None):
-        return SWARM
+        return self.swarm
 
 
 class NodeEngines:
-    """``spawner.docker(method, ...)`` answered per node (the spawner's ``node_address`` says which); a node in
-    ``off`` does not answer, as a switched-off machine's engine does not."""
+    """``spawner.docker(method, ...)`` answered per node (the spawner's ``node_address`` says which), and each node's
+    running containers listed through ``_node_engine(address).containers`` (the engine's own API client is built,
+    never connected); a node in ``off`` does not answer, as a switched-off machine's engine does not."""
 
     def __init__(self):
         self.off: set[str] = set()
         self.containers: dict[tuple[str, str], dict] = {}  # (address, name) -> created arguments
         self.calls: list[tuple[str, str]] = []
+        self.listing_seconds = 0.0  # how long an engine takes to list its containers
 
     def bind(self, spawner: CourseSpawner):
         async def call(method, *args, **kwargs):
             address = spawner.node_address or "manager"
             self.calls.append((address, method))
-            if address in self.off:
-                raise requests.exceptions.ConnectionError(f"[Errno 113] No route to host: {address} (stand-in)")
+            self.check_answers(address)
             return self.answer(address, method, *args, **kwargs)
 
+        built = spawner._node_engine
         spawner.docker = call
+        spawner._node_engine = lambda address: SimpleNamespace(
+            api=built(address).api, containers=SimpleNamespace(list=lambda filters: self.running(address, filters))
+        )
+
+    def check_answers(self, address):
+        if address in self.off:
+            raise requests.exceptions.ConnectionError(f"[Errno 113] No route to host: {address} (stand-in)")
+
+    def running(self, address, filters):
+        """docker-py's ``containers.list(filters={"label": key, "status": "running"})``: every container here runs."""
+        self.calls.append((address, "containers.list"))
+        self.check_answers(address)
+        time.sleep(self.listing_seconds)
+        return [
+            SimpleNamespace(labels=created["labels"])
+            for (where, _), created in self.containers.items()
+            if where == address and filters["label"] in created["labels"]
+        ]
+
+    def run_gpu_container(self, address, *, username, server_name, devices, lab="lab-1"):
+        """A server's container running on that node, with the labels a start gives it."""
+        labels = {Labels.LAB: lab, Labels.USER: username, Labels.SERVER: server_name, Labels.GPUS: devices}
+        self.containers[(address, f"teachlab-{username}---{server_name}")] = {"labels": labels}
 
     def answer(self, address, method, *args, **kwargs):
         not_found = docker.errors.NotFound("no such object (stand-in)", response=SimpleNamespace(status_code=404))
@@ -100,6 +130,7 @@ def fresh_book(monkeypatch):
     monkeypatch.setattr(CourseSpawner, "_client", StandInManager())
     monkeypatch.setattr(CourseSpawner, "_node_clients", {})
     monkeypatch.setattr(CourseSpawner, "_unreachable_nodes", {})
+    monkeypatch.setattr(CourseSpawner, "_gpu_nodes_reconciled", False)
 
 
 @pytest.fixture
@@ -394,3 +425,89 @@ def test_a_node_is_prepared_once_for_a_crowd_with_the_hub_forward_where_the_hub_
     asyncio.run(prepare_all())
     assert sorted(made) == sorted([("https://10.0.0.1:2376", ""), ("https://10.0.0.11:2376", "10.0.0.1")])
     assert len(installed) == 2 and CourseSpawner._prepared_nodes.keys() == {"worker-1", "manager"}
+
+
+# -- GPU reconciliation per node (the first GPU placement of a hub process) ---------------------------------------
+GPU_NODE_ADDRESS = "10.0.0.21"  # gpu-1 in SWARM
+
+
+def hold_gpu(ledger, username, node, device):
+    """A holding as a start of the previous hub process made it (place_and_allocate writes the same rows)."""
+    ledger.allocate(
+        username=username,
+        course="gpu-course",
+        server_name="gpu-course",
+        count=1,
+        devices=[GpuDevice(uuid=device, index=int(device), model="stand-in GPU", memory_bytes=16 * GIB)],
+        term_start=date(2026, 9, 1),
+        term_end=date(2027, 8, 31),
+        node=node,
+    )
+
+
+def held(ledger):
+    return sorted((h.node, h.device_uuid, h.username) for h in ledger.holdings())
+
+
+def test_a_holding_whose_spawn_died_with_the_hub_is_freed_at_the_first_start_which_then_gets_that_device(lab_state, caplog):
+    engines = NodeEngines()
+    alice = make_spawner(lab_state, "alice", "gpu-course", engines)
+    ledger = ledger_for(alice.gpu_ledger_url)
+    hold_gpu(ledger, "zed", "gpu-1", "0")  # the hub died before zed's container was created: gpu-1 lists none
+    asyncio.run(alice.start())
+    assert (alice.node, alice.gpu_devices) == ("gpu-1", ["0"])  # without reconciliation "0" is taken and she gets "1"
+    assert held(ledger) == [("gpu-1", "0", "alice")]
+    assert "teachlab: GPU 0 on gpu-1 released from zed/gpu-course: its container is gone" in caplog.messages
+
+
+def test_a_running_gpu_container_the_ledger_lacks_gets_its_holding_so_the_next_start_does_not_get_its_device(lab_state, caplog):
+    engines = NodeEngines()
+    engines.run_gpu_container(GPU_NODE_ADDRESS, username="dave", server_name="gpu-course", devices="0")
+    alice, bob = (make_spawner(lab_state, name, "gpu-course", engines) for name in ("alice", "bob"))
+    ledger = ledger_for(alice.gpu_ledger_url)
+    assert ledger.holdings() == []  # a ledger restored from a backup older than dave's start
+    asyncio.run(alice.start())
+    assert (alice.node, alice.gpu_devices) == ("gpu-1", ["1"])
+    assert held(ledger) == [("gpu-1", "0", "dave"), ("gpu-1", "1", "alice")]
+    assert "teachlab: GPU 0 on gpu-1 recorded for dave/gpu-course from its container" in caplog.messages
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(bob.start())
+    assert refused.value.log_message == "no gpu node has 1 GPU free for gpu-course: most free is 0 GPUs on gpu-1"
+
+
+def test_a_gpu_node_whose_engine_does_not_answer_keeps_its_holdings(lab_state, caplog, monkeypatch):
+    gpu_2 = swarm_node("gpu-2", "10.0.0.22", role="gpu", gpus="0,1", cpus=8, memory=16 * GIB)
+    monkeypatch.setattr(CourseSpawner, "_client", StandInManager([*SWARM, gpu_2]))
+    engines = NodeEngines()
+    engines.off.add("10.0.0.22")
+    alice = make_spawner(lab_state, "alice", "gpu-course", engines)
+    ledger = ledger_for(alice.gpu_ledger_url)
+    hold_gpu(ledger, "zed", "gpu-1", "0")
+    hold_gpu(ledger, "yan", "gpu-2", "0")  # yan's container may run there: nobody can tell
+    asyncio.run(alice.start())
+    assert held(ledger) == [("gpu-1", "0", "alice"), ("gpu-2", "0", "yan")]
+    (line,) = [message for message in caplog.messages if "gpu-2" in message]
+    assert line.startswith("GPU holdings on node gpu-2 were not checked against its containers (its engine: ")
+    assert line.endswith("); they stay as they are")
+    assert "gpu-2" in CourseSpawner._unreachable_nodes  # and no server is placed there meanwhile
+
+
+def test_the_gpu_nodes_are_reconciled_once_per_hub_process_before_any_gpu_placement(lab_state):
+    engines = NodeEngines()
+    engines.listing_seconds = 0.3  # the engine's time to answer: long enough for the whole crowd to arrive
+    alice, bob, carol = (make_spawner(lab_state, name, "gpu-course", engines) for name in ("alice", "bob", "carol"))
+    ledger = ledger_for(alice.gpu_ledger_url)
+    for username, device in (("zed", "0"), ("yan", "1")):
+        hold_gpu(ledger, username, "gpu-1", device)  # both spawns died with the hub: until reconciled, gpu-1 is full
+
+    async def crowd():
+        await asyncio.gather(alice.start(), bob.start())
+
+    asyncio.run(crowd())  # a placement before the reconciliation ended would have been refused: no GPU free
+    assert sorted(alice.gpu_devices + bob.gpu_devices) == ["0", "1"]
+    assert {(h.node, h.username) for h in ledger.holdings()} == {("gpu-1", "alice"), ("gpu-1", "bob")}
+    freed = alice.gpu_devices
+    asyncio.run(alice.stop())
+    asyncio.run(carol.start())  # a later start of the same hub process
+    assert carol.gpu_devices == freed
+    assert [call for call in engines.calls if call[1] == "containers.list"] == [(GPU_NODE_ADDRESS, "containers.list")]
