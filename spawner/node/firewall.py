@@ -11,8 +11,12 @@ ours, one pair per students' network, so the rules are ours alone to replace:
   node opened are accepted, everything else a student's container sends to the node is dropped.
 * ``TL-HUB-<id>`` (nat table, only on a node where the hub does not run, ``hub_address`` set): the hub's API
   port on the gateway is forwarded to the hub's address on the management network, and ``TL-EGRESS`` accepts
-  exactly that destination first, and the servers' answers to connections made to their published ports. Every node's students' network has the same subnet, so a server calls the
-  hub at the same gateway address on every node (docs/scale-out.md).
+  exactly that destination first, and the servers' answers to connections made to their published ports. Every
+  node's students' network has the same subnet, so a server calls the hub at the same gateway address on every
+  node (docs/scale-out.md).
+* ``TL-INGRESS-<id>`` (same nodes): what enters the students' bridge from outside (a published port) is only
+  what the hub's address opens (the hub and the proxy run there) and answers to the servers' own connections;
+  any other machine of the management network is dropped.
 
 ``egress_rules``/``input_rules`` are pure; ``install`` applies them with the ``iptables`` command and
 ``verify`` reads them back, so a hub start can refuse when the kernel does not hold what it asked for.
@@ -77,6 +81,10 @@ class StudentNetwork:
     def input_chain(self) -> str:
         return f"TL-INPUT-{self.suffix}"
 
+    @property
+    def ingress_chain(self) -> str:
+        return f"TL-INGRESS-{self.suffix}"
+
 
 def split_subnet(subnet: str) -> tuple[str, str]:
     """The halves of a students' subnet: Docker hands out the first (``ip_range``), offline servers get the second."""
@@ -122,6 +130,24 @@ def input_rules(net: StudentNetwork) -> list[list[str]]:
     ]
 
 
+def ingress_rules(net: StudentNetwork) -> list[list[str]]:
+    """Connections into the bridge from outside: only the hub's address opens them (none where the hub runs here)."""
+    if not net.hub_address:
+        return []
+    chain = net.ingress_chain
+    return [
+        ["-A", chain, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"],
+        ["-A", chain, "-s", f"{net.hub_address}/32", "-j", "RETURN"],
+        ["-A", chain, "-j", "DROP"],
+    ]
+
+
+def filter_chains(net: StudentNetwork) -> list[tuple[str, list[list[str]]]]:
+    """Our filter-table chains of this network and their rules."""
+    chains = [(net.egress_chain, egress_rules(net)), (net.input_chain, input_rules(net))]
+    return chains + ([(net.ingress_chain, ingress_rules(net))] if net.hub_address else [])
+
+
 def hub_forward_rules(net: StudentNetwork) -> list[list[str]]:
     """nat rules: the hub's port on the gateway goes to the hub on another node (none where the hub listens here)."""
     if not net.hub_address:
@@ -135,7 +161,8 @@ def hub_forward_rules(net: StudentNetwork) -> list[list[str]]:
 
 def jump_rules(net: StudentNetwork) -> list[list[str]]:
     """The rules (without -A/-I) that send the bridge's traffic into our chains."""
-    return [[DOCKER_FORWARD_HOOK, "-i", net.bridge, "-j", net.egress_chain], ["INPUT", "-i", net.bridge, "-j", net.input_chain]]
+    jumps = [[DOCKER_FORWARD_HOOK, "-i", net.bridge, "-j", net.egress_chain], ["INPUT", "-i", net.bridge, "-j", net.input_chain]]
+    return jumps + ([[DOCKER_FORWARD_HOOK, "-o", net.bridge, "-j", net.ingress_chain]] if net.hub_address else [])
 
 
 def nat_jump_rules(net: StudentNetwork) -> list[list[str]]:
@@ -174,11 +201,11 @@ def _table(table: str) -> tuple[str, ...]:
 
 
 def install(net: StudentNetwork, iptables: Iptables | None = None) -> None:
-    """Replace our two chains with the current rules and make sure the bridge jumps into them (idempotent)."""
+    """Replace our chains with the current rules and make sure the bridge jumps into them (idempotent)."""
     iptables = iptables or Iptables()
     if not iptables.has_chain(DOCKER_FORWARD_HOOK):
         raise FirewallError(f"the {DOCKER_FORWARD_HOOK} chain is missing: Docker must run with its iptables rules on")
-    for chain, rules in ((net.egress_chain, egress_rules(net)), (net.input_chain, input_rules(net))):
+    for chain, rules in filter_chains(net):
         if iptables.has_chain(chain):
             iptables.run("-F", chain)
         else:
@@ -204,7 +231,7 @@ def install(net: StudentNetwork, iptables: Iptables | None = None) -> None:
 def verify(net: StudentNetwork, iptables: Iptables | None = None) -> None:
     """Read the rules back; FirewallError names the first difference."""
     iptables = iptables or Iptables()
-    for chain, rules in ((net.egress_chain, egress_rules(net)), (net.input_chain, input_rules(net))):
+    for chain, rules in filter_chains(net):
         expected = [" ".join(rule) for rule in rules]
         found = iptables.chain_rules(chain)
         if found != expected:
@@ -230,7 +257,7 @@ def remove(net: StudentNetwork, iptables: Iptables | None = None) -> None:
     for jump in jump_rules(net):
         while iptables.run("-C", *jump, check=False).returncode == 0:
             iptables.run("-D", *jump)
-    for chain in (net.egress_chain, net.input_chain):
+    for chain, _ in filter_chains(net):
         if iptables.has_chain(chain):
             iptables.run("-F", chain)
             iptables.run("-X", chain)

@@ -167,6 +167,10 @@ def assert_isolated(lab, cluster: Cluster, placed: dict[str, list[str]], images)
     for name, (host, port) in targets.items():
         if host not in (neighbour_ip, remote_ip, lab.gateway):
             assert reachable_here(host, port), f"{name} ({host}:{port}) does not answer this machine"
+    # A published port opens to the hub's address (this machine: the hub and the proxy), to no other machine of the
+    # management network (here the manager, from its own namespace).
+    assert reachable_here(first.address, neighbour_port)
+    assert not reachable_from(manager, first.address, neighbour_port, timeout=6)
     reached = json.loads(first.docker(*probe_arguments(prober, targets)).stdout)
     assert reached.pop("the hub's API (control)") == "open", reached
     assert [name for name, state in reached.items() if state == "open"] == [], reached

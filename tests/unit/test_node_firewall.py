@@ -11,6 +11,7 @@ from spawner.node.firewall import (
     StudentNetwork,
     egress_rules,
     hub_forward_rules,
+    ingress_rules,
     input_rules,
     jump_rules,
     nat_jump_rules,
@@ -80,3 +81,18 @@ def test_a_node_without_the_hub_forwards_only_the_hub_port_to_the_hub():
     ]  # fmt: skip
     assert nat_jump_rules(remote) == [["PREROUTING", "-i", "br-abc123", "-j", remote.hub_chain]]
     assert hub_forward_rules(NET) == [] and nat_jump_rules(NET) == []  # where the hub listens on the gateway
+
+
+def test_on_a_node_without_the_hub_only_the_hubs_address_opens_connections_to_the_servers():
+    """Published ports face the management network: the hub and the proxy (at the hub's address) open connections
+    to servers; answers to the servers' own connections come back; any other machine there is dropped."""
+    remote = StudentNetwork(**{**NET.__dict__, "hub_address": "10.0.0.2"})
+    assert ingress_rules(remote) == [
+        ["-A", remote.ingress_chain, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"],
+        ["-A", remote.ingress_chain, "-s", "10.0.0.2/32", "-j", "RETURN"],
+        ["-A", remote.ingress_chain, "-j", "DROP"],
+    ]
+    assert jump_rules(remote)[-1] == ["DOCKER-USER", "-o", "br-abc123", "-j", remote.ingress_chain]
+    assert len(remote.ingress_chain) <= 28
+    # Where the hub runs, its proxy reaches the servers on the bridge itself: no ingress chain.
+    assert ingress_rules(NET) == [] and all(remote.ingress_chain not in jump for jump in jump_rules(NET))
