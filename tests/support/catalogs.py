@@ -30,3 +30,23 @@ def add_pip_requirements(course_folder: Path, *requirements: str) -> None:
     else:
         data["dependencies"].append({"pip": list(requirements)})
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def register_stand_in_versions(state: Path, slugs) -> None:
+    """Record a current v1 of each course with a stand-in image, for tests whose engine is a stand-in too."""
+    from spawner.core.contract import StateLayout
+    from spawner.images.registry import CourseVersion, VersionRegistry
+
+    registry = VersionRegistry(StateLayout(state).courses)
+    for slug in slugs:
+        version = CourseVersion(
+            version="v1",
+            image=f"teachlab-test/course-{slug}:v1",
+            image_id="sha256:0",
+            environment_hash="0",
+            created="2026-11-01T00:00:00+00:00",
+            size_bytes=1,
+            base_image="teachlab-test/debian-py39:v1.0.0",
+            flavor="debian-py39",
+        )
+        registry.add_current(slug, version, "lock")

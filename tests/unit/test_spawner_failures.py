@@ -26,8 +26,8 @@ from spawner.core.contract import StateLayout
 from spawner.gpu.cache import ledger_for
 from spawner.hub.spawner import CourseSpawner
 from spawner.hub.storage import ServerStorage
-from spawner.images.registry import CourseVersion, VersionRegistry
-from support.catalogs import copy_course
+from spawner.images.registry import VersionRegistry
+from support.catalogs import copy_course, register_stand_in_versions
 
 GPUS = [{"uuid": f"GPU-{n}", "index": n, "model": "Fake GPU (tests)", "memory": "16G"} for n in range(2)]
 
@@ -103,22 +103,7 @@ def lab_state(tmp_path, repo_root):
         repo_root, "intro-python", catalog, new_slug="gpu-course", title="GPU Course", gpu=1, students={"users": ["alice"]}
     )
     state = tmp_path / "state"
-    registry = VersionRegistry(StateLayout(state).courses)
-    for slug in ("intro-python", "gpu-course"):
-        registry.add_current(
-            slug,
-            CourseVersion(
-                version="v1",
-                image=f"teachlab-test/course-{slug}:v1",
-                image_id="sha256:0",
-                environment_hash="0",
-                created="2026-11-01T00:00:00+00:00",
-                size_bytes=1,
-                base_image="teachlab-test/debian-py39:v1.0.0",
-                flavor="debian-py39",
-            ),
-            "lock",
-        )
+    register_stand_in_versions(state, ("intro-python", "gpu-course"))
     return catalog, state
 
 

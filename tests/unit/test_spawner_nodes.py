@@ -26,12 +26,11 @@ from traitlets.config import Config
 from spawner.cluster.book import PlacementBook
 from spawner.cluster.facts import node_address
 from spawner.cluster.placement import GIB, Node, NoRoom, ServerRequest
-from spawner.core.contract import Labels, StateLayout
+from spawner.core.contract import Labels
 from spawner.gpu import GpuDevice
 from spawner.gpu.cache import ledger_for
 from spawner.hub.spawner import CourseSpawner
-from spawner.images.registry import CourseVersion, VersionRegistry
-from support.catalogs import copy_course
+from support.catalogs import copy_course, register_stand_in_versions
 
 
 def swarm_node(hostname, address, *, role="cpu", gpus="", cpus=2, memory=4 * GIB, state="ready"):
@@ -148,19 +147,7 @@ def lab_state(tmp_path, repo_root):
         students={"users": ["alice", "bob", "carol"]},
     )
     state = tmp_path / "state"
-    registry = VersionRegistry(StateLayout(state).courses)
-    for slug in ("intro-python", "gpu-course"):
-        version = CourseVersion(
-            version="v1",
-            image=f"teachlab-test/course-{slug}:v1",
-            image_id="sha256:0",
-            environment_hash="0",
-            created="2026-11-01T00:00:00+00:00",
-            size_bytes=1,
-            base_image="teachlab-test/debian-py39:v1.0.0",
-            flavor="debian-py39",
-        )
-        registry.add_current(slug, version, "lock")
+    register_stand_in_versions(state, ("intro-python", "gpu-course"))
     return catalog, state
 
 
