@@ -10,13 +10,16 @@ proxy reaches them on the port published on their node's address. The tests run 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 
 import pytest
 import requests
 
+from spawner.gpu.inventory import GpuDevice
 from spawner.gpu.ledger import GpuLedger
 from support.accounts import GPU_STUDENTS
 from support.cluster import ENGINE_PORT, Cluster, Node
@@ -258,7 +261,7 @@ def test_servers_spread_within_reservations_and_a_lost_node_frees_its_students(s
 
 
 @pytest.mark.timeout(900)
-def test_fifty_gpu_starts_at_once_get_the_gpu_nodes_four_devices_and_get_them_back_when_it_is_lost(scale_lab, swarm):
+def test_fifty_gpu_starts_at_once_get_four_devices_a_new_hub_frees_a_stale_holding_and_a_lost_node_frees_all(scale_lab, swarm):
     cluster, _ = swarm
     admin = signed_in_users(scale_lab)("admin")
     gpu_worker = cluster.nodes[3]
@@ -281,12 +284,38 @@ def test_fifty_gpu_starts_at_once_get_the_gpu_nodes_four_devices_and_get_them_ba
         container = scale_lab.names.container(name, GPU_COURSE)
         requested = gpu_worker.docker("inspect", "--format", "{{json .HostConfig.DeviceRequests}}", container).stdout
         assert json.loads(requested)[0]["DeviceIDs"] == [device], requested
+    # A holding whose start died with the hub (stand-in: written straight into the ledger, for a student who has no
+    # server): the next hub process reconciles the GPU node before its first GPU placement, so the device goes to
+    # the next student instead of staying held.
+    leaving, newcomer = started[0], min(set(GPU_STUDENTS) - set(started))
+    admin.stop(GPU_COURSE, user=leaving)
+    admin.wait_until_stopped(GPU_COURSE, user=leaving, timeout=60)
+    freed = holdings[leaving][1]
+    ledger.allocate(
+        username="gpu-gail",
+        course=GPU_COURSE,
+        server_name=GPU_COURSE,
+        count=1,
+        devices=[GpuDevice(uuid=freed, index=int(freed), model="stand-in GPU", memory_bytes=16 * 2**30)],
+        term_start=date(2026, 9, 1),
+        term_end=date(2027, 8, 31),
+        node=gpu_worker.name,
+    )
+    scale_lab.hub.stop(signal.SIGKILL)
+    scale_lab.start_hub()
+    response = admin.start(GPU_COURSE, user=newcomer)
+    assert response.status_code in (201, 202), response.text  # refused, "0 GPUs free", without the reconciliation
+    admin.wait_until_ready(GPU_COURSE, user=newcomer, timeout=240)
+    holdings = {h.username: (h.node, h.device_uuid) for h in ledger.holdings()}
+    assert holdings[newcomer] == (gpu_worker.name, freed) and "gpu-gail" not in holdings
+    running = sorted(holdings)
+    assert len(running) == 4
     gpu_worker.container.stop(timeout=0)
     switched_off = time.monotonic()
-    for name in started:
+    for name in running:
         admin.wait_until_stopped(GPU_COURSE, user=name, timeout=POLL_SECONDS + ENGINE_TIMEOUT_SECONDS + 5)
     print(f"\nthe hub found the GPU node's servers stopped after {time.monotonic() - switched_off:.1f} s")
     assert ledger.holdings() == []  # their GPUs are free again in the ledger
-    again = admin.start(GPU_COURSE, user=started[0])
+    again = admin.start(GPU_COURSE, user=newcomer)
     assert again.status_code == 503, again.text
     assert again.json()["message"] == f"no gpu node is up for {GPU_COURSE} ({gpu_worker.name} down); try again later"
