@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -192,17 +193,15 @@ class System:
 
 
 class Teachlab(System):
-    name = "teachlab"
-
-    def __init__(self, lab: Lab, token: str, client: docker.APIClient):
-        self.lab, self.token, self.docker = lab, token, client
+    def __init__(self, lab: Lab, token: str, client: docker.APIClient, *, course: str = COURSE, name: str = "teachlab"):
+        self.lab, self.token, self.docker, self.course, self.name = lab, token, client, course, name
         self.api = f"{lab.public_url}/hub/api"
 
     def server_path(self, user: str) -> str:
-        return f"servers/{COURSE}"
+        return f"servers/{self.course}"
 
     def container(self, user: str) -> str:
-        return self.lab.names.container(user, COURSE)
+        return self.lab.names.container(user, self.course)
 
     def hub_pid(self) -> int:
         return self.lab.hub.pid()
@@ -231,7 +230,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))]
 
 
-def run_round(system: System, users: list[str], kind: str) -> dict:
+def run_round(system: System, users: list[str], kind: str, while_running: Callable[[], dict] | None = None) -> dict:
+    """All ``users`` start at once; summary of the round. ``while_running`` reads more (where the servers run, say)
+    before they are stopped; its keys join the result."""
     hub_cpu_before = process_cpu_seconds(system.hub_pid())
     barrier = threading.Barrier(len(users))
     began = time.monotonic()
@@ -241,6 +242,7 @@ def run_round(system: System, users: list[str], kind: str) -> dict:
     hub_cpu = process_cpu_seconds(system.hub_pid()) - hub_cpu_before
     time.sleep(SETTLE_SECONDS)
     memory = [m for user in users if (m := container_memory_bytes(system.docker, system.container(user))) is not None]
+    extra = while_running() if while_running else {}
     system.stop_all(users)
     done = [start.seconds for start in starts if start.seconds is not None]
     boots = [start.boot_cpu_seconds for start in starts if start.boot_cpu_seconds is not None]
@@ -250,15 +252,17 @@ def run_round(system: System, users: list[str], kind: str) -> dict:
         "concurrent": len(users),
         "p50_s": round(statistics.median(done), 2) if done else None,
         "p95_s": round(percentile(done, 0.95), 2) if done else None,
+        "max_s": round(max(done), 2) if done else None,
         "wall_s": round(wall, 2),
         "failures": len(users) - len(done),
         "errors": sorted({start.error for start in starts if start.error})[:5],
         "hub_cpu_s_per_spawn": round(hub_cpu / len(users), 3),
         "server_boot_cpu_s_median": round(statistics.median(boots), 3) if boots else None,
         "idle_memory_mib_per_server": round(statistics.mean(memory) / 2**20, 1) if memory else None,
+        **extra,
     }
     print(
-        f"  {system.name:8} {kind:4} n={len(users):3}  p50 {result['p50_s']} s  p95 {result['p95_s']} s  "
+        f"  {system.name:8} {kind:4} n={len(users):3}  p50 {result['p50_s']} s  p95 {result['p95_s']} s  max {result['max_s']} s  "
         f"wall {result['wall_s']} s  failures {result['failures']}  hub CPU/spawn {result['hub_cpu_s_per_spawn']} s  "
         f"boot CPU {result['server_boot_cpu_s_median']} s  idle {result['idle_memory_mib_per_server']} MiB",
         flush=True,
@@ -427,6 +431,8 @@ def start_peer(folder: Path, image: str, admin_token: str, client: docker.Docker
         except requests.RequestException:
             pass
         time.sleep(0.5)
+    process.terminate()
+    process.wait(30)
     raise RuntimeError(f"the peer hub did not come up; see {scratch / 'jupyterhub.log'}")
 
 

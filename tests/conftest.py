@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from spawner.images.settings import BuildSettings
+from support.cleanup import remove_labelled
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Images tests build go to this repository namespace; two checkouts testing at once on one engine set
@@ -54,23 +55,6 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"report_{report.when}", report)
 
 
-def _remove_labelled(client, label: str) -> None:
-    import docker.errors
-
-    filters = {"label": label}
-    for container in client.containers.list(all=True, filters=filters):
-        container.remove(force=True)
-    for volume in client.volumes.list(filters=filters):
-        volume.remove(force=True)
-    for network in client.networks.list(filters=filters):
-        network.remove()
-    for image in client.images.list(filters=filters):
-        try:
-            client.images.remove(image.id, force=True)
-        except docker.errors.APIError:  # shared layers of a removed parent
-            pass
-
-
 @pytest.fixture(scope="session")
 def docker_client(session_labels):
     """The real engine. Every object labelled with this session is removed at the end."""
@@ -78,7 +62,7 @@ def docker_client(session_labels):
 
     client = connect()
     yield client
-    _remove_labelled(client, f"{SESSION_LABEL}={session_labels[SESSION_LABEL]}")
+    remove_labelled(client, f"{SESSION_LABEL}={session_labels[SESSION_LABEL]}")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ this machine's 2 CPUs); images reach the nodes by ``docker save | docker load`` 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -40,7 +40,8 @@ GPU_IDS = ("0", "1", "2", "3")
 ENGINE_TIMEOUT_SECONDS = 4
 
 
-def make_scale_catalog(catalog: Path, repo_root: Path) -> Path:
+def make_scale_catalog(catalog: Path, repo_root: Path, crowd: Sequence[str] = CROWD) -> Path:
+    """intro-python, gpu-course and crowd-course (its students: ``crowd``; the benchmark lists its own)."""
     copy_course(repo_root, COURSE, catalog)
     copy_course(
         repo_root,
@@ -59,7 +60,7 @@ def make_scale_catalog(catalog: Path, repo_root: Path) -> Path:
         new_slug=CROWD_COURSE,
         title="Crowd",
         resources={"cpu": 0.125, "memory": "384M"},
-        students={"users": list(CROWD)},
+        students={"users": list(crowd)},
     )
     return catalog
 
