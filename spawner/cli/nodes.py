@@ -82,6 +82,9 @@ def show(args: argparse.Namespace, console: Console) -> int:
     from .gpu import _ledger
 
     engines = _engines(args.engine or [])
+    # The nodes' engines take the client certificate the manager's does (DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), as
+    # docker's own CLI would.
+    environment_tls = docker.utils.kwargs_from_env().get("tls")
     manager = connect()
     try:
         swarm_nodes = manager.nodes.list()
@@ -97,7 +100,7 @@ def show(args: argparse.Namespace, console: Console) -> int:
         node = node_from_swarm(swarm_node.attrs)
         nodes.append(node)
         if node.name in engines:
-            client = docker.DockerClient(base_url=engines[node.name], timeout=30)
+            client = docker.DockerClient(base_url=engines[node.name], timeout=30, tls=environment_tls)
         elif swarm_node.id == this_node:
             client = manager
         else:
@@ -119,7 +122,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--engine",
         action="append",
         metavar="NODE=URL",
-        help="the Docker API of a node whose containers to count (repeatable); the node this runs on is read locally",
+        help="the Docker API of a node whose containers to count (repeatable; tcp:// URLs use the client certificate "
+        "of DOCKER_CERT_PATH when DOCKER_TLS_VERIFY is set); the node this runs on is read locally",
     )
     parser.add_argument("--state-dir", help="lab state folder (default: $TEACHLAB_STATE_DIR or .teachlab)")
     parser.add_argument(

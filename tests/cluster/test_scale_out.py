@@ -10,8 +10,13 @@ proxy reaches them on the port published on their node's address. The tests run 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
@@ -85,6 +90,25 @@ def start_at_once(admin, course: str, names) -> dict:
     assert made.status_code in (201, 409), made.text
     with ThreadPoolExecutor(len(names)) as pool:
         return dict(zip(names, pool.map(lambda name: admin.start(course, user=name), names), strict=True))
+
+
+def teachlab_nodes(lab, cluster: Cluster, certificates) -> str:
+    """``teachlab nodes`` as an admin runs it on the manager: its engine over TLS with the hub's client certificate
+    (docker's own file names in DOCKER_CERT_PATH), every worker's engine given with --engine."""
+    cert_path = certificates.folder / "docker-cli"
+    cert_path.mkdir(exist_ok=True)
+    for source, target in (("ca.crt", "ca.pem"), ("hub.crt", "cert.pem"), ("hub.key", "key.pem")):
+        shutil.copy(certificates.folder / source, cert_path / target)
+    manager, *workers = cluster.nodes
+    env = {key: value for key, value in os.environ.items() if key != "REQUESTS_CA_BUNDLE"}
+    env |= {"DOCKER_HOST": cluster.engine_url(manager), "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(cert_path)}
+    env |= {"COLUMNS": "200", "TEACHLAB_GPU_LEDGER_URL": lab.hub_settings().ledger_url}
+    engines = [argument for node in workers for argument in ("--engine", f"{node.name}={cluster.engine_url(node)}")]
+    result = subprocess.run(
+        [sys.executable, "-m", "spawner.cli", "nodes", *engines], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def wait_all_ready(admin, course: str, names, timeout: float) -> float:
@@ -218,8 +242,8 @@ def test_thirty_first_starts_at_once_spread_over_the_cpu_workers_stay_isolated_a
 
 
 @pytest.mark.timeout(1200)
-def test_servers_spread_within_reservations_and_a_lost_node_frees_its_students(scale_lab, swarm):
-    cluster, _ = swarm
+def test_servers_spread_within_reservations_shown_per_node_and_a_lost_node_frees_its_students(scale_lab, swarm):
+    cluster, certificates = swarm
     users = signed_in_users(scale_lab)
     _, first_worker, second_worker, gpu_worker = cluster.nodes
     # Four 1-CPU servers fill the two 2-CPU workers, two each.
@@ -231,6 +255,12 @@ def test_servers_spread_within_reservations_and_a_lost_node_frees_its_students(s
     placed = servers_by_node(cluster)
     assert sorted(len(names) for names in placed.values()) == [2, 2], placed
     assert servers_by_node(cluster, [gpu_worker]) == {gpu_worker.name: []}  # a GPU node's CPUs stay for GPU servers
+    # The admin's view, `teachlab nodes` on the manager's engine, each worker's engine read with --engine.
+    table = teachlab_nodes(scale_lab, cluster, certificates)
+    for worker in (first_worker, second_worker):
+        assert re.search(rf"^ *{worker.name} +cpu +ready +2 +2 of 2 +2\.0 of [\d.]+ GiB +- +- *$", table, re.M), table
+    assert re.search(rf"^ *{gpu_worker.name} +gpu +ready +0 +0 of 2 +0\.0 of [\d.]+ GiB +- +0, 1, 2, 3 *$", table, re.M), table
+    assert re.search(rf"^ *{cluster.nodes[0].name} +cpu +down or drained +0 ", table, re.M), table
     # Each server answers through the proxy, over its node's published port, and reached the hub (it signed in).
     page = users("alice").get_server_page("api/status", course=COURSE)
     assert page.status_code == 200, page.text[:300]
