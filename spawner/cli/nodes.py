@@ -78,7 +78,7 @@ def show(args: argparse.Namespace, console: Console) -> int:
     import docker
     import docker.errors
 
-    from ..engine.client import connect
+    from ..engine.client import connect, engine_client
     from .gpu import _ledger
 
     engines = _engines(args.engine or [])
@@ -100,7 +100,7 @@ def show(args: argparse.Namespace, console: Console) -> int:
         node = node_from_swarm(swarm_node.attrs)
         nodes.append(node)
         if node.name in engines:
-            client = docker.DockerClient(base_url=engines[node.name], timeout=30, tls=environment_tls)
+            client = engine_client(base_url=engines[node.name], timeout=30, tls=environment_tls)
         elif swarm_node.id == this_node:
             client = manager
         else:

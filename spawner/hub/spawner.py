@@ -49,6 +49,7 @@ from ..core import naming
 from ..core.blocking import FILES, LEDGER, run_blocking
 from ..core.contract import IMAGE, Labels, StateLayout
 from ..core.problems import TeachlabError
+from ..engine.client import EngineClient, engine_client
 from ..gpu import AllocationRefused, GpuInventoryError, GpuLedger
 from ..gpu.cache import inventory_for, ledger_for
 from ..gpu.cuda import cuda_driver_refusal, host_driver_version
@@ -75,14 +76,6 @@ MAX_OPTION_LENGTH = 64
 ENGINE_UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
 # How long a node whose engine did not answer takes no new server (the swarm marks it down later, if at all).
 UNREACHABLE_HOLD_SECONDS = 60
-
-
-class EngineClient(docker.APIClient):
-    """A Docker API client that ignores requests' environment variables. requests lets ``REQUESTS_CA_BUNDLE``
-    replace a session's own CA (psf/requests issues 4650 and 4726), which breaks mutual TLS to an engine whose
-    CA is the lab's whenever the hub's environment names another bundle; proxy variables must not apply either."""
-
-    trust_env = property(lambda self: False, lambda self, value: None)
 
 
 class CourseSpawner(DockerSpawner):
@@ -358,15 +351,13 @@ class CourseSpawner(DockerSpawner):
             arguments = dict(self.node_engine_tls)
             if isinstance(arguments.get("client_cert"), list):
                 arguments["client_cert"] = tuple(arguments["client_cert"])
-            engine = docker.DockerClient.__new__(docker.DockerClient)  # the high-level client around an EngineClient
-            engine.api = EngineClient(
+            clients[url] = engine_client(
                 base_url=url,
                 version=self.node_engine_api_version,  # no version probe: an engine that is down must not hang a caller
                 timeout=self.node_engine_timeout,
                 tls=docker.tls.TLSConfig(**arguments) if arguments else False,
                 max_pool_size=DOCKER_THREADS,
             )
-            clients[url] = engine
         return clients[url]
 
     @property
