@@ -78,6 +78,15 @@ def placed_from_container(attrs: Mapping[str, Any], node: str) -> PlacedServer |
         node=node,
         username=labels[Labels.USER],
         server_name=labels[Labels.SERVER],
-        cpus=(host_config.get("NanoCpus") or 0) / 1e9,
+        cpus=_cpu_limit(host_config),
         memory_bytes=host_config.get("Memory") or 0,
     )
+
+
+def _cpu_limit(host_config: Mapping[str, Any]) -> float:
+    """The container's CPU limit: ``NanoCpus`` (``--cpus``), or ``CpuQuota`` over ``CpuPeriod`` (how the lab's
+    container spec sets it); 0 when it has none."""
+    if host_config.get("NanoCpus"):
+        return host_config["NanoCpus"] / 1e9
+    quota, period = host_config.get("CpuQuota") or 0, host_config.get("CpuPeriod") or 0
+    return quota / period if quota > 0 and period > 0 else 0.0

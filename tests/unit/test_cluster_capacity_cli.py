@@ -71,6 +71,11 @@ def test_wrong_node_labels_say_which_command_fixes_them(labels, message):
         pytest.param(container(), PlacedServer("w", "alice", "deep-learning", 2.0, 4 * GIB), id="running"),
         pytest.param(container(status="created"), PlacedServer("w", "alice", "deep-learning", 2.0, 4 * GIB), id="starting"),
         pytest.param(container(status="exited"), None, id="exited-holds-nothing"),
+        pytest.param(
+            {**container(), "HostConfig": {"CpuQuota": 50_000, "CpuPeriod": 100_000, "Memory": GIB}},
+            PlacedServer("w", "alice", "deep-learning", 0.5, GIB),
+            id="quota-and-period-as-the-lab-sets-them",
+        ),
         pytest.param(container(extra={Labels.HELPER: "volume-init"}), None, id="helper"),
         pytest.param({"Config": {"Labels": {}}, "State": {"Status": "running"}, "HostConfig": {}}, None, id="not-a-student"),
         pytest.param(
