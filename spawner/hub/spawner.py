@@ -369,6 +369,11 @@ class CourseSpawner(DockerSpawner):
             cls._docker_pool = ThreadPoolExecutor(DOCKER_THREADS, thread_name_prefix="teachlab-docker")
         return cls._docker_pool
 
+    async def _in_docker_pool(self, function, *args):
+        """``function(*args)`` in the Docker thread pool: calls on a node's engine, which DockerSpawner's ``docker``
+        (always its one client) cannot make."""
+        return await asyncio.wrap_future(self.executor.submit(function, *args))
+
     @default("volume_dir")
     def _default_volume_dir(self):
         return str(StateLayout(Path(self.state_dir)).volumes)
@@ -591,7 +596,7 @@ class CourseSpawner(DockerSpawner):
     # -- nodes of a swarm ----------------------------------------------------------------------------
     async def _swarm_nodes(self) -> tuple[list[Node], dict[str, str]]:
         """The swarm's nodes as placement reads them, and each one's address (read from the manager)."""
-        listing = await asyncio.wrap_future(self.executor.submit(lambda: self.manager_client.nodes()))
+        listing = await self._in_docker_pool(self.manager_client.nodes)
         try:
             nodes = [node_from_swarm(attrs) for attrs in listing]
             addresses = {node.name: node_address(attrs) for node, attrs in zip(nodes, listing, strict=True)}
@@ -689,7 +694,7 @@ class CourseSpawner(DockerSpawner):
     async def _reconcile_gpu_node(self, ledger: GpuLedger, node: str, address: str) -> None:
         engine = self._node_engine(address)
         try:
-            claims = await asyncio.wrap_future(self.executor.submit(container_claims, engine, self.lab_id))
+            claims = await self._in_docker_pool(container_claims, engine, self.lab_id)
         except (docker.errors.APIError, *ENGINE_UNREACHABLE) as exc:
             if isinstance(exc, ENGINE_UNREACHABLE):
                 type(self)._unreachable_nodes[node] = time.monotonic()
@@ -740,7 +745,7 @@ class CourseSpawner(DockerSpawner):
             return net.network_id
 
         try:
-            type(self)._prepared_nodes[node] = await asyncio.wrap_future(self.executor.submit(prepare))
+            type(self)._prepared_nodes[node] = await self._in_docker_pool(prepare)
         except (TeachlabError, docker.errors.APIError, *ENGINE_UNREACHABLE) as exc:
             if isinstance(exc, ENGINE_UNREACHABLE):
                 type(self)._unreachable_nodes[node] = time.monotonic()
