@@ -372,6 +372,26 @@ def test_a_version_in_the_registry_is_pulled_by_digest_on_each_nodes_first_serve
     assert any(event["message"].startswith("Fetching the course's environment onto") for event in first._progress_events)
 
 
+def test_a_new_version_reaches_a_node_at_its_next_start_with_nothing_done_on_the_node(lab_state):
+    from dataclasses import replace
+
+    from spawner.core.contract import StateLayout
+    from spawner.images.registry import VersionRegistry
+
+    pushed_version(lab_state)
+    engines = PullingEngines()
+    first = make_spawner(lab_state, "alice", "intro-python", engines)
+    asyncio.run(first.start())
+    registry = VersionRegistry(StateLayout(lab_state[1]).courses)
+    newer = f"10.0.0.1:5000/teachlab-test/course-intro-python@sha256:{'ef' * 32}"
+    v1 = registry.read("intro-python").version("v1")
+    registry.add_current("intro-python", replace(v1, version="v2", image_id="sha256:2", registry_image=newer), "lock")
+    second = make_spawner(lab_state, "bob", "intro-python", engines)
+    asyncio.run(second.start())
+    assert (second.image, second.image_version) == (newer, "v2")
+    assert engines.pulls[-1] == (second.node_address, "10.0.0.1:5000/teachlab-test/course-intro-python", f"sha256:{'ef' * 32}")
+
+
 def test_a_failed_pull_is_one_line_for_the_student_and_the_engines_reason_in_the_log(lab_state, caplog):
     pushed_version(lab_state)
     engines = PullingEngines(failing=[PUSHED])
