@@ -794,7 +794,7 @@ class CourseSpawner(DockerSpawner):
         except docker.errors.NotFound:
             pass
         where = f" onto {self.node}" if self.node else ""
-        self._report(45, f"Fetching the course's environment{where} (its first server of this version there)")
+        self._report(45, f"Fetching the course's environment{where} (the first server of this version there)")
         repository, digest = image.split("@", 1)
         began = time.monotonic()
         try:
