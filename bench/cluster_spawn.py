@@ -65,7 +65,15 @@ from support.cluster import Cluster  # noqa: E402
 from support.hub import signed_in_users  # noqa: E402
 from support.lab_fixtures import start_test_lab, stop_test_lab  # noqa: E402
 from support.production import CACHE_LABEL  # noqa: E402
-from support.scale import CROWD_COURSE, build_scale_images, make_scale_catalog, running_swarm, servers_by_node, swarm_lab  # noqa: E402
+from support.scale import (  # noqa: E402
+    CROWD_COURSE,
+    build_scale_images,
+    make_scale_catalog,
+    publish_scale_courses,
+    running_swarm,
+    servers_by_node,
+    swarm_lab,
+)
 
 RESULTS = REPO / "bench" / "results"
 LABEL_KEY = "org.teachlab.bench"
@@ -154,12 +162,14 @@ def run_levels(
 ) -> dict:
     everyone = [name for group in students.values() for name in group]
     settings = BuildSettings.from_environment(state_dir=folder / "published", image_namespace=NAMESPACE, labels=labels)
-    base_image = ImageBuilder(replace(settings, labels=CACHE_LABEL), client=client).build_base("debian-py39")
+    ImageBuilder(replace(settings, labels=CACHE_LABEL), client=client).build_base("debian-py39")  # kept between runs
     catalog = make_scale_catalog(folder / "catalog", REPO, crowd=everyone)
     (folder / "cluster-site").mkdir()
-    images = build_scale_images(client, settings, base_image, catalog)
+    images = build_scale_images(client, settings)
     with ExitStack() as stack:
         swarm = stack.enter_context(running_swarm(client, f"tl-bench-{run_id}", images, labels, folder / "engine-tls"))
+        courses = publish_scale_courses(client, settings, catalog, swarm.registry)
+        images = {**images, CROWD_COURSE: courses[CROWD_COURSE].image}
         cluster_lab = stack.enter_context(
             swarm_lab(
                 client,
@@ -181,7 +191,7 @@ def run_levels(
             systems.append(stack.enter_context(running_peer(folder, images[CROWD_COURSE], client, everyone)))
         for system in systems:
             make_users(system, everyone)
-        cluster, _ = swarm
+        cluster = swarm.cluster
         print(f"cluster spawn: {images[CROWD_COURSE]}, levels {list(students)}", flush=True)
         rounds = []
         for position, users in enumerate(students.values()):

@@ -108,6 +108,44 @@ def course_image(course_slug: str, version: str, namespace: str = "teachlab") ->
     return f"{course_image_repository(course_slug, namespace)}:{version}"
 
 
+# A registry's address as image references start with it: a host name or IPv4 address, and a port.
+_REGISTRY_ADDRESS = re.compile(
+    r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*:[0-9]{1,5}$"
+)
+DIGEST_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def is_registry_address(text: str) -> bool:
+    """``host:port`` (lowercase host name or IPv4 address, no scheme, no path), e.g. ``10.0.0.2:5000``: the port is
+    required, so the engine never mistakes the host for the first part of a repository path."""
+    return bool(_REGISTRY_ADDRESS.fullmatch(text)) and 0 < int(text.rsplit(":", 1)[1]) < 65536
+
+
+def registry_course_image(registry_address: str, course_slug: str, version: str, namespace: str = "teachlab") -> str:
+    """A version's tag in a registry, e.g. ``10.0.0.2:5000/teachlab/course-intro-python:v3`` (what is pushed)."""
+    if not is_registry_address(registry_address):
+        raise ValueError(f"{registry_address!r} is not a registry address (host:port)")
+    return f"{registry_address}/{course_image(course_slug, version, namespace)}"
+
+
+def digest_reference(reference: str, digest: str) -> str:
+    """``reference`` (a repository, with or without a tag) pinned to ``digest``: ``<repository>@sha256:...``, the
+    name under which every engine gets exactly the bytes that were pushed."""
+    if not DIGEST_PATTERN.fullmatch(digest):
+        raise ValueError(f"{digest!r} is not a sha256 digest")
+    repository = reference.split("@", 1)[0]
+    last = repository.rsplit("/", 1)
+    if ":" in last[-1]:
+        repository = repository.rsplit(":", 1)[0]
+    return f"{repository}@{digest}"
+
+
+def is_digest_reference(reference: str) -> bool:
+    """An image reference pinned to a digest (``<repository>@sha256:...``)."""
+    repository, separator, digest = reference.partition("@")
+    return bool(separator and repository and DIGEST_PATTERN.fullmatch(digest))
+
+
 def version_tag(number: int) -> str:
     """Version numbers count up from 1 per course: ``v1``, ``v2``, ..."""
     if number < 1:

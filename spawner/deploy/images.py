@@ -1,8 +1,9 @@
-"""The stack's four images, built on this engine from the platform's offline root filesystem.
+"""The stack's four images, and the registry's, built on this engine from the platform's offline root filesystem.
 
 Each image starts from the root filesystem ``teachlab image build-base`` makes (debootstrap + ``docker
-import``; no registry is ever asked) and adds Debian's packages (PostgreSQL, nginx, configurable-http-proxy)
-or this repository's hub. An image's tag is the digest of its build context and root filesystem, so
+import``; no registry is ever asked) and adds Debian's packages (PostgreSQL, nginx, configurable-http-proxy,
+docker-registry) or this repository's hub. The registry (docs/scale-out.md, "Images on every node") is built on
+demand (``build_registry``): the stack does not deploy it yet, so ``plan`` and ``build`` leave it out by default. An image's tag is the digest of its build context and root filesystem, so
 ``teachlab deploy up`` knows which tags the current source needs, an unchanged image is never rebuilt, and
 a changed hub gets a new tag that ``teachlab deploy upgrade`` rolls the hub service to.
 """
@@ -31,12 +32,14 @@ from .stack import HUB_CONFIG, HUB_VENV, NGINX_CONFIG, STACK_DIR, StackImages
 ROOTFS_FLAVOR = "debian-py39"  # the platform's bookworm root filesystem: every image here shares its layer
 BASE = "stack-base"  # the root filesystem with its suite's updates: every stack image's first layers
 STACK_IMAGE_NAMES = ("hub", "proxy", "postgres", "nginx")
+REGISTRY = "registry"  # Debian's docker-registry, for a swarm's course images (TLS and storage given at run time)
 PACKAGES = {
     BASE: (),
     "hub": ("iptables", "e2fsprogs"),  # the node agent's iptables and mkfs.ext4
     "proxy": ("node-configurable-http-proxy",),
     "postgres": ("postgresql",),
     "nginx": ("nginx",),
+    REGISTRY: ("docker-registry",),
 }
 TEMPLATE_FOLDER = {BASE: "base"}
 HUB_SOURCES = ("pyproject.toml", "constraints.txt", "jupyterhub_config.py")
@@ -130,15 +133,15 @@ class StackImageBuilder:
         except docker.errors.ImageNotFound:
             return None
 
-    def plan(self, *, build_rootfs: bool = False) -> list[PlannedImage]:
-        """The base first (each image's recipe includes it), then the four images."""
+    def plan(self, *, build_rootfs: bool = False, names: Sequence[str] = STACK_IMAGE_NAMES) -> list[PlannedImage]:
+        """The base first (each image's recipe includes it), then the images ``names`` (the stack's four)."""
         rootfs = self.rootfs(build=build_rootfs)
         settings_files = render_settings_files(self.builder.flavor(ROOTFS_FLAVOR), self.builder.pip_settings())
         base_context = build_context(BASE, rootfs, "", settings_files)
         base_recipe = environment_hash(base_context, self._image_id(rootfs) or rootfs)
         base = PlannedImage(BASE, f"{self.settings.image_namespace}/{BASE}:{base_recipe[:12]}", base_context, base_recipe)
         planned = [base]
-        for name in STACK_IMAGE_NAMES:
+        for name in names:
             context = build_context(name, rootfs, base.reference, settings_files, self.source)
             recipe = environment_hash(context, base.recipe_hash)
             planned.append(PlannedImage(name, f"{self.settings.image_namespace}/{name}:{recipe[:12]}", context, recipe))
@@ -155,6 +158,16 @@ class StackImageBuilder:
     def build(self, names: Sequence[str] | None = None) -> StackImages:
         """Build every image the current source needs and this engine lacks (of ``names`` and the base, when given)."""
         planned = self.plan(build_rootfs=True)
+        self._build(planned, names)
+        return _stack_images(planned)
+
+    def build_registry(self) -> str:
+        """The registry's image (built when this engine lacks it); its reference."""
+        planned = self.plan(build_rootfs=True, names=(REGISTRY,))
+        self._build(planned, None)
+        return planned[-1].reference
+
+    def _build(self, planned: list[PlannedImage], names: Sequence[str] | None) -> None:
         for image in planned:
             if names is not None and image.name != BASE and image.name not in names:
                 continue
@@ -176,7 +189,6 @@ class StackImageBuilder:
                     log_path=self.settings.log_dir / f"stack-{image.name}-{now.strftime('%Y%m%dT%H%M%S')}.log",
                     on_line=step.detail,
                 )
-        return _stack_images(planned)
 
 
 def _stack_images(planned: list[PlannedImage]) -> StackImages:

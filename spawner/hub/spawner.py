@@ -10,7 +10,9 @@ it is used.
 On a swarm (``swarm_placement``), ``start()`` first places the server on a node (``spawner.cluster``; the GPU
 ledger for GPU courses) and every Docker call of that server goes to that node's engine: ``client`` is the
 one hook that changes, so volumes, the container, its polls and its stop all happen there
-(docs/scale-out.md). A single server keeps ``node`` empty and talks to its own engine as before.
+(docs/scale-out.md). A single server keeps ``node`` empty and talks to its own engine as before. There the server
+runs the version's image by digest from the stack's registry when publishing pushed it (``registry_image``): the
+node's engine pulls exactly those bytes the first time (``pull_image``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from ..engine.client import EngineClient, engine_client
 from ..gpu import AllocationRefused, GpuInventoryError, GpuLedger
 from ..gpu.cache import inventory_for, ledger_for
 from ..gpu.cuda import cuda_driver_refusal, host_driver_version
+from ..images.distribution import pull_stream_events, stream_error
 from ..images.registry import CourseVersion, VersionRegistry
 from ..node.disks import VolumeStore
 from .admission import admission_for
@@ -535,9 +538,12 @@ class CourseSpawner(DockerSpawner):
         return naming.LabNames(self.name_prefix)
 
     async def _prepare_storage(self, course: Course, version: CourseVersion) -> None:
+        # On a node the version's base image is not there (the course image comes by digest, when first run): the data
+        # volumes' owner is set with the node agent's image, which every node has (swarm placement requires it).
+        helper_image = self.node_agent_image if self.node and self.node_agent_image else version.base_image
         try:
             await self.storage.prepare(
-                course=course, username=self.user.name, home_volume=self.home_volume, helper_image=version.base_image
+                course=course, username=self.user.name, home_volume=self.home_volume, helper_image=helper_image
             )
         except StorageFailed as exc:
             self.log.error("preparing storage for %s failed: %s", self._log_name, exc)
@@ -765,6 +771,45 @@ class CourseSpawner(DockerSpawner):
             raise refusal(503, f"{course.title} has no published environment yet; ask your instructor to publish it")
         return current
 
+    def _image_of(self, version: CourseVersion) -> str:
+        """On a swarm, the version by digest from the stack's registry when publishing pushed it there (every node gets
+        the same bytes); else the version's tag on this engine."""
+        return version.registry_image if self.swarm_placement and version.registry_image else version.image
+
+    async def pull_image(self, image):
+        """DockerSpawner's pull step. A digest reference (a version in the stack's registry) is pulled by its digest
+        when the node's engine lacks it, whatever ``pull_policy`` says but ``skip`` (its bytes cannot change under
+        it; DockerSpawner would split it at its last ``:`` and ask the engine for a repository that does not
+        exist); a failure is one line for the student and the engine's reason in the log. Tags follow
+        ``pull_policy`` (``never`` by default: the image is this engine's own)."""
+        if not naming.is_digest_reference(image) or self.pull_policy == "skip":
+            return await super().pull_image(image)
+        try:
+            await self.docker("inspect_image", image)
+            return
+        except docker.errors.NotFound:
+            pass
+        where = f" onto {self.node}" if self.node else ""
+        self._report(45, f"Fetching the course's environment{where} (the first server of this version there)")
+        repository, digest = image.split("@", 1)
+        began = time.monotonic()
+        try:
+            output = await self.docker("pull", repository, tag=digest)
+            reason = stream_error(pull_stream_events(output))
+        except docker.errors.APIError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if reason is None:
+            try:
+                await self.docker("inspect_image", image)
+            except docker.errors.NotFound:
+                reason = "the engine answered the pull but does not have the image"
+        if reason is not None:
+            self.log.error("pulling %s for %s%s failed: %s", image, self._log_name, where, reason)
+            raise refusal(
+                503, f"The course's environment could not be fetched{where}; please try again, or tell the lab's admins"
+            )
+        self.log.info("pulled %s%s for %s in %.1f s", image, where, self._log_name, time.monotonic() - began)
+
     async def start(self):
         NOTICES.pop((self.user.name, self.name), None)
         self._progress_events = []
@@ -778,7 +823,8 @@ class CourseSpawner(DockerSpawner):
             course, access = await self._resolve_course()
             self.course_slug = course.slug
             version = await self._current_version(course)
-            self.image = version.image
+            image = self._image_of(version)
+            self.image = image
             self.image_version = version.version
             self.object_name = self.names.container(self.user.name, course.slug)
             self.home_volume = self.home_volume or self.names.home_volume(self.user.name, course.slug)
@@ -799,7 +845,7 @@ class CourseSpawner(DockerSpawner):
             self.cpu_limit = course.resources.cpu
             self._spec = make_container_spec(
                 course=course,
-                image=version.image,
+                image=image,
                 version=version.version,
                 role=access.role or "student",
                 username=self.user.name,

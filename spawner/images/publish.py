@@ -33,6 +33,7 @@ from ..engine import connect
 from .advisories import load_advisories
 from .build import BuildConfinement, CandidateImage, ImageBuilder
 from .contents import ImageContents, cuda_runtime, image_labels
+from .distribution import push_version
 from .evidence import read_contents, scan_debian_with_trivy, trivy_database_present, write_sbom
 from .locks import CONDA_PIP_SEPARATOR
 from .registry import CourseRecord, CourseVersion, HistoryEntry, VersionRegistry
@@ -53,6 +54,7 @@ class PublishResult:
     seconds: float
     previous: str | None = None  # the version that was current before
     smoke: SmokeReport | None = None  # None when an existing version was reused
+    registry_image: str | None = None  # the version by digest in the stack's registry (when the lab has one)
 
 
 def login_name() -> str:
@@ -125,6 +127,26 @@ def build_from_locks(builder: ImageBuilder, course: Course, locks: VersionLocks)
     if locks.server is not None or locks.debian is not None:
         base = builder.build_base(course.image_flavor, server_lock=locks.server, debian_lock=locks.debian)
     return builder.build_course(course, lock=locks.course, base_image=base)
+
+
+def ensure_pushed(
+    registry: VersionRegistry,
+    slug: str,
+    version: CourseVersion,
+    *,
+    settings: BuildSettings,
+    client: docker.DockerClient,
+    progress: Progress | None = None,
+) -> str | None:
+    """An existing version's registry image: pushed and recorded now when the lab has a registry and the version was
+    published before it had one (publishing again or rolling back is how such a version reaches the nodes)."""
+    if settings.registry_address is None or version.registry_image is not None:
+        return version.registry_image
+    progress = progress or Progress(quiet=True)
+    with progress.step(f"push {slug} {version.version} to the registry {settings.registry_address}"):
+        reference = push_version(client, image_id=version.image_id, slug=slug, version=version.version, settings=settings)
+    registry.record_registry_image(slug, version.version, reference)
+    return reference
 
 
 def _blocked_message(slug: str, blocked: list[dict], scan: dict) -> str:
@@ -220,6 +242,7 @@ def _publish_locked(
     record = registry.read(course.slug)
     same = record.with_environment_hash(candidate.environment_hash)
     if same and _image_present(client, same.image_id):
+        registry_image = ensure_pushed(registry, course.slug, same, settings=settings, client=client, progress=progress)
         outcome = "unchanged" if record.current == same.version else "restored"
         event = HistoryEntry(_now(), actor, "publish", record.current, same.version, outcome)
         if outcome == "restored":
@@ -234,6 +257,7 @@ def _publish_locked(
             outcome,
             time.monotonic() - started,
             previous=record.current,
+            registry_image=registry_image,
         )
     with progress.step(f"smoke test {course.slug}: run code in the default kernel"):
         smoke = run_smoke_test(
@@ -270,6 +294,10 @@ def _publish_locked(
         sbom = Path(folder) / "sbom.cdx.json"
         write_sbom(image_id, sbom)
         files["sbom"] = sbom.read_bytes()
+    registry_image = None
+    if settings.registry_address is not None:  # last: a failed push leaves nothing recorded
+        with progress.step(f"push {course.slug} {version} to the registry {settings.registry_address}"):
+            registry_image = push_version(client, image_id=image_id, slug=course.slug, version=version, settings=settings)
     entry = CourseVersion(
         version=version,
         image=reference,
@@ -285,6 +313,7 @@ def _publish_locked(
         cuda_runtime=cuda_runtime(contents),
         scan=scan,
         published_by=actor,
+        registry_image=registry_image,
     )
     registry.add_current(
         course.slug,
@@ -302,6 +331,7 @@ def _publish_locked(
         time.monotonic() - started,
         previous=record.current,
         smoke=smoke,
+        registry_image=registry_image,
     )
 
 
@@ -374,5 +404,6 @@ def rollback_course(
                 f"the image of {slug} {target.version} is gone from this engine "
                 f"(rebuild it: teachlab course publish {slug} --from-lock {target.version})"
             )
+        ensure_pushed(registry, slug, target, settings=settings, client=client)
         event = HistoryEntry(_now(), actor or login_name(), "rollback", record.current, target.version, "rolled back")
         return registry.make_current(slug, target.version, event)

@@ -41,6 +41,9 @@ class CourseVersion:
     sbom: str | None = None  # path of the CycloneDX SBOM beside the locks
     locks: dict | None = None  # layer -> path: course, server, debian
     published_by: str | None = None  # who published it (the hub user, or the admin's login for the CLI)
+    # The image by digest in the stack's registry (``<registry>/<namespace>/course-<slug>@sha256:...``) when
+    # publishing pushed it there (``BuildSettings.registry_address``): what a swarm's nodes pull. None: this engine only.
+    registry_image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,15 @@ class VersionRegistry:
         record = self.read(slug)
         record.version(version)
         updated = replace(record, current=version, history=_appended(record, event))
+        self._write(updated)
+        return updated
+
+    def record_registry_image(self, slug: str, version: str, registry_image: str) -> CourseRecord:
+        """Record where an existing version was pushed (a version published before the lab had a registry)."""
+        record = self.read(slug)
+        record.version(version)
+        versions = tuple(replace(v, registry_image=registry_image) if v.version == version else v for v in record.versions)
+        updated = replace(record, versions=versions)
         self._write(updated)
         return updated
 

@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.contract import REPO_ROOT, STATE_DIR_VARIABLE, StateLayout, default_state_dir
+from ..core.naming import is_registry_address
+from ..core.problems import TeachlabError
 from ..core.units import parse_memory
+
+REGISTRY_VARIABLES = {"registry_address": "TEACHLAB_REGISTRY", "registry_push_address": "TEACHLAB_REGISTRY_PUSH_ADDRESS"}
 
 
 def _host_pip_config(environ: Mapping[str, str]) -> dict[str, str]:
@@ -64,6 +68,24 @@ class BuildSettings:
     build_memory_bytes: int = 4 * 2**30
     build_cpu_shares: int = 512
     build_time_limit_seconds: int = 1800
+    # The stack's registry (issue 14, docs/scale-out.md): published versions are pushed there and recorded by digest.
+    # None: no registry, the image stays on this engine (a single server).
+    registry_address: str | None = None  # host:port as the swarm's nodes reach it; it names the recorded images
+    registry_push_address: str | None = None  # host:port as this engine reaches the same registry; None: the same
+
+    def __post_init__(self) -> None:
+        for name in ("registry_address", "registry_push_address"):
+            value = getattr(self, name)
+            if value is not None and not is_registry_address(value):
+                raise TeachlabError(
+                    f"{name.replace('_', ' ')} {value!r} is not host:port (e.g. 10.0.0.2:5000): set "
+                    f"{REGISTRY_VARIABLES[name]} to the registry's address and port, without https:// or a path"
+                )
+        if self.registry_push_address is not None and self.registry_address is None:
+            raise TeachlabError(
+                f"{REGISTRY_VARIABLES['registry_push_address']} is set without {REGISTRY_VARIABLES['registry_address']}: "
+                "set the registry's address as the nodes reach it too"
+            )
 
     @property
     def layout(self) -> StateLayout:
@@ -88,7 +110,9 @@ class BuildSettings:
         TEACHLAB_ADVISORY_DB (folder of OSV advisory records; unset: images are "not scanned"),
         TEACHLAB_TRIVY_CACHE_DIR (Trivy's cache folder holding db/trivy.db; unset: Debian packages are "not scanned"),
         TEACHLAB_BUILD_ALLOWED_HOSTS (space separated: hosts a confined build may reach beside the mirrors' own),
-        TEACHLAB_BUILD_MEMORY (bytes, or e.g. 4G), TEACHLAB_BUILD_CPU_SHARES, TEACHLAB_BUILD_TIME_LIMIT (seconds).
+        TEACHLAB_BUILD_MEMORY (bytes, or e.g. 4G), TEACHLAB_BUILD_CPU_SHARES, TEACHLAB_BUILD_TIME_LIMIT (seconds),
+        TEACHLAB_REGISTRY (host:port of the stack's registry as the nodes reach it; unset: no push),
+        TEACHLAB_REGISTRY_PUSH_ADDRESS (host:port of the same registry as this engine reaches it, e.g. 127.0.0.1:5000).
         """
         env = os.environ if environ is None else environ
         pip = _host_pip_config(env)
@@ -109,6 +133,7 @@ class BuildSettings:
             advisory_db=Path(env["TEACHLAB_ADVISORY_DB"]) if env.get("TEACHLAB_ADVISORY_DB") else None,
             trivy_cache_dir=Path(env["TEACHLAB_TRIVY_CACHE_DIR"]) if env.get("TEACHLAB_TRIVY_CACHE_DIR") else None,
             build_allowed_hosts=tuple(env.get("TEACHLAB_BUILD_ALLOWED_HOSTS", "").split()),
+            **{name: env.get(variable) or None for name, variable in REGISTRY_VARIABLES.items()},
         )
         if env.get("TEACHLAB_BUILD_MEMORY"):
             memory = env["TEACHLAB_BUILD_MEMORY"]
@@ -139,6 +164,7 @@ BUILD_VARIABLES = (
     "TEACHLAB_BUILD_MEMORY",
     "TEACHLAB_BUILD_CPU_SHARES",
     "TEACHLAB_BUILD_TIME_LIMIT",
+    *REGISTRY_VARIABLES.values(),
     "PIP_INDEX_URL",
     "PIP_EXTRA_INDEX_URL",
     "PIP_CERT",

@@ -1,8 +1,9 @@
 """Students' servers across the nodes of a swarm (issue 14): the real hub places them, each node's engine runs them.
 
-The swarm and the lab are tests/support/scale.py's: Docker-in-Docker nodes on this machine (a drained manager, two
-CPU workers, a GPU worker with four fake GPUs: the stand-in nvidia-container-runtime-hook), the test lab's provider,
-proxy and hub on this machine with ``swarm_placement`` on. Servers call the hub through their node's forward, the
+The swarm and the lab are tests/support/scale.py's: Docker-in-Docker nodes on this machine (a drained manager running
+the stack's registry, two CPU workers, a GPU worker with four fake GPUs: the stand-in nvidia-container-runtime-hook),
+the courses published with that registry (pushed, recorded by digest: the workers start without any course image and
+pull it by digest), the test lab's provider, proxy and hub on this machine with ``swarm_placement`` on. Servers call the hub through their node's forward, the
 proxy reaches them on the port published on their node's address. The tests run in file order: the crowd first
 (every worker up), then the CPU workers' bounds and the loss of one, then the GPU worker's crowd and its loss.
 """
@@ -26,6 +27,7 @@ import requests
 
 from spawner.gpu.inventory import GpuDevice
 from spawner.gpu.ledger import GpuLedger
+from spawner.images.registry import VersionRegistry
 from support.accounts import GPU_STUDENTS
 from support.cluster import ENGINE_PORT, Cluster, Node
 from support.hub import signed_in_users
@@ -36,8 +38,10 @@ from support.scale import (
     CROWD_COURSE,
     ENGINE_TIMEOUT_SECONDS,
     GPU_COURSE,
+    REGISTRY_PORT,
     build_scale_images,
     make_scale_catalog,
+    publish_scale_courses,
     running_swarm,
     servers_by_node,
     swarm_lab,
@@ -47,7 +51,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.hub]
 
 STUDENTS = ("alice", "bob", "carol", "dave", "erin")
 POLL_SECONDS = 5
-STAND_IN_PORTS = {"the hub's database": 5432, "the registry": 5000, "the proxy's API": 8001}
+STAND_IN_PORTS = {"the hub's database": 5432, "the proxy's API": 8001}  # the registry itself runs on the manager
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +60,8 @@ def scale_catalog(tmp_path_factory, repo_root):
 
 
 @pytest.fixture(scope="module")
-def scale_images(docker_client, build_settings, base_image, scale_catalog):
-    return build_scale_images(docker_client, build_settings, base_image, scale_catalog)
+def scale_images(docker_client, build_settings):
+    return build_scale_images(docker_client, build_settings)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +73,18 @@ def swarm(docker_client, session_id, session_labels, scale_images, tmp_path_fact
 
 
 @pytest.fixture(scope="module")
-def scale_lab(docker_client, build_settings, scale_images, scale_catalog, swarm, session_id, session_labels, tmp_path_factory):
+def scale_courses(docker_client, build_settings, base_image, scale_catalog, swarm):
+    """The courses published with the swarm's registry (the base image is the session's cache)."""
+    began = time.monotonic()
+    published = publish_scale_courses(docker_client, build_settings, scale_catalog, swarm.registry)
+    print(f"\ncourses published and pushed to the registry in {time.monotonic() - began:.0f} s")
+    return published
+
+
+@pytest.fixture(scope="module")
+def scale_lab(
+    docker_client, build_settings, scale_images, scale_catalog, scale_courses, swarm, session_id, session_labels, tmp_path_factory
+):
     with swarm_lab(
         docker_client,
         state_dir=build_settings.state_dir,
@@ -175,7 +190,7 @@ def assert_isolated(lab, cluster: Cluster, placed: dict[str, list[str]], images)
     # Stand-ins for the stack's services on the manager, where the production stack runs them (a listener each).
     published = [argument for port in STAND_IN_PORTS.values() for argument in ("-p", f"{port}:9000")]
     manager.docker(
-        "run", "-d", "--name", f"{cluster.name}-stand-ins", *published, "--entrypoint", "sh", images[CROWD_COURSE],
+        "run", "-d", "--name", f"{cluster.name}-stand-ins", *published, "--entrypoint", "sh", images["hub"],
         "-c", 'exec "$(command -v python3 || command -v python)" -m http.server 9000',
     )  # fmt: skip
     targets = {
@@ -186,6 +201,7 @@ def assert_isolated(lab, cluster: Cluster, placed: dict[str, list[str]], images)
         "another node's student, published port": (second.address, remote_port),
         "another node's student, on its node's bridge address": (remote_ip, 9000),
         **{f"{service} on the manager": (manager.address, port) for service, port in STAND_IN_PORTS.items()},
+        "the registry on the manager": (manager.address, REGISTRY_PORT),
         **{f"{node.name}'s Docker API": (node.address, ENGINE_PORT) for node in cluster.nodes},
     }
     # Every target answers someone: the listeners in the node's own namespace, the published ports, the stand-ins
@@ -203,13 +219,43 @@ def assert_isolated(lab, cluster: Cluster, placed: dict[str, list[str]], images)
     assert [name for name, state in reached.items() if state == "open"] == [], reached
 
 
-@pytest.mark.timeout(3600)  # the first run builds the base, the courses, the hub and the node images
+def course_images(node: Node) -> list[str]:
+    """The course images a node's engine holds, by repository and digest."""
+    listed = node.docker("images", "--digests", "--format", "{{.Repository}}@{{.Digest}}").stdout.split()
+    return sorted(image for image in listed if "/course-" in image)
+
+
+def assert_runs_by_digest(node: Node, container: str, registry_image: str) -> None:
+    """The container runs the recorded digest reference, and the node's image of it carries that digest."""
+    assert inspect(node, container, "{{.Config.Image}}") == registry_image
+    image_id = inspect(node, container, "{{.Image}}")
+    digests = json.loads(node.docker("image", "inspect", "--format", "{{json .RepoDigests}}", image_id).stdout)
+    assert registry_image in digests, (node.name, digests)
+
+
+@pytest.mark.timeout(3600)  # the first run builds the base, the courses, the hub, the registry and the node images
 def test_thirty_first_starts_at_once_spread_over_the_cpu_workers_stay_isolated_and_keep_their_work(
-    scale_lab, swarm, scale_images
+    scale_lab, swarm, scale_images, scale_courses, build_settings
 ):
-    cluster, _ = swarm
+    cluster, _, registry = swarm
     admin = signed_in_users(scale_lab)("admin")
     _, first, second, gpu_worker = cluster.nodes
+    # Publishing pushed each version and recorded it by digest under the nodes' address of the registry; the registry
+    # serves exactly that manifest; no worker holds a course image yet.
+    recorded = VersionRegistry(build_settings.registry_dir).current_image(CROWD_COURSE)
+    crowd_image = scale_courses[CROWD_COURSE].registry_image
+    assert crowd_image == recorded.registry_image and crowd_image.startswith(f"{registry.address}/"), crowd_image
+    repository, digest = crowd_image.removeprefix(f"{registry.address}/").split("@")
+    session = requests.Session()
+    session.trust_env = False
+    manifest = session.head(
+        f"https://{registry.address}/v2/{repository}/manifests/{digest}",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        verify=str(registry.ca_path),
+        timeout=30,
+    )
+    assert manifest.status_code == 200 and manifest.headers["Docker-Content-Digest"] == digest, manifest.headers
+    assert {node.name: course_images(node) for node in cluster.nodes[1:]} == {node.name: [] for node in cluster.nodes[1:]}
     responses = start_at_once(admin, CROWD_COURSE, CROWD)
     assert {name: response.text for name, response in responses.items() if response.status_code not in (201, 202)} == {}
     seconds = wait_all_ready(admin, CROWD_COURSE, CROWD, timeout=900)
@@ -220,6 +266,12 @@ def test_thirty_first_starts_at_once_spread_over_the_cpu_workers_stay_isolated_a
     assert sorted(len(names) for names in placed.values()) == [15, 15], placed
     assert sorted(name for names in placed.values() for name in names) == sorted(CROWD)
     assert servers_by_node(cluster, [gpu_worker]) == {gpu_worker.name: []}
+    # Each worker's engine pulled the version by digest on its first server: every server there runs those bytes.
+    for node in (first, second):
+        for name in placed[node.name]:
+            assert_runs_by_digest(node, scale_lab.names.container(name, CROWD_COURSE), crowd_image)
+        assert course_images(node) == [crowd_image]
+    assert course_images(gpu_worker) == []
     # The proxy reaches a server on each worker (the server itself answers: it asks for a login, no proxy error).
     for node in (first, second):
         page = requests.get(
@@ -243,7 +295,7 @@ def test_thirty_first_starts_at_once_spread_over_the_cpu_workers_stay_isolated_a
 
 @pytest.mark.timeout(1200)
 def test_servers_spread_within_reservations_shown_per_node_and_a_lost_node_frees_its_students(scale_lab, swarm):
-    cluster, certificates = swarm
+    cluster, certificates = swarm.cluster, swarm.certificates
     users = signed_in_users(scale_lab)
     _, first_worker, second_worker, gpu_worker = cluster.nodes
     # Four 1-CPU servers fill the two 2-CPU workers, two each.
@@ -292,7 +344,7 @@ def test_servers_spread_within_reservations_shown_per_node_and_a_lost_node_frees
 
 @pytest.mark.timeout(900)
 def test_fifty_gpu_starts_at_once_get_four_devices_a_new_hub_frees_a_stale_holding_and_a_lost_node_frees_all(scale_lab, swarm):
-    cluster, _ = swarm
+    cluster = swarm.cluster
     admin = signed_in_users(scale_lab)("admin")
     gpu_worker = cluster.nodes[3]
     responses = start_at_once(admin, GPU_COURSE, GPU_STUDENTS)

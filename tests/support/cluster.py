@@ -224,6 +224,9 @@ class Cluster:
     network: str = ""
     nodes: list[Node] = field(default_factory=list)
     engine_tls: EngineCertificates | None = None  # the nodes' engines also listen on TCP with mutual TLS
+    # Ports of node 0 published on this machine's loopback: this engine's route to a service the test runs there
+    # (Docker trusts a registry on 127.0.0.0/8 without a certificate, so this engine pushes to the swarm's through it).
+    first_node_loopback_ports: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         self.network = self.network or self.name
@@ -247,6 +250,11 @@ class Cluster:
             node.wait_for_dockerd()
         return self
 
+    def loopback_port(self, port: int) -> int:
+        """The port of this machine's loopback where node 0's ``port`` is published (``first_node_loopback_ports``)."""
+        self.nodes[0].container.reload()
+        return int(self.nodes[0].container.attrs["NetworkSettings"]["Ports"][f"{port}/tcp"][0]["HostPort"])
+
     def engine_url(self, node: Node) -> str:
         return f"tcp://{node.address}:{ENGINE_PORT}"
 
@@ -254,6 +262,7 @@ class Cluster:
         index = len(self.nodes) if index is None else index
         name = f"{self.name}-{index}"
         volume = self.client.volumes.create(f"{name}-docker", labels=dict(self.labels))
+        published = {f"{port}/tcp": ("127.0.0.1", None) for port in self.first_node_loopback_ports} if index == 0 else {}
         container = self.client.containers.run(
             self.image,
             name=name,
@@ -262,6 +271,7 @@ class Cluster:
             network=self.network,
             labels=dict(self.labels),
             environment={"TEACHLAB_NODE_ENGINE_TLS": "1"} if self.engine_tls is not None else {},
+            **({"ports": published} if published else {}),
             volumes={
                 volume.name: {"bind": "/var/lib/docker", "mode": "rw"},
                 "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},

@@ -4,27 +4,35 @@ tests/cluster/test_scale_out.py and bench/cluster_spawn.py.
 The swarm: one manager (drained: it runs no student's server), two CPU workers and a GPU worker with four fake
 GPUs (the stand-in nvidia-container-runtime-hook of tests/fake_gpu_runtime is on each node's PATH, so device
 requests start and the container sees exactly its devices); each node's dockerd also listens on TCP 2376 with
-mutual TLS (certificates of a CA made here, the stand-in for the stack's). The lab: the test lab's provider, proxy
-and hub run on this machine with ``swarm_placement`` on. Stand-ins, named: the nodes are containers (each reports
-this machine's 2 CPUs); images reach the nodes by ``docker save | docker load`` (the stack's registry is not built).
+mutual TLS (certificates of a CA made here, the stand-in for the stack's). The stack's registry (its image from
+``StackImageBuilder.build_registry``) runs on the manager with a certificate of the same CA, which every node trusts
+(``/etc/docker/certs.d/<manager>:5000/ca.crt``); the courses are published with it (``publish_scale_courses``): each
+version is pushed and recorded by digest, and a worker's engine pulls it on its first server of that version. The
+lab: the test lab's provider, proxy and hub run on this machine with ``swarm_placement`` on. Stand-ins, named: the
+nodes are containers (each reports this machine's 2 CPUs); the hub's image (the node agent) and the registry's reach
+the nodes by ``docker save | docker load``; this machine's engine pushes through the manager's port 5000 published on
+its loopback (Docker trusts a registry on 127.0.0.0/8 without a certificate; this machine's /etc/docker stays as it is).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import docker
+import requests
 
 from spawner.catalog import load_catalog
 from spawner.core.contract import Labels
 from spawner.deploy.images import StackImageBuilder
 from spawner.devlab.lab import Lab
 from spawner.devlab.names import names_on_loopback
-from spawner.images.publish import publish_course
+from spawner.images.publish import PublishResult, publish_course
 from spawner.images.settings import BuildSettings
 from support.accounts import CROWD_STUDENTS, GPU_STUDENTS
 from support.catalogs import copy_course
@@ -38,6 +46,9 @@ CROWD_COURSE = "crowd-course"  # an eighth of a CPU: sixteen fill a CPU worker
 CROWD = CROWD_STUDENTS[:30]
 GPU_IDS = ("0", "1", "2", "3")
 ENGINE_TIMEOUT_SECONDS = 4
+REGISTRY_PORT = 5000
+REGISTRY_TLS_DIR = "/etc/teachlab-registry"
+REGISTRY_READY_TIMEOUT = 60
 
 
 def make_scale_catalog(catalog: Path, repo_root: Path, crowd: Sequence[str] = CROWD) -> Path:
@@ -65,25 +76,86 @@ def make_scale_catalog(catalog: Path, repo_root: Path, crowd: Sequence[str] = CR
     return catalog
 
 
-def build_scale_images(client: docker.DockerClient, settings: BuildSettings, base_image: str, catalog: Path) -> dict[str, str]:
-    """The courses' images, the base (its volume helper) and the hub's (the node agent), built here once."""
+def build_scale_images(client: docker.DockerClient, settings: BuildSettings) -> dict[str, str]:
+    """The hub's image (the node agent), the registry's and the node image, built here once (kept between sessions).
+    The courses are published once the swarm's registry runs (``publish_scale_courses``)."""
     settings = replace(settings, labels=CACHE_LABEL)
-    courses = load_catalog(catalog).courses
-    images = {slug: publish_course(courses[slug], settings=settings, client=client).image for slug in courses}
     builder = StackImageBuilder(settings, client)
-    images["hub"] = builder.build(names=["hub"]).hub
-    images["base"] = base_image
+    images = {"hub": builder.build(names=["hub"]).hub, "registry": builder.build_registry()}
     images["node"] = node_image(client, builder.rootfs(build=False), settings.image_namespace, CACHE_LABEL, settings.log_dir)
     return images
+
+
+@dataclass(frozen=True)
+class SwarmRegistry:
+    """The stack's registry on the manager: ``address`` as the nodes reach it (it names the recorded images),
+    ``push_address`` as this machine's engine reaches it (the manager's port on this machine's loopback)."""
+
+    address: str
+    push_address: str
+    ca_path: Path
+
+
+class ScaleSwarm(NamedTuple):
+    cluster: Cluster
+    certificates: EngineCertificates
+    registry: SwarmRegistry
+
+
+def start_registry(cluster: Cluster, certificates: EngineCertificates, image: str) -> SwarmRegistry:
+    """The registry's image run on the manager as the stack would: TLS with a certificate for the manager's address
+    (the test's CA), images on a volume; every node trusts the CA for that address. Returns once it answers."""
+    manager = cluster.nodes[0]
+    address = f"{manager.address}:{REGISTRY_PORT}"
+    certificate, key = certificates.node(manager.address)
+    manager.write_file(f"{REGISTRY_TLS_DIR}/registry.crt", certificate)
+    manager.write_file(f"{REGISTRY_TLS_DIR}/registry.key", key, mode=0o600)
+    for node in cluster.nodes:
+        node.write_file(f"/etc/docker/certs.d/{address}/ca.crt", certificates.ca_path.read_bytes())
+    secrets = "/run/secrets/teachlab-registry"
+    manager.docker(
+        "run", "-d", "--name", "teachlab-registry", "--restart", "no", "-p", f"{REGISTRY_PORT}:5000",
+        "-v", "teachlab-registry:/var/lib/docker-registry", "-v", f"{REGISTRY_TLS_DIR}:{secrets}:ro",
+        "-e", f"TEACHLAB_REGISTRY_CERTIFICATE={secrets}/registry.crt", "-e", f"TEACHLAB_REGISTRY_KEY={secrets}/registry.key",
+        image,
+    )  # fmt: skip
+    session = requests.Session()
+    session.trust_env = False  # no proxy, and the test's CA rather than REQUESTS_CA_BUNDLE
+    deadline = time.monotonic() + REGISTRY_READY_TIMEOUT
+    while True:
+        try:
+            if session.get(f"https://{address}/v2/", verify=str(certificates.ca_path), timeout=3).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            logs = manager.docker("logs", "--tail", "30", "teachlab-registry", check=False).stdout
+            raise AssertionError(f"the registry on {manager.name} did not answer at {address}:\n{logs}")
+        time.sleep(0.5)
+    return SwarmRegistry(address, f"127.0.0.1:{cluster.loopback_port(REGISTRY_PORT)}", certificates.ca_path)
+
+
+def publish_scale_courses(
+    client: docker.DockerClient, settings: BuildSettings, catalog: Path, registry: SwarmRegistry
+) -> dict[str, PublishResult]:
+    """Every course of ``catalog`` published with the swarm's registry: pushed, and recorded by digest."""
+    settings = replace(
+        settings, labels=CACHE_LABEL, registry_address=registry.address, registry_push_address=registry.push_address
+    )
+    courses = load_catalog(catalog).courses
+    return {slug: publish_course(courses[slug], settings=settings, client=client) for slug in courses}
 
 
 @contextmanager
 def running_swarm(
     client: docker.DockerClient, name: str, images: Mapping[str, str], labels: Mapping[str, str], tls_dir: Path
-) -> Iterator[tuple[Cluster, EngineCertificates]]:
-    """Manager, two CPU workers and a GPU worker, the lab's images loaded into the workers; removed afterwards."""
+) -> Iterator[ScaleSwarm]:
+    """Manager, two CPU workers and a GPU worker, the hub's and the registry's images loaded into every node, the
+    registry running on the manager; removed afterwards."""
     certificates = EngineCertificates(tls_dir)
-    cluster = Cluster(client, name, images["node"], labels, count=4, engine_tls=certificates)
+    cluster = Cluster(
+        client, name, images["node"], labels, count=4, engine_tls=certificates, first_node_loopback_ports=(REGISTRY_PORT,)
+    )
     try:
         cluster.start()
         cluster.init_swarm()
@@ -94,10 +166,10 @@ def running_swarm(
         gpu_worker = workers[2]
         manager.docker("node", "update", "--label-add", f"{Labels.NODE_ROLE}=gpu", gpu_worker.name)
         manager.docker("node", "update", "--label-add", f"{Labels.NODE_GPUS}={','.join(GPU_IDS)}", gpu_worker.name)
-        loaded = [image for key, image in images.items() if key != "node"]
-        seconds = cluster.load_images(loaded, cluster.nodes)  # the manager too: it runs the probes' listeners
+        # The node agent on the workers; the registry and the probes' listeners (the hub's image) on the manager.
+        seconds = cluster.load_images([images["hub"], images["registry"]], cluster.nodes)
         print(f"\nimages loaded into the nodes in {seconds:.0f} s")
-        yield cluster, certificates
+        yield ScaleSwarm(cluster, certificates, start_registry(cluster, certificates, images["registry"]))
     finally:
         cluster.remove()
 
@@ -110,13 +182,13 @@ def swarm_lab(
     image_namespace: str,
     catalog: Path,
     images: Mapping[str, str],
-    swarm: tuple[Cluster, EngineCertificates],
+    swarm: ScaleSwarm,
     session_id: str,
     labels: Mapping[str, str],
     site_dir: Path,
 ) -> Iterator[Lab]:
     """The test lab, placing its servers on the swarm's workers; requests trust its CA meanwhile."""
-    cluster, certificates = swarm
+    cluster, certificates, _ = swarm
     settings = {
         "swarm_placement": True,
         "client_kwargs": {"base_url": cluster.engine_url(cluster.nodes[0]), "max_pool_size": 8},

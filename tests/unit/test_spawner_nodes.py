@@ -318,6 +318,105 @@ def test_a_single_server_asks_no_swarm_and_keeps_no_node(lab_state):
     assert spawner.client is CourseSpawner._client
 
 
+DIGEST = "sha256:" + "ab" * 32
+PUSHED = f"10.0.0.1:5000/teachlab-test/course-intro-python@{DIGEST}"
+
+
+class PullingEngines(NodeEngines):
+    """Each node's engine holds only the images put or pulled into it; a pull of a reference in ``failing`` answers
+    the engine's error in its stream, as a registry without that manifest makes it do."""
+
+    def __init__(self, *, failing=()):
+        super().__init__()
+        self.images: set[tuple[str, str]] = set()
+        self.pulls: list[tuple[str, str, str]] = []
+        self.failing = set(failing)
+
+    def answer(self, address, method, *args, **kwargs):
+        if method == "inspect_image":
+            if (address, args[0]) not in self.images:
+                raise docker.errors.NotFound("no such image (stand-in)", response=SimpleNamespace(status_code=404))
+            return {"Id": "sha256:" + "cd" * 32}
+        if method == "pull":
+            self.pulls.append((address, args[0], kwargs["tag"]))
+            reference = f"{args[0]}@{kwargs['tag']}"
+            if reference in self.failing:
+                return '{"status":"Pulling from teachlab-test/course-intro-python"}\n{"errorDetail":{"message":"manifest unknown"},"error":"manifest unknown"}\n'
+            self.images.add((address, reference))
+            return f'{{"status":"Digest: {DIGEST}"}}\n'
+        return super().answer(address, method, *args, **kwargs)
+
+
+def pushed_version(lab_state, registry_image=PUSHED):
+    from spawner.core.contract import StateLayout
+    from spawner.images.registry import VersionRegistry
+
+    VersionRegistry(StateLayout(lab_state[1]).courses).record_registry_image("intro-python", "v1", registry_image)
+
+
+def test_a_version_in_the_registry_is_pulled_by_digest_on_each_nodes_first_server_and_run_by_digest(lab_state):
+    pushed_version(lab_state)
+    engines = PullingEngines()
+    spawners = [make_spawner(lab_state, name, "intro-python", engines) for name in ("alice", "bob", "carol")]
+    for spawner in spawners:
+        asyncio.run(spawner.start())
+    # Three servers on two nodes: each node's engine pulled the digest once (DockerSpawner's own pull would have asked
+    # for the repository "...@sha256" with the tag "abab...").
+    pulls = sorted(engines.pulls)
+    assert pulls == sorted(
+        (address, "10.0.0.1:5000/teachlab-test/course-intro-python", DIGEST) for address in ("10.0.0.11", "10.0.0.12")
+    )
+    assert {created["image"] for created in engines.containers.values()} == {PUSHED}
+    first = spawners[0]
+    assert first.image == PUSHED and first.image_version == "v1"
+    assert any(event["message"].startswith("Fetching the course's environment onto") for event in first._progress_events)
+
+
+def test_a_new_version_reaches_a_node_at_its_next_start_with_nothing_done_on_the_node(lab_state):
+    from dataclasses import replace
+
+    from spawner.core.contract import StateLayout
+    from spawner.images.registry import VersionRegistry
+
+    pushed_version(lab_state)
+    engines = PullingEngines()
+    first = make_spawner(lab_state, "alice", "intro-python", engines)
+    asyncio.run(first.start())
+    registry = VersionRegistry(StateLayout(lab_state[1]).courses)
+    newer = f"10.0.0.1:5000/teachlab-test/course-intro-python@sha256:{'ef' * 32}"
+    v1 = registry.read("intro-python").version("v1")
+    registry.add_current("intro-python", replace(v1, version="v2", image_id="sha256:2", registry_image=newer), "lock")
+    second = make_spawner(lab_state, "bob", "intro-python", engines)
+    asyncio.run(second.start())
+    assert (second.image, second.image_version) == (newer, "v2")
+    assert engines.pulls[-1] == (second.node_address, "10.0.0.1:5000/teachlab-test/course-intro-python", f"sha256:{'ef' * 32}")
+
+
+def test_a_failed_pull_is_one_line_for_the_student_and_the_engines_reason_in_the_log(lab_state, caplog):
+    pushed_version(lab_state)
+    engines = PullingEngines(failing=[PUSHED])
+    spawner = make_spawner(lab_state, "alice", "intro-python", engines)
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(spawner.start())
+    assert refused.value.status_code == 503
+    assert refused.value.log_message.startswith("The course's environment could not be fetched onto worker-")
+    assert "manifest unknown" in caplog.text and PUSHED in caplog.text
+    assert engines.containers == {} and spawner.node is None and CourseSpawner.placement_book.placed() == []
+
+
+def test_without_a_registry_image_a_node_runs_the_tag_and_a_single_server_always_does(lab_state):
+    engines = PullingEngines()
+    engines.images |= {(address, "teachlab-test/course-intro-python:v1") for address in ("10.0.0.11", "manager")}
+    swarm = make_spawner(lab_state, "alice", "intro-python", engines)
+    asyncio.run(swarm.start())
+    assert swarm.image == "teachlab-test/course-intro-python:v1" and engines.pulls == []  # pull_policy never: no pull
+    pushed_version(lab_state)
+    single = make_spawner(lab_state, "bob", "intro-python", engines, swarm=False)
+    single.use_internal_ip = False
+    asyncio.run(single.start())
+    assert single.image == "teachlab-test/course-intro-python:v1" and engines.pulls == []
+
+
 def test_node_engines_use_mutual_tls_and_a_short_timeout(lab_state):
     spawner = make_spawner(lab_state, "alice", "intro-python", NodeEngines())
     tls = lab_state[1].parent / "engine-tls"
