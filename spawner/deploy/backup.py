@@ -37,6 +37,7 @@ import docker.errors
 from ..core.contract import IMAGE, Labels
 from ..core.problems import TeachlabError
 from ..core.secrets import private_folder, write_private
+from ..engine.volumes import restore_tar, write_tar
 from ..gpu.ledger import GpuLedger
 from ..images.registry import VersionRegistry
 from . import audit
@@ -52,7 +53,6 @@ from .stack import (
     TLS_CERTIFICATE,
     TLS_KEY,
 )
-from .volumes import restore_tar, write_tar
 
 FORMAT = 1
 MANIFEST = "manifest.json"

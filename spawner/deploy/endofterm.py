@@ -22,9 +22,9 @@ from ..catalog import load_catalog
 from ..core.contract import Labels
 from ..core.problems import TeachlabError
 from ..core.secrets import private_folder, write_private
+from ..engine.volumes import write_tar
 from . import audit
 from .lab import ProductionLab, today
-from .volumes import write_tar
 
 MANIFEST = "manifest.json"
 

@@ -4,7 +4,7 @@ A hub-managed service behind the hub's OAuth: ``GET /services/teachlab-work/<cou
 signed-in person's own work volume of that course, and nobody else's (the volume's name comes from the
 signed-in name, never from the request). It is offered while the course is open to them (the catalog's
 access rules: membership and term); after the term, ``teachlab deploy archive-course`` archives the work.
-The zip is streamed as Docker copies the volume's files (``spawner.deploy.volumes``): nothing of the student's
+The zip is streamed as Docker copies the volume's files (``spawner.engine.volumes``): nothing of the student's
 runs, nothing is kept on the hub's disk. The home page links each course row here.
 """
 
@@ -32,10 +32,10 @@ from ..core.blocking import DOCKER_CALLS, run_blocking
 from ..core.contract import Labels, Scopes, StateLayout, default_state_dir
 from ..core.naming import DEFAULT_PREFIX, LabNames, is_course_slug
 from ..engine import connect
+from ..engine.volumes import tar_chunks, zip_chunks
 from ..hub.nodeagent import AgentVolumeStore, NodeAgent
 from ..images.registry import VersionRegistry
 from ..node.disks import VolumeStore
-from .volumes import tar_chunks, zip_chunks
 
 log = logging.getLogger("teachlab.work")
 
