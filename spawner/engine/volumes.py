@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 import docker
+import docker.errors
 
 from ..core.contract import Labels
 
@@ -45,6 +46,21 @@ def tar_chunks(client: docker.DockerClient, image: str, volume: str, labels: Map
     with helper(client, image, volume, writable=False, labels=labels) as container:
         stream, _ = container.get_archive(f"{MOUNT}/.")
         yield from stream
+
+
+def read_top_level_file(
+    client: docker.DockerClient, image: str, volume: str, name: str, labels: Mapping[str, str]
+) -> bytes | None:
+    """The bytes of one small file at a volume's top level (None when it is not there): only that file travels."""
+    with helper(client, image, volume, writable=False, labels=labels) as container:
+        try:
+            stream, _ = container.get_archive(f"{MOUNT}/{name}")
+        except docker.errors.NotFound:
+            return None
+        with tarfile.open(fileobj=_IteratorFile(stream), mode="r|") as archive:
+            for member in archive:
+                return archive.extractfile(member).read() if member.isfile() else None
+    return None
 
 
 def write_tar(client: docker.DockerClient, image: str, volume: str, target: IO[bytes], labels: Mapping[str, str]) -> None:

@@ -60,6 +60,7 @@ from ..images.registry import CourseVersion, VersionRegistry
 from ..node.disks import VolumeStore
 from .admission import admission_for
 from .container_spec import ContainerSpec, make_container_spec
+from .coursedata import refresh_copy
 from .gpus import container_claims, reconcile_with_claims
 from .home import NOTICES, TEMPLATES_DIR, user_group_names
 from .metrics import SPAWN_SECONDS
@@ -91,6 +92,7 @@ class CourseSpawner(DockerSpawner):
     _prepared_nodes: dict[str, str] = {}  # node -> the network id prepared there
     _unreachable_nodes: dict[str, float] = {}  # node -> when its engine last did not answer (monotonic)
     _gpu_nodes_reconciled = False  # the GPU nodes' holdings were checked against their containers
+    _data_refreshes: dict[tuple[str, str], asyncio.Future] = {}  # (node, data volume) -> the refresh under way
 
     catalog_path = Unicode(
         help="""Folder of the course catalog (course_envs/<slug>/course.yaml + environment.yml).
@@ -242,6 +244,17 @@ class CourseSpawner(DockerSpawner):
         that no call waits on an engine that is down just to learn its version.
 
         c.CourseSpawner.node_engine_api_version = "1.41"
+        """,
+    ).tag(config=True)
+
+    course_data_node = Unicode(
+        "",
+        help="""With ``swarm_placement``: the node that holds every course's data volumes as instructors write them.
+
+        Instructors' servers of a course with data volumes run there; a server on any other node starts with that
+        node's copy brought up to date from it (spawner.hub.coursedata). Courses with data volumes are not started
+        on a swarm while this is empty: without it each node would hold different data.
+        c.CourseSpawner.course_data_node = "worker-1"
         """,
     ).tag(config=True)
 
@@ -619,9 +632,10 @@ class CourseSpawner(DockerSpawner):
         ]
         return nodes, addresses
 
-    async def _place(self, course: Course) -> None:
+    async def _place(self, course: Course, *, writes_data: bool) -> None:
         """Choose this server's node (and its GPUs there), or refuse at once with the reason: which resource, how
-        much is free at most, where. The reservation is held from here until the server stops."""
+        much is free at most, where. The reservation is held from here until the server stops. A server that writes
+        the course's data (an instructor's) goes only to the course data node."""
         if self.node_engine_url_template.startswith("tcp://") and not self.node_engine_tls:
             self.log.error(
                 "swarm_placement: set c.CourseSpawner.node_engine_tls; a node's Docker API over TCP without mutual TLS "
@@ -631,6 +645,8 @@ class CourseSpawner(DockerSpawner):
         if course.gpu:
             await self._reconcile_gpu_nodes_once()
         nodes, addresses = await self._swarm_nodes()
+        if course.data_volumes:
+            nodes = self._nodes_for_data(course, nodes, writes_data=writes_data)
         request = ServerRequest(
             course=course.slug, cpus=course.resources.cpu, memory_bytes=course.resources.memory_bytes, gpus=course.gpu
         )
@@ -676,6 +692,67 @@ class CourseSpawner(DockerSpawner):
                 f"starts with an empty work folder, and that work stays on {self.work_node} (ask the lab's admins to "
                 "bring it back)",
             )
+
+    def _nodes_for_data(self, course: Course, nodes: list[Node], *, writes_data: bool) -> list[Node]:
+        """The nodes a server of a course with data volumes may go to: any, or only the data node for a writer."""
+        if not self.course_data_node:
+            self.log.error("swarm_placement: set c.CourseSpawner.course_data_node; %s has data volumes", course.slug)
+            raise refusal(503, "The lab's machines are not set up right now; tell the lab's admins")
+        if not writes_data:
+            return nodes
+        home = [node for node in nodes if node.name == self.course_data_node]
+        if not home or not home[0].ready:
+            raise refusal(
+                503,
+                f"{course.title}'s data is kept on {self.course_data_node}, which is down: instructors' servers run "
+                "there; try again later",
+            )
+        return home
+
+    async def _refresh_course_data(self, course: Course) -> None:
+        """On a node other than the course data node, bring the node's copy of each data volume up to the data
+        node's files. Starts at once on one node share one refresh; a data node that cannot be read leaves the copy
+        as it is, and the student is told."""
+        if not (self.node and course.data_volumes) or self.node == self.course_data_node:
+            return
+        for name in course.data_volumes:
+            volume = self.names.data_volume(course.slug, name)
+            key = (self.node, volume)
+            refresh = type(self)._data_refreshes.get(key)
+            if refresh is None or refresh.done():
+                refresh = asyncio.ensure_future(self._refresh_data_volume(volume))
+                type(self)._data_refreshes[key] = refresh
+            if not await asyncio.shield(refresh):
+                self._report(
+                    22,
+                    f"The course data ({name}) could not be brought up to date from {self.course_data_node}: you see "
+                    "this machine's last copy of it",
+                )
+
+    async def _refresh_data_volume(self, volume: str) -> bool:
+        """One refresh of this node's copy of ``volume``; False when it could not be made."""
+        data_node = self.course_data_node
+        _, addresses = await self._swarm_nodes()
+        if data_node not in addresses:
+            self.log.error("course_data_node %s is not a node of the swarm", data_node)
+            return False
+        if time.monotonic() - type(self)._unreachable_nodes.get(data_node, -UNREACHABLE_HOLD_SECONDS) < UNREACHABLE_HOLD_SECONDS:
+            return False
+        source, target = self._node_engine(addresses[data_node]), self._node_engine(self.node_address)
+        labels = {**self.extra_labels, Labels.LAB: self.lab_id}
+        began = time.monotonic()
+        try:
+            copied = await self._in_docker_pool(
+                lambda: refresh_copy(source, target, volume, image=self.node_agent_image, labels=labels)
+            )
+        except (docker.errors.DockerException, *ENGINE_UNREACHABLE) as exc:
+            if isinstance(exc, ENGINE_UNREACHABLE):
+                type(self)._unreachable_nodes[data_node] = time.monotonic()
+            self.log.warning("course data %s on %s was not refreshed from %s: %s", volume, self.node, data_node, exc)
+            return False
+        if copied:
+            self.log.info("course data %s copied from %s to %s in %.1f s", volume, data_node, self.node, time.monotonic() - began)
+        return True
 
     async def _reconcile_gpu_nodes_once(self) -> None:
         """Before this hub process's first GPU placement, make the ledger's holdings on every GPU node equal to the GPU
@@ -830,7 +907,7 @@ class CourseSpawner(DockerSpawner):
             self.home_volume = self.home_volume or self.names.home_volume(self.user.name, course.slug)
             if self.swarm_placement:
                 self._report(12, f"Choosing a machine for {course.title}")
-                await self._place(course)
+                await self._place(course, writes_data=(access.role or "student") != "student")
                 await self._prepare_node()
             elif course.gpu:
                 await self._check_cuda_driver(course, version)  # before any GPU is held
@@ -838,6 +915,7 @@ class CourseSpawner(DockerSpawner):
                 await self._reserve_gpus(course)
             self._report(20, f"Preparing storage for {course.title}")
             await self._prepare_storage(course, version)
+            await self._refresh_course_data(course)
             admission = admission_for(self.concurrent_boots)
             ticket = admission.join(f"{self.user.name}/{self.name}", course.slug)
             await admission.wait(ticket, lambda line: self._report(25, f"Many students are starting now: you are {line}"))

@@ -99,6 +99,10 @@ def scale_lab(
         yield lab
 
 
+TEACHER = "prof-lee"  # an instructor of intro-python, and of its copies
+DATA = "/home/jovyan/data/datasets"
+
+
 def start_at_once(admin, course: str, names) -> dict:
     """Every start request sent together (each user exists first, made by the admin); name -> response."""
     made = admin.api("POST", "/users", json={"usernames": list(names)})
@@ -219,6 +223,20 @@ def assert_isolated(lab, cluster: Cluster, placed: dict[str, list[str]], images)
     assert [name for name, state in reached.items() if state == "open"] == [], reached
 
 
+def write_course_data(admin, cluster: Cluster, script: str) -> None:
+    """The course's instructor starts a server (it goes to the course data node, the first CPU worker), runs ``script``
+    in its data folder, and stops it."""
+    made = admin.api("POST", "/users", json={"usernames": [TEACHER]})
+    assert made.status_code in (201, 409), made.text
+    response = admin.start(CROWD_COURSE, user=TEACHER)
+    assert response.status_code in (201, 202), response.text
+    admin.wait_until_ready(CROWD_COURSE, user=TEACHER, timeout=600)
+    first = cluster.nodes[1]
+    assert servers_by_node(cluster, [first])[first.name] == [TEACHER]
+    first.docker("exec", "-w", "/home/jovyan/data", f"{admin.lab.names.container(TEACHER, CROWD_COURSE)}", "sh", "-c", script)
+    stop_all(admin, CROWD_COURSE, [TEACHER])
+
+
 def course_images(node: Node) -> list[str]:
     """The course images a node's engine holds, by repository and digest."""
     listed = node.docker("images", "--digests", "--format", "{{.Repository}}@{{.Digest}}").stdout.split()
@@ -256,6 +274,8 @@ def test_thirty_first_starts_at_once_spread_over_the_cpu_workers_stay_isolated_a
     )
     assert manifest.status_code == 200 and manifest.headers["Docker-Content-Digest"] == digest, manifest.headers
     assert {node.name: course_images(node) for node in cluster.nodes[1:]} == {node.name: [] for node in cluster.nodes[1:]}
+    # The instructor's server goes to the course data node (the first CPU worker): what it writes there is the data.
+    write_course_data(admin, cluster, "echo week1 > datasets/week1.csv")
     responses = start_at_once(admin, CROWD_COURSE, CROWD)
     assert {name: response.text for name, response in responses.items() if response.status_code not in (201, 202)} == {}
     seconds = wait_all_ready(admin, CROWD_COURSE, CROWD, timeout=900)
@@ -279,17 +299,25 @@ def test_thirty_first_starts_at_once_spread_over_the_cpu_workers_stay_isolated_a
         )
         assert page.status_code in (302, 403), (node.name, page.status_code, page.text[:200])
     assert_isolated(scale_lab, cluster, placed, scale_images)
+    # Every student reads the instructor's data, on either node, and cannot change it.
+    for node in (first, second):
+        container = scale_lab.names.container(placed[node.name][-1], CROWD_COURSE)
+        assert node.docker("exec", container, "cat", f"{DATA}/week1.csv").stdout == "week1\n"
+        assert node.sh(f"docker exec {container} touch {DATA}/mine.csv", check=False, timeout=60).returncode != 0
     # Work follows the student: a file written on the second worker is there when the server starts again, on the
     # node that holds the work (the first worker, equally free, would come first by name).
     keeper = placed[second.name][0]
     container = scale_lab.names.container(keeper, CROWD_COURSE)
     second.docker("exec", container, "sh", "-c", "echo kept > /home/jovyan/work/kept.txt")
     stop_all(admin, CROWD_COURSE, CROWD)
+    # The instructor replaces a week's data meanwhile; the second worker's copy follows at its next start.
+    write_course_data(admin, cluster, "rm datasets/week1.csv && echo week2 > datasets/week2.csv")
     again = admin.start(CROWD_COURSE, user=keeper)
     assert again.status_code in (201, 202), again.text
     admin.wait_until_ready(CROWD_COURSE, user=keeper, timeout=240)
     assert servers_by_node(cluster)[second.name] == [keeper]
     assert second.docker("exec", container, "cat", "/home/jovyan/work/kept.txt").stdout == "kept\n"
+    assert second.docker("exec", container, "ls", DATA).stdout.split() == ["week2.csv"]
     stop_all(admin, CROWD_COURSE, [keeper])
 
 

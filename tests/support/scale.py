@@ -197,6 +197,7 @@ def swarm_lab(
         "node_engine_timeout": ENGINE_TIMEOUT_SECONDS,
         "hub_address": network_gateway(client, cluster.network),
         "node_agent_image": images["hub"],
+        "course_data_node": cluster.nodes[1].name,  # the first CPU worker holds the courses' data as instructors write it
         "extra_labels": dict(labels),
     }
     lines = [f"c.CourseSpawner.{key} = {value!r}" for key, value in settings.items()]

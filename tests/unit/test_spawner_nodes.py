@@ -130,6 +130,7 @@ def fresh_book(monkeypatch):
     monkeypatch.setattr(CourseSpawner, "_node_clients", {})
     monkeypatch.setattr(CourseSpawner, "_unreachable_nodes", {})
     monkeypatch.setattr(CourseSpawner, "_gpu_nodes_reconciled", False)
+    monkeypatch.setattr(CourseSpawner, "_data_refreshes", {})
 
 
 @pytest.fixture
@@ -164,6 +165,7 @@ def make_spawner(lab_state, username: str, course: str, engines: NodeEngines, *,
     config.CourseSpawner.today = lambda: __import__("datetime").date(2026, 11, 15)
     config.CourseSpawner.swarm_placement = swarm
     config.CourseSpawner.hub_address = "10.0.0.1"
+    config.CourseSpawner.course_data_node = "worker-1"  # intro-python has a data volume
     config.CourseSpawner.node_engine_tls = {
         "ca_cert": str(tls / "ca.crt"),
         "client_cert": [str(tls / "hub.crt"), str(tls / "hub.key")],
@@ -199,6 +201,29 @@ async def _prepared(self):
 
 async def _answering(self, url):
     """The server's boot (tests/cluster waits on a real one)."""
+
+
+class DataCopies:
+    """``refresh_copy`` answered from memory (tests/docker and tests/cluster copy real volumes): which node's copy
+    of which volume was refreshed from which node; ``failing`` makes it fail as an engine's error does."""
+
+    def __init__(self):
+        self.refreshed: list[tuple[str, str, str]] = []
+        self.failing = False
+
+    def __call__(self, source, target, volume, *, image, labels):
+        time.sleep(0.2)  # a crowd's starts overlap it
+        if self.failing:
+            raise docker.errors.APIError("the data node's engine failed (stand-in)")
+        self.refreshed.append((source.api.base_url, target.api.base_url, volume))
+        return True
+
+
+@pytest.fixture(autouse=True)
+def data_copies(monkeypatch):
+    copies = DataCopies()
+    monkeypatch.setattr("spawner.hub.spawner.refresh_copy", copies)
+    return copies
 
 
 @pytest.fixture(autouse=True)
@@ -597,3 +622,60 @@ def test_the_gpu_nodes_are_reconciled_once_per_hub_process_before_any_gpu_placem
     asyncio.run(carol.start())  # a later start of the same hub process
     assert carol.gpu_devices == freed
     assert [call for call in engines.calls if call[1] == "containers.list"] == [(GPU_NODE_ADDRESS, "containers.list")]
+
+
+def test_a_crowd_on_another_node_shares_one_refresh_of_the_course_data_and_the_data_node_needs_none(lab_state, data_copies):
+    engines = NodeEngines()
+    crowd = [make_spawner(lab_state, f"student{n}", "intro-python", engines) for n in range(4)]
+
+    async def start_all():
+        await asyncio.gather(*(spawner.start() for spawner in crowd))
+
+    asyncio.run(start_all())
+    assert sorted(spawner.node for spawner in crowd) == ["worker-1", "worker-1", "worker-2", "worker-2"]
+    volume = crowd[0].names.data_volume("intro-python", "datasets")
+    assert data_copies.refreshed == [("https://10.0.0.11:2376", "https://10.0.0.12:2376", volume)]
+
+
+def test_an_instructors_server_goes_to_the_data_node_and_waits_for_it_when_it_is_down(lab_state):
+    engines = NodeEngines()
+    for n in range(2):  # worker-1 is equally free after the first two students, and first by name
+        asyncio.run(make_spawner(lab_state, f"student{n}", "intro-python", engines).start())
+    teacher = make_spawner(lab_state, "prof-lee", "intro-python", engines)
+    asyncio.run(teacher.start())
+    assert teacher.node == "worker-1"
+    CourseSpawner.placement_book = PlacementBook()
+    CourseSpawner._unreachable_nodes["worker-1"] = time.monotonic()  # its engine stopped answering just now
+    again = make_spawner(lab_state, "prof-lee", "intro-python", NodeEngines())
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(again.start())
+    assert refused.value.status_code == 503
+    assert refused.value.log_message == (
+        "Introduction to Python's data is kept on worker-1, which is down: instructors' servers run there; try again later"
+    )
+    student = make_spawner(lab_state, "student9", "intro-python", NodeEngines())
+    asyncio.run(student.start())  # students start elsewhere, with that node's last copy
+    assert student.node == "worker-2"
+
+
+def test_a_copy_that_cannot_be_refreshed_is_said_and_the_start_goes_on(lab_state, data_copies):
+    engines = NodeEngines()
+    data_copies.failing = True
+    asyncio.run(make_spawner(lab_state, "student0", "intro-python", engines).start())
+    second = make_spawner(lab_state, "student1", "intro-python", engines)
+    asyncio.run(second.start())
+    assert second.node == "worker-2" and second.server is not None
+    assert {
+        "progress": 22,
+        "message": "The course data (datasets) could not be brought up to date from worker-1: you see this machine's "
+        "last copy of it",
+    } in second._progress_events
+
+
+def test_a_swarm_without_a_course_data_node_refuses_courses_with_data(lab_state, caplog):
+    spawner = make_spawner(lab_state, "student0", "intro-python", NodeEngines())
+    spawner.course_data_node = ""
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(spawner.start())
+    assert refused.value.log_message == "The lab's machines are not set up right now; tell the lab's admins"
+    assert "set c.CourseSpawner.course_data_node; intro-python has data volumes" in caplog.text
