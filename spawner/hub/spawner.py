@@ -93,6 +93,7 @@ class CourseSpawner(DockerSpawner):
     _unreachable_nodes: dict[str, float] = {}  # node -> when its engine last did not answer (monotonic)
     _gpu_nodes_reconciled = False  # the GPU nodes' holdings were checked against their containers
     _data_refreshes: dict[tuple[str, str], asyncio.Future] = {}  # (node, data volume) -> the refresh under way
+    _image_spreads: dict[str, asyncio.Future] = {}  # image by digest -> its pulls onto the other nodes
 
     catalog_path = Unicode(
         help="""Folder of the course catalog (course_envs/<slug>/course.yaml + environment.yml).
@@ -754,6 +755,46 @@ class CourseSpawner(DockerSpawner):
             self.log.info("course data %s copied from %s to %s in %.1f s", volume, data_node, self.node, time.monotonic() - began)
         return True
 
+    def _pull_on_other_nodes(self, image: str, *, role: str) -> None:
+        """At a version's first start in this hub process, pull its image onto every other ready node of its role in
+        the background: the first server of that version on each of them then finds it there instead of waiting for
+        the pull (minutes for a big image) while a class starts."""
+        spreads = type(self)._image_spreads
+        if image not in spreads:
+            spreads[image] = asyncio.ensure_future(self._pull_everywhere(image, role=role, besides=self.node))
+
+    async def _pull_everywhere(self, image: str, *, role: str, besides: str | None) -> None:
+        try:
+            nodes, addresses = await self._swarm_nodes()
+        except web.HTTPError:
+            return  # the swarm cannot be read now: each node's first server pulls it itself
+        targets = [node.name for node in nodes if node.ready and node.role == role and node.name != besides]
+        await asyncio.gather(*(self._pull_onto(name, addresses[name], image) for name in targets))
+
+    async def _pull_onto(self, node: str, address: str, image: str) -> None:
+        repository, digest = image.split("@", 1)
+        began = time.monotonic()
+        try:
+            try:
+                await self._node_docker(address, "inspect_image", image)
+                return
+            except docker.errors.NotFound:
+                pass
+            reason = stream_error(pull_stream_events(await self._node_docker(address, "pull", repository, tag=digest)))
+        except (docker.errors.APIError, *ENGINE_UNREACHABLE) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if reason is None:
+            self.log.info("pulled %s onto %s ahead of its first server there in %.1f s", image, node, time.monotonic() - began)
+        else:
+            self.log.warning(
+                "pulling %s onto %s ahead of its first server failed (that server will pull it): %s", image, node, reason
+            )
+
+    async def _node_docker(self, address: str, method: str, *args, **kwargs):
+        """One docker-py APIClient call on the engine of the node at ``address`` (any node, not only this server's)."""
+        api = self._node_engine(address).api
+        return await self._in_docker_pool(lambda: getattr(api, method)(*args, **kwargs))
+
     async def _reconcile_gpu_nodes_once(self) -> None:
         """Before this hub process's first GPU placement, make the ledger's holdings on every GPU node equal to the GPU
         labels of that node's running containers, as a single server's hub start does for its own engine: a holding
@@ -908,6 +949,8 @@ class CourseSpawner(DockerSpawner):
             if self.swarm_placement:
                 self._report(12, f"Choosing a machine for {course.title}")
                 await self._place(course, writes_data=(access.role or "student") != "student")
+                if naming.is_digest_reference(image):
+                    self._pull_on_other_nodes(image, role="gpu" if course.gpu else "cpu")
                 await self._prepare_node()
             elif course.gpu:
                 await self._check_cuda_driver(course, version)  # before any GPU is held

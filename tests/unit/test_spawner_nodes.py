@@ -81,8 +81,14 @@ class NodeEngines:
             self.check_answers(address)
             return self.answer(address, method, *args, **kwargs)
 
+        async def call_on(address, method, *args, **kwargs):
+            self.calls.append((address, method))
+            self.check_answers(address)
+            return self.answer(address, method, *args, **kwargs)
+
         built = spawner._node_engine
         spawner.docker = call
+        spawner._node_docker = call_on
         spawner._node_engine = lambda address: SimpleNamespace(
             api=built(address).api, containers=SimpleNamespace(list=lambda filters: self.running(address, filters))
         )
@@ -131,6 +137,7 @@ def fresh_book(monkeypatch):
     monkeypatch.setattr(CourseSpawner, "_unreachable_nodes", {})
     monkeypatch.setattr(CourseSpawner, "_gpu_nodes_reconciled", False)
     monkeypatch.setattr(CourseSpawner, "_data_refreshes", {})
+    monkeypatch.setattr(CourseSpawner, "_image_spreads", {})
 
 
 @pytest.fixture
@@ -395,6 +402,27 @@ def test_a_version_in_the_registry_is_pulled_by_digest_on_each_nodes_first_serve
     first = spawners[0]
     assert first.image == PUSHED and first.image_version == "v1"
     assert any(event["message"].startswith("Fetching the course's environment onto") for event in first._progress_events)
+
+
+def test_a_versions_first_start_pulls_it_onto_the_other_nodes_so_their_first_servers_find_it_there(lab_state):
+    pushed_version(lab_state)
+    engines = PullingEngines()
+    alice, bob, carol = (make_spawner(lab_state, name, "intro-python", engines) for name in ("alice", "bob", "carol"))
+
+    async def class_starts():
+        await alice.start()
+        await asyncio.gather(*CourseSpawner._image_spreads.values())
+        pulled_ahead = list(engines.pulls)
+        await bob.start()
+        await carol.start()
+        return pulled_ahead
+
+    pulled_ahead = asyncio.run(class_starts())
+    other = {"10.0.0.11": "10.0.0.12", "10.0.0.12": "10.0.0.11"}[alice.node_address]
+    repository = "10.0.0.1:5000/teachlab-test/course-intro-python"
+    assert sorted(pulled_ahead) == sorted([(alice.node_address, repository, DIGEST), (other, repository, DIGEST)])
+    assert bob.node_address == other and sorted(engines.pulls) == sorted(pulled_ahead)  # found there: no pull at its start
+    assert not any(event["message"].startswith("Fetching") for event in bob._progress_events)
 
 
 def test_a_new_version_reaches_a_node_at_its_next_start_with_nothing_done_on_the_node(lab_state):
