@@ -306,7 +306,7 @@ def test_the_registry_recipe_serves_tls_only_with_files_given_at_run_time_and_ke
         "key": "/run/teachlab-registry/key.pem",
     }
     assert config["storage"]["filesystem"]["rootdirectory"] == "/var/lib/docker-registry"
-    assert REGISTRY not in STACK_IMAGE_NAMES  # built on demand: the stack does not deploy it yet
+    assert REGISTRY not in STACK_IMAGE_NAMES  # a single server's stack has no registry; a swarm's (with_registry) has
     # Without a certificate and key the start script stops before it does anything, saying what to set.
     script = tmp_path / "teachlab-registry.sh"
     script.write_bytes(context["teachlab-registry.sh"])
