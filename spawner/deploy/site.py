@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..catalog import load_catalog
+from ..core.contract import Labels
 from ..core.problems import Problem, ProblemsError
 from ..core.schemacheck import schema_problems
 from ..core.yamlfile import load_yaml_file
@@ -253,6 +254,16 @@ def _swarm_problems(site: Site, shown_as: str) -> list[Problem]:
                 "swarm.manager_address",
                 f"{address} is inside the students' subnet {site.students_subnet}",
                 "write this server's address on the nodes' network, or move network.students_subnet",
+            )
+        )
+    if site.gpus:
+        problems.append(
+            Problem(
+                shown_as,
+                "gpus",
+                "on a swarm, GPUs are declared per node, not in the site file",
+                f"remove gpus: and label each GPU node: docker node update --label-add {Labels.NODE_ROLE}=gpu "
+                f"--label-add {Labels.NODE_GPUS}=0,1 NODE",
             )
         )
     if swarm.registry_port in (swarm.engine_port, site.ssh_port):

@@ -216,10 +216,18 @@ def test_swarm_section_mistakes_are_one_line_each(site_file, swarm, expected):
         pytest.param({**SWARM, "manager_address": "172.30.0.9"}, "is inside the students' subnet", id="in-students-subnet"),
         pytest.param({**SWARM, "manager_address": "10.0.0.999"}, "swarm.manager_address: 10.0.0.999 is not an address", id="bad"),
         pytest.param({**SWARM, "registry_port": 2376}, "swarm.registry_port: 2376 is taken", id="port-of-the-engines"),
+        pytest.param(
+            {**SWARM, "gpus": [{"uuid": "GPU-a", "index": 0, "model": "m", "memory": "1G"}]},
+            "gpus: on a swarm, GPUs are declared per node",
+            id="gpus-in-the-site-file",
+        ),
     ],
 )
 def test_what_only_the_server_can_check_of_a_swarm(site_file, swarm, fragment):
-    lines = problem_lines(site_file({"swarm": swarm}))
+    changes = {"swarm": {key: value for key, value in swarm.items() if key != "gpus"}}
+    if "gpus" in swarm:
+        changes["gpus"] = swarm["gpus"]
+    lines = problem_lines(site_file(changes))
     assert len(lines) == 1 and fragment in lines[0], lines
 
 
