@@ -4,8 +4,8 @@ tests/cluster/test_scale_out.py and bench/cluster_spawn.py.
 The swarm: one manager (drained: it runs no student's server), two CPU workers and a GPU worker with four fake
 GPUs (the stand-in nvidia-container-runtime-hook of tests/fake_gpu_runtime is on each node's PATH, so device
 requests start and the container sees exactly its devices); each node's dockerd also listens on TCP 2376 with
-mutual TLS (certificates of the product's node CA, ``NodeCertificates``, made in a folder of the test's). The stack's registry (its image from
-``StackImageBuilder.build_registry``) runs on the manager with a certificate of the same CA, which every node trusts
+mutual TLS (certificates of the product's node CA, ``NodeCertificates``, made in a folder of the test's). The
+stack's registry (its image from ``StackImageBuilder.build_registry``) runs on the manager with a certificate of the same CA, which every node trusts
 (``/etc/docker/certs.d/<manager>:5000/ca.crt``); the courses are published with it (``publish_scale_courses``): each
 version is pushed and recorded by digest, and a worker's engine pulls it on its first server of that version. The
 lab: the test lab's provider, proxy and hub run on this machine with ``swarm_placement`` on. Stand-ins, named: the
