@@ -187,8 +187,12 @@ class Cluster:
     def engine_url(self, node: Node) -> str:
         return f"tcp://{node.address}:{ENGINE_PORT}"
 
-    def add_node(self, index: int | None = None) -> Node:
+    def add_node(self, index: int | None = None, *, engine_tls: bool | None = None) -> Node:
+        """Node ``index`` (the next one unless told); ``engine_tls`` (default: the cluster's) makes its dockerd wait
+        for its certificate and listen on TCP with mutual TLS."""
         index = len(self.nodes) if index is None else index
+        if engine_tls is None:
+            engine_tls = self.engine_tls is not None
         name = f"{self.name}-{index}"
         volume = self.client.volumes.create(f"{name}-docker", labels=dict(self.labels))
         published = {f"{port}/tcp": ("127.0.0.1", None) for port in self.first_node_loopback_ports} if index == 0 else {}
@@ -199,7 +203,7 @@ class Cluster:
             detach=True,
             network=self.network,
             labels=dict(self.labels),
-            environment={"TEACHLAB_NODE_ENGINE_TLS": "1"} if self.engine_tls is not None else {},
+            environment={"TEACHLAB_NODE_ENGINE_TLS": "1"} if engine_tls else {},
             **({"ports": published} if published else {}),
             volumes={
                 volume.name: {"bind": "/var/lib/docker", "mode": "rw"},
