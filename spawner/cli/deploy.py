@@ -158,6 +158,31 @@ def _erase_person(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _node_certificates(args: argparse.Namespace, console: Console) -> int:
+    import ipaddress
+
+    from ..core.problems import TeachlabError
+    from ..deploy.certificates import NodeCertificates
+    from ..deploy.site import load_site
+
+    site = load_site(_site_path(args))
+    if site.swarm is None:
+        raise TeachlabError(f"{site.path} has no swarm section: add one first (docs/admins.md, Adding machines)")
+    for address in args.addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise TeachlabError(f"{address} is not an address: give each node's address in the swarm (docker node inspect)")
+    certificates = NodeCertificates(site.node_certificates_dir).ensure(site.swarm.manager_address)
+    for address in args.addresses:
+        node = certificates.write_node(address, engine_port=site.swarm.engine_port, registry=site.swarm.registry_address)
+        console.print(f"{address}: copy {node.tree} onto the node (see {node.folder / 'README.txt'})", markup=False)
+    console.print(
+        f"the hub's client certificate for teachlab nodes: DOCKER_CERT_PATH={certificates.docker_cli_folder}", markup=False
+    )
+    return 0
+
+
 def _site_docs(args: argparse.Namespace, console: Console) -> int:
     from ..deploy.docs import render_site_yaml_reference
 
@@ -195,6 +220,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     erase = action("erase-person", "erase a person: servers, work, SSH keys, GPU and hub records, archives", _erase_person)
     erase.add_argument("username")
     erase.add_argument("--confirm", required=True, metavar="USERNAME", help="the same username again")
+    nodes = action(
+        "node-certificates", "on a swarm: the lab's node CA and each node's engine certificate and settings", _node_certificates
+    )
+    nodes.add_argument("addresses", nargs="+", metavar="ADDRESS", help="a node's address in the swarm")
     docs = actions.add_parser("site-docs", help="write the site file reference from its JSON Schema")
     docs.add_argument("--output", default="docs/site-yaml.md", help="where to write (default: docs/site-yaml.md)")
     docs.set_defaults(handler=_site_docs)

@@ -2,8 +2,9 @@
 
 Each image starts from the root filesystem ``teachlab image build-base`` makes (debootstrap + ``docker
 import``; no registry is ever asked) and adds Debian's packages (PostgreSQL, nginx, configurable-http-proxy,
-docker-registry) or this repository's hub. The registry (docs/scale-out.md, "Images on every node") is built on
-demand (``build_registry``): the stack does not deploy it yet, so ``plan`` and ``build`` leave it out by default. An image's tag is the digest of its build context and root filesystem, so
+docker-registry) or this repository's hub. The registry (docs/scale-out.md, "Images on every node") is one of
+the stack's images only on a swarm (``with_registry``: the site file's ``swarm`` section). An image's tag is the
+digest of its build context and root filesystem, so
 ``teachlab deploy up`` knows which tags the current source needs, an unchanged image is never rebuilt, and
 a changed hub gets a new tag that ``teachlab deploy upgrade`` rolls the hub service to.
 """
@@ -111,8 +112,11 @@ class StackImageBuilder:
         client: docker.DockerClient,
         progress: Progress | None = None,
         source: Path = REPO_ROOT,
+        *,
+        with_registry: bool = False,
     ):
         self.settings = settings
+        self.names = (*STACK_IMAGE_NAMES, REGISTRY) if with_registry else STACK_IMAGE_NAMES
         self.source = source
         self.client = client
         self.progress = progress or Progress(quiet=True)
@@ -133,8 +137,9 @@ class StackImageBuilder:
         except docker.errors.ImageNotFound:
             return None
 
-    def plan(self, *, build_rootfs: bool = False, names: Sequence[str] = STACK_IMAGE_NAMES) -> list[PlannedImage]:
-        """The base first (each image's recipe includes it), then the images ``names`` (the stack's four)."""
+    def plan(self, *, build_rootfs: bool = False, names: Sequence[str] | None = None) -> list[PlannedImage]:
+        """The base first (each image's recipe includes it), then the images ``names`` (the stack's)."""
+        names = self.names if names is None else names
         rootfs = self.rootfs(build=build_rootfs)
         settings_files = render_settings_files(self.builder.flavor(ROOTFS_FLAVOR), self.builder.pip_settings())
         base_context = build_context(BASE, rootfs, "", settings_files)
@@ -192,4 +197,4 @@ class StackImageBuilder:
 
 
 def _stack_images(planned: list[PlannedImage]) -> StackImages:
-    return StackImages(**{image.name: image.reference for image in planned if image.name in STACK_IMAGE_NAMES})
+    return StackImages(**{image.name: image.reference for image in planned if image.name in (*STACK_IMAGE_NAMES, REGISTRY)})

@@ -18,11 +18,13 @@ import sqlalchemy
 
 from ..core import naming
 from ..core.contract import Labels, StateLayout
+from ..core.problems import TeachlabError
 from ..core.progress import Progress
 from ..core.secrets import hex_secret, private_folder, write_private
 from ..engine import connect
 from ..images.settings import BuildSettings
 from ..node.disks import VolumeStore
+from .certificates import NodeCertificates
 from .hubapi import DeployHubApi
 from .images import StackImageBuilder
 from .site import Site
@@ -42,6 +44,7 @@ from .stack import (
     hub_settings,
     render_nginx_config,
     render_stack,
+    stack_secrets,
 )
 from .swarm import ServiceState, Swarm
 
@@ -82,7 +85,11 @@ class ProductionLab:
         return BuildSettings.from_environment(state_dir=self.site.state_dir, image_namespace=self.site.image_namespace)
 
     def image_builder(self) -> StackImageBuilder:
-        return StackImageBuilder(self.build_settings, self.client, self.progress)
+        return StackImageBuilder(self.build_settings, self.client, self.progress, with_registry=self.site.swarm is not None)
+
+    def node_certificates(self) -> NodeCertificates:
+        """On a swarm: the lab's node CA, the hub's client certificate and the registry's, made when missing."""
+        return NodeCertificates(self.site.node_certificates_dir).ensure(self.site.swarm.manager_address)
 
     def images(self) -> StackImages:
         return self.image_builder().current()
@@ -144,7 +151,10 @@ class ProductionLab:
     def render(self, images: StackImages, *, hub_replicas: int = 1) -> Path:
         """Make the Docker secrets and the nginx config, write the stack file; returns its path."""
         names = {}
-        for secret in ALL_SECRETS:
+        if self.site.swarm is not None:
+            self._require_swarm_address()
+            self.node_certificates()
+        for secret in stack_secrets(self.site):
             data = self.secret_bytes(secret)
             names[secret.name] = self.swarm.ensure_secret(content_name(STACK_NAME, secret.name, data), data)
         nginx = render_nginx_config(self.site).encode()
@@ -155,6 +165,16 @@ class ProductionLab:
         path.write_text(text)
         self._kept = [*names.values(), nginx_name]
         return path
+
+    def _require_swarm_address(self) -> None:
+        """The site file's manager address is the one this swarm advertises: nodes reach the hub and registry there."""
+        advertised = self.client.info().get("Swarm", {}).get("NodeAddr", "")
+        wanted = self.site.swarm.manager_address
+        if advertised != wanted:
+            raise TeachlabError(
+                f"{self.site.path}:swarm.manager_address: {wanted} is not the address this swarm manager advertises "
+                f"({advertised or 'none'}) (write that address, or docker swarm init --advertise-addr {wanted})"
+            )
 
     def deploy(self, images: StackImages, *, hub_replicas: int = 1, timeout: float = 600) -> list[ServiceState]:
         """Deploy (or update) the stack and wait until every service is healthy."""

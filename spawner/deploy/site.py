@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from ..catalog import load_catalog
+from ..core.contract import Labels
 from ..core.problems import Problem, ProblemsError
 from ..core.schemacheck import schema_problems
 from ..core.yamlfile import load_yaml_file
 
+NODE_CERTIFICATES_FOLDER = "nodes"  # in the secrets folder: the lab's node CA and what it signs
 SITE_FILE_VARIABLE = "TEACHLAB_SITE_FILE"
 NAMESPACE_VARIABLE = "TEACHLAB_IMAGE_NAMESPACE"  # what `teachlab image build-base` and `course publish` use too
 DEFAULT_NAMESPACE = "teachlab"
@@ -41,6 +43,22 @@ def _default(*path: str) -> Any:
     for key in path:
         node = node["properties"][key]
     return node["default"]
+
+
+@dataclass(frozen=True)
+class SwarmSection:
+    """The site file's ``swarm`` section: the lab's servers run on the swarm's nodes (docs/admins.md, Adding machines)."""
+
+    manager_address: str
+    course_data_node: str
+    engine_port: int
+    registry_port: int
+    engine_timeout_seconds: float
+
+    @property
+    def registry_address(self) -> str:
+        """The stack's registry as the nodes reach it: it names every course image pushed there."""
+        return f"{self.manager_address}:{self.registry_port}"
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,12 @@ class Site:
     ssh_port: int
     keep_archives_days: int
     image_namespace: str
+    swarm: SwarmSection | None = None  # None: one server
+
+    @property
+    def node_certificates_dir(self) -> Path:
+        """The lab's node CA and the certificates it signs (``spawner.deploy.certificates``)."""
+        return self.secrets_dir / NODE_CERTIFICATES_FOLDER
 
     @property
     def public_url(self) -> str:
@@ -116,6 +140,19 @@ def site_from_data(data: Mapping[str, Any], path: Path) -> Site:
         ssh_port=_value(data, "network", "ssh_port"),
         keep_archives_days=_value(data, "end_of_term", "keep_archives_days"),
         image_namespace=_section(data, "images").get("namespace") or os.environ.get(NAMESPACE_VARIABLE) or DEFAULT_NAMESPACE,
+        swarm=_swarm_section(data),
+    )
+
+
+def _swarm_section(data: Mapping[str, Any]) -> SwarmSection | None:
+    if "swarm" not in data:
+        return None
+    return SwarmSection(
+        manager_address=data["swarm"]["manager_address"],
+        course_data_node=data["swarm"]["course_data_node"],
+        engine_port=_value(data, "swarm", "engine_port"),
+        registry_port=_value(data, "swarm", "registry_port"),
+        engine_timeout_seconds=float(_value(data, "swarm", "engine_timeout_seconds")),
     )
 
 
@@ -188,6 +225,59 @@ def _subnet_problems(site: Site, shown_as: str) -> list[Problem]:
     return []
 
 
+def _swarm_problems(site: Site, shown_as: str) -> list[Problem]:
+    swarm = site.swarm
+    if swarm is None:
+        return []
+    problems = []
+    try:
+        address = ipaddress.ip_address(swarm.manager_address)
+    except ValueError as exc:
+        return [
+            Problem(
+                shown_as, "swarm.manager_address", f"{swarm.manager_address} is not an address ({exc})", "write e.g. 10.0.0.2"
+            )
+        ]
+    if address.is_loopback or address.is_unspecified:
+        problems.append(
+            Problem(
+                shown_as,
+                "swarm.manager_address",
+                f"{address} cannot be reached from other machines",
+                "write this server's address on the nodes' network (docker swarm init --advertise-addr)",
+            )
+        )
+    elif address in ipaddress.ip_network(site.students_subnet, strict=False):
+        problems.append(
+            Problem(
+                shown_as,
+                "swarm.manager_address",
+                f"{address} is inside the students' subnet {site.students_subnet}",
+                "write this server's address on the nodes' network, or move network.students_subnet",
+            )
+        )
+    if site.gpus:
+        problems.append(
+            Problem(
+                shown_as,
+                "gpus",
+                "on a swarm, GPUs are declared per node, not in the site file",
+                f"remove gpus: and label each GPU node: docker node update --label-add {Labels.NODE_ROLE}=gpu "
+                f"--label-add {Labels.NODE_GPUS}=0,1 NODE",
+            )
+        )
+    if swarm.registry_port in (swarm.engine_port, site.ssh_port):
+        problems.append(
+            Problem(
+                shown_as,
+                "swarm.registry_port",
+                f"{swarm.registry_port} is taken by another of the lab's ports",
+                "pick another port",
+            )
+        )
+    return problems
+
+
 def _gpu_problems(site: Site, shown_as: str) -> list[Problem]:
     problems = []
     for key in ("uuid", "index"):
@@ -213,6 +303,7 @@ def machine_problems(site: Site, *, today: datetime.date | None = None) -> list[
     problems += [secret] if secret else []
     problems += _subnet_problems(site, shown_as)
     problems += _gpu_problems(site, shown_as)
+    problems += _swarm_problems(site, shown_as)
     if not site.catalog.is_dir():
         problems.append(Problem(shown_as, "catalog", f"{site.catalog} is not a folder", "write the path of the course catalog"))
     else:

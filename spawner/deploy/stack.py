@@ -19,7 +19,8 @@ import jinja2
 from ..core import naming
 from ..core.contract import REPO_ROOT, Labels
 from ..hub.settings import HubSettings
-from .site import Site
+from . import certificates
+from .site import NODE_CERTIFICATES_FOLDER, Site
 
 STACK_DIR = REPO_ROOT / "deploy" / "stack"
 STACK_NAME = "teachlab"
@@ -34,6 +35,7 @@ NGINX_HEALTH_PATH = "/teachlab-nginx-health"
 HSTS_SECONDS = 63072000  # two years
 HUB_CONFIG = "/opt/teachlab/jupyterhub_config.py"
 HUB_VENV = "/opt/teachlab/venv"
+REGISTRY_STORAGE = "/var/lib/docker-registry"  # deploy/stack/registry/config.yml's storage
 
 
 @dataclass(frozen=True)
@@ -53,15 +55,16 @@ PORTS = Ports()
 
 @dataclass(frozen=True)
 class StackImages:
-    """References of the stack's four images (``spawner.deploy.images`` builds them)."""
+    """References of the stack's images (``spawner.deploy.images`` builds them); the registry's only on a swarm."""
 
     hub: str
     proxy: str
     postgres: str
     nginx: str
+    registry: str = ""
 
     def references(self) -> tuple[str, ...]:
-        return (self.hub, self.proxy, self.postgres, self.nginx)
+        return tuple(reference for reference in (self.hub, self.proxy, self.postgres, self.nginx, self.registry) if reference)
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,30 @@ TLS_CERTIFICATE = LabSecret("tls_certificate", "tls-certificate", False)
 TLS_KEY = LabSecret("tls_key", "tls-key", False)
 ALL_SECRETS = (*GENERATED_SECRETS, OIDC_CLIENT_SECRET, TLS_CERTIFICATE, TLS_KEY)
 HUB_SECRETS = (*GENERATED_SECRETS, OIDC_CLIENT_SECRET)
-_BY_NAME = {secret.name: secret for secret in ALL_SECRETS}
+
+
+def _node_file(name: str) -> str:
+    return f"{NODE_CERTIFICATES_FOLDER}/{name}"
+
+
+# On a swarm: the files ``teachlab deploy node-certificates`` makes (spawner.deploy.certificates), in the secrets folder.
+ENGINE_CA = LabSecret("engine_ca", _node_file(certificates.CA_FILE), False)
+ENGINE_CLIENT_CERTIFICATE = LabSecret("engine_client_certificate", _node_file(certificates.HUB_CERTIFICATE_FILE), False)
+ENGINE_CLIENT_KEY = LabSecret("engine_client_key", _node_file(certificates.HUB_KEY_FILE), False)
+REGISTRY_CERTIFICATE = LabSecret("registry_certificate", _node_file(certificates.REGISTRY_CERTIFICATE_FILE), False)
+REGISTRY_KEY = LabSecret("registry_key", _node_file(certificates.REGISTRY_KEY_FILE), False)
+HUB_SWARM_SECRETS = (ENGINE_CA, ENGINE_CLIENT_CERTIFICATE, ENGINE_CLIENT_KEY)
+SWARM_SECRETS = (*HUB_SWARM_SECRETS, REGISTRY_CERTIFICATE, REGISTRY_KEY)
+_BY_NAME = {secret.name: secret for secret in (*ALL_SECRETS, *SWARM_SECRETS)}
+
+
+def stack_secrets(site: Site) -> tuple[LabSecret, ...]:
+    """Every secret the site's stack uses: the node certificates' too on a swarm."""
+    return (*ALL_SECRETS, *SWARM_SECRETS) if site.swarm else ALL_SECRETS
+
+
+def hub_secrets(site: Site) -> tuple[LabSecret, ...]:
+    return (*HUB_SECRETS, *HUB_SWARM_SECRETS) if site.swarm else HUB_SECRETS
 
 
 def secret(name: str) -> LabSecret:
@@ -117,7 +143,20 @@ def hub_address(site: Site) -> str:
 
 def hub_settings(site: Site, images: StackImages, ports: Ports = PORTS) -> HubSettings:
     """What the hub service is told: the site file's choices and where the stack puts secrets and databases."""
-    path = {item.name: item.container_path for item in ALL_SECRETS}
+    path = {item.name: item.container_path for item in _BY_NAME.values()}
+    swarm = site.swarm
+    on_a_swarm = {}
+    if swarm is not None:
+        on_a_swarm = dict(
+            swarm_placement=True,
+            swarm_hub_address=swarm.manager_address,
+            node_engine_port=swarm.engine_port,
+            node_engine_timeout_seconds=swarm.engine_timeout_seconds,
+            node_engine_ca_file=path[ENGINE_CA.name],
+            node_engine_certificate_file=path[ENGINE_CLIENT_CERTIFICATE.name],
+            node_engine_key_file=path[ENGINE_CLIENT_KEY.name],
+            course_data_node=swarm.course_data_node,
+        )
     return HubSettings(
         state_dir=site.state_dir,
         catalog_path=site.catalog,
@@ -147,12 +186,24 @@ def hub_settings(site: Site, images: StackImages, ports: Ports = PORTS) -> HubSe
         node_agent_image=images.hub,
         ssh_port=site.ssh_port,
         ssh_bind="0.0.0.0",
+        **on_a_swarm,
     )
+
+
+def registry_environment(site: Site) -> dict[str, str]:
+    """On a swarm, where publishing pushes course images: the registry as the nodes reach it (it names the images),
+    and as this server's engine reaches it (its loopback: Docker trusts a registry there without a certificate)."""
+    if site.swarm is None:
+        return {}
+    return {
+        "TEACHLAB_REGISTRY": site.swarm.registry_address,
+        "TEACHLAB_REGISTRY_PUSH_ADDRESS": f"127.0.0.1:{site.swarm.registry_port}",
+    }
 
 
 def hub_environment(site: Site, images: StackImages) -> dict[str, str]:
     """The hub service's variables: every setting spelled out, secrets only as file paths."""
-    environment = hub_settings(site, images).to_environment()
+    environment = hub_settings(site, images).to_environment() | registry_environment(site)
     environment.pop("TEACHLAB_OIDC_CLIENT_SECRET", None)  # read from its file
     return dict(sorted(environment.items()))
 
@@ -190,9 +241,11 @@ def render_stack(
 ) -> str:
     """The stack file; ``external_secrets`` maps each secret's stack name to its Docker secret's name.
     ``hub_replicas`` 0 deploys everything but the hub (a restore fills the databases first)."""
-    missing = sorted(set(_BY_NAME) - set(external_secrets))
+    missing = sorted({item.name for item in stack_secrets(site)} - set(external_secrets))
     if missing:
         raise ValueError(f"no Docker secret for {', '.join(missing)}")
+    if site.swarm is not None and not images.registry:
+        raise ValueError("a swarm's stack runs the registry: give its image")
     return (
         _templates()
         .get_template("stack.yml.j2")
@@ -202,9 +255,11 @@ def render_stack(
             ports=ports,
             hub_address=site.hub_address,
             database_dir=DATABASE_DIR,
-            secret_files={item.name: item.target for item in ALL_SECRETS},
+            secret_files={item.name: item.target for item in stack_secrets(site)},
             hub_environment=hub_environment(site, images),
-            hub_secrets={item.name: item.target for item in HUB_SECRETS},
+            hub_secrets={item.name: item.target for item in hub_secrets(site)},
+            swarm=site.swarm,
+            registry_volume_dir=REGISTRY_STORAGE,
             state_dir=site.state_dir,
             catalog=site.catalog,
             nginx_config=NGINX_CONFIG,

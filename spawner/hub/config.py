@@ -212,6 +212,8 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     write_pgpass(settings)
     # The catalog is checked before anything starts: a broken catalog stops the hub with one line per problem.
     catalog = load_catalog_or_stop(settings.catalog_path)
+    if settings.swarm_placement and (problems := swarm_problems(settings)):
+        stop_hub(problems)
     today = today_function(settings)
 
     # Hub, proxy and database. The proxy runs on its own, so restarting the hub never interrupts students;
@@ -268,6 +270,8 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     c.CourseSpawner.poll_interval = settings.poll_interval_seconds
     if settings.node_agent_image:
         c.CourseSpawner.node_agent_image = settings.node_agent_image
+    if settings.swarm_placement:
+        apply_swarm(settings, c, net.gateway)
 
     # GPUs: discovered with NVML ("nvml") or declared (a JSON list); the ledger is made equal to what this
     # lab's containers hold before the hub takes any request.
@@ -349,6 +353,36 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
         cache.on_reload_async(retire_replaced_tokens_listener(METRICS_SERVICE, settings.metrics_token))
     if settings.deploy_token_file:
         c.JupyterHub.services.append({"name": DEPLOY_SERVICE, "api_token": settings.deploy_token_file.read_text().strip()})
+
+
+def swarm_problems(settings: HubSettings) -> list[str]:
+    """What a hub that places servers on a swarm cannot do without (one line each, naming the variable)."""
+    needed = {
+        "TEACHLAB_SWARM_HUB_ADDRESS": settings.swarm_hub_address,
+        "TEACHLAB_NODE_ENGINE_CA_FILE": settings.node_engine_ca_file,
+        "TEACHLAB_NODE_ENGINE_CERTIFICATE_FILE": settings.node_engine_certificate_file,
+        "TEACHLAB_NODE_ENGINE_KEY_FILE": settings.node_engine_key_file,
+        "TEACHLAB_NODE_AGENT_IMAGE": settings.node_agent_image,
+    }
+    return [
+        f"teachlab: {variable} is not set: TEACHLAB_SWARM_PLACEMENT needs it (docs/admins.md, Adding machines)"
+        for variable, value in needed.items()
+        if not value
+    ]
+
+
+def apply_swarm(settings: HubSettings, c: Any, gateway: str) -> None:
+    """Servers on the swarm's nodes (docs/scale-out.md): the spawner places them and reaches each node's engine over
+    mutual TLS. The hub listens on every address of its node, because servers on other nodes reach it through their
+    node's forward to ``swarm_hub_address``; every server is told the students' gateway, the same on every node."""
+    c.CourseSpawner.swarm_placement = True
+    c.CourseSpawner.hub_address = settings.swarm_hub_address
+    c.CourseSpawner.node_engine_url_template = f"tcp://{{address}}:{settings.node_engine_port}"
+    c.CourseSpawner.node_engine_tls = settings.node_engine_tls
+    c.CourseSpawner.node_engine_timeout = settings.node_engine_timeout_seconds
+    c.CourseSpawner.course_data_node = settings.course_data_node
+    c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{settings.hub_port}"
+    c.JupyterHub.hub_connect_url = f"http://{gateway}:{settings.hub_port}"
 
 
 def nothing_to_refresh_without_a_sign_in(authenticator: Any, user: Any, auth_state: Any) -> bool | None:

@@ -406,6 +406,72 @@ class HubSettings:
         example="teachlab/hub:3f9c2a1b7d4e",
     )
 
+    # -- a swarm (docs/scale-out.md): servers placed on the nodes, whose engines the hub reaches over mutual TLS ----
+    swarm_placement: bool = setting(
+        "TEACHLAB_SWARM_PLACEMENT",
+        False,
+        "Place each student's server on a node of the swarm this hub's engine manages, and create it on that node's "
+        "engine over mutual TLS (the TEACHLAB_NODE_ENGINE_* files); off: every server runs on the hub's own engine.",
+        parse=_boolean,
+        example="true",
+    )
+    swarm_hub_address: str = setting(
+        "TEACHLAB_SWARM_HUB_ADDRESS",
+        "",
+        "The hub's address as the swarm's nodes reach it (the manager's): each node forwards its students' gateway's hub "
+        "port there.",
+        example="10.0.0.2",
+    )
+    node_engine_port: int = setting(
+        "TEACHLAB_NODE_ENGINE_PORT", 2376, "Port where each node's Docker engine listens with mutual TLS.", parse=int
+    )
+    node_engine_timeout_seconds: float = setting(
+        "TEACHLAB_NODE_ENGINE_TIMEOUT",
+        10.0,
+        "Seconds a node's engine may take to answer one call; one that does not answer has lost its servers.",
+        parse=float,
+    )
+    node_engine_ca_file: Path | None = setting(
+        "TEACHLAB_NODE_ENGINE_CA_FILE",
+        None,
+        "The lab's node CA (PEM): the hub trusts a node's engine only with a certificate it signed.",
+        parse=_path,
+        example="/run/secrets/teachlab-engine-ca",
+    )
+    node_engine_certificate_file: Path | None = setting(
+        "TEACHLAB_NODE_ENGINE_CERTIFICATE_FILE",
+        None,
+        "The hub's client certificate for the nodes' engines (PEM, signed by the node CA).",
+        parse=_path,
+        example="/run/secrets/teachlab-engine-client-certificate",
+    )
+    node_engine_key_file: Path | None = setting(
+        "TEACHLAB_NODE_ENGINE_KEY_FILE",
+        None,
+        "The key of that client certificate (a Docker secret).",
+        parse=_path,
+        example="/run/secrets/teachlab-engine-client-key",
+    )
+    course_data_node: str = setting(
+        "TEACHLAB_COURSE_DATA_NODE",
+        "",
+        "On a swarm: the node that keeps every course's data volumes as instructors write them; the other nodes get "
+        "a copy at a start.",
+        example="worker-1",
+    )
+
+    @property
+    def node_engine_tls(self) -> dict[str, Any]:
+        """docker-py ``TLSConfig`` arguments of the nodes' engines, from the three files (empty: none given)."""
+        files = (self.node_engine_ca_file, self.node_engine_certificate_file, self.node_engine_key_file)
+        if not all(files):
+            return {}
+        return {
+            "ca_cert": str(self.node_engine_ca_file),
+            "client_cert": [str(self.node_engine_certificate_file), str(self.node_engine_key_file)],
+            "verify": True,
+        }
+
     @property
     def layout(self) -> StateLayout:
         return StateLayout(self.state_dir)

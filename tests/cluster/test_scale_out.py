@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -114,10 +113,7 @@ def start_at_once(admin, course: str, names) -> dict:
 def teachlab_nodes(lab, cluster: Cluster, certificates) -> str:
     """``teachlab nodes`` as an admin runs it on the manager: its engine over TLS with the hub's client certificate
     (docker's own file names in DOCKER_CERT_PATH), every worker's engine given with --engine."""
-    cert_path = certificates.folder / "docker-cli"
-    cert_path.mkdir(exist_ok=True)
-    for source, target in (("ca.crt", "ca.pem"), ("hub.crt", "cert.pem"), ("hub.key", "key.pem")):
-        shutil.copy(certificates.folder / source, cert_path / target)
+    cert_path = certificates.docker_cli_folder
     manager, *workers = cluster.nodes
     env = {key: value for key, value in os.environ.items() if key != "REQUESTS_CA_BUNDLE"}
     env |= {"DOCKER_HOST": cluster.engine_url(manager), "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(cert_path)}

@@ -7,8 +7,8 @@ touching this machine's own engine state (no ``docker swarm init`` here, ever).
   (as workers or managers); ``load_images`` copies images in with ``docker save | docker load``, saving once
   and loading into every node at the same time.
 * ``Node``: run a shell script in a node, copy files in and out, its own ``docker``.
-* ``EngineCertificates``: a CA of the test's own (the stand-in for the stack's CA), a certificate per node's engine
-  (for its address) and one for the hub: the nodes' engines on TCP with mutual TLS (``engine_tls=True``).
+* ``engine_tls``: the product's ``NodeCertificates`` (spawner/deploy/certificates.py) in a folder of the test's: a
+  certificate per node's engine (for its address) and the hub's client one: the nodes' engines on TCP with mutual TLS.
 
 Each node runs with the flags Docker-in-Docker needs on this machine (``--privileged`` is refused here: no
 CAP_SYS_RESOURCE), a volume of its own at /var/lib/docker, and permission for loop devices (the node agent
@@ -17,9 +17,7 @@ mounts students' sized work volumes on them). Everything carries the session's l
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import shlex
 import subprocess
 import threading
@@ -31,11 +29,8 @@ from pathlib import Path
 import docker
 import docker.errors
 import jinja2
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from spawner.deploy.certificates import ENGINE_TLS_DIR, NodeCertificates
 from spawner.engine.build import build_image, tar_context
 
 DIND_DIR = Path(__file__).with_name("dind")
@@ -50,73 +45,7 @@ NODE_FLAGS = {
     "device_cgroup_rules": ["b 7:* rmw", "c 10:237 rmw"],  # loop devices and /dev/loop-control
 }
 DOCKERD_READY_TIMEOUT = 90
-ENGINE_TLS_DIR = "/etc/docker/tls"
 ENGINE_PORT = 2376
-
-
-def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-
-
-@dataclass
-class EngineCertificates:
-    """A CA in ``folder`` and certificates signed by it: ``node(address)`` for a node's dockerd (server auth, its
-    address as the name), ``client`` for the hub (client auth). docker-py's TLSConfig reads ``hub_tls``."""
-
-    folder: Path
-
-    def __post_init__(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.ca_key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Teachlab test cluster CA (stand-in for the stack's)")])
-        self.ca = self._sign(name, self.ca_key.public_key(), ca=True, issuer=name)
-        self.ca_path.write_bytes(self.ca.public_bytes(serialization.Encoding.PEM))
-        key = ec.generate_private_key(ec.SECP256R1())
-        hub = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "teachlab-hub")])
-        certificate = self._sign(hub, key.public_key(), usage=ExtendedKeyUsageOID.CLIENT_AUTH)
-        (self.folder / "hub.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        (self.folder / "hub.key").write_bytes(_pem_key(key))
-        (self.folder / "hub.key").chmod(0o600)
-
-    @property
-    def ca_path(self) -> Path:
-        return self.folder / "ca.crt"
-
-    @property
-    def hub_tls(self) -> dict:
-        """docker-py TLSConfig arguments of the hub."""
-        return {
-            "ca_cert": str(self.ca_path),
-            "client_cert": (str(self.folder / "hub.crt"), str(self.folder / "hub.key")),
-            "verify": True,
-        }
-
-    def node(self, address: str) -> tuple[bytes, bytes]:
-        """A node engine's certificate and key (PEM) for ``address``."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
-        certificate = self._sign(
-            name, key.public_key(), usage=ExtendedKeyUsageOID.SERVER_AUTH, address=ipaddress.ip_address(address)
-        )
-        return certificate.public_bytes(serialization.Encoding.PEM), _pem_key(key)
-
-    def _sign(self, name, public_key, *, ca=False, issuer=None, usage=None, address=None):
-        now = datetime.datetime.now(datetime.timezone.utc)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(issuer or self.ca.subject)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
-        )
-        if usage is not None:
-            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        if address is not None:
-            builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(address)]), critical=False)
-        return builder.sign(self.ca_key, hashes.SHA256())
 
 
 def node_image(client: docker.DockerClient, rootfs: str, namespace: str, labels: Mapping[str, str], log_dir: Path) -> str:
@@ -223,7 +152,7 @@ class Cluster:
     count: int = 1
     network: str = ""
     nodes: list[Node] = field(default_factory=list)
-    engine_tls: EngineCertificates | None = None  # the nodes' engines also listen on TCP with mutual TLS
+    engine_tls: NodeCertificates | None = None  # the nodes' engines also listen on TCP with mutual TLS
     # Ports of node 0 published on this machine's loopback: this engine's route to a service the test runs there
     # (Docker trusts a registry on 127.0.0.0/8 without a certificate, so this engine pushes to the swarm's through it).
     first_node_loopback_ports: tuple[int, ...] = ()
@@ -242,7 +171,7 @@ class Cluster:
             self.add_node(index)
         for node in self.nodes:
             if self.engine_tls is not None:
-                certificate, key = self.engine_tls.node(node.address)
+                certificate, key = self.engine_tls.server_certificate(node.address)
                 node.write_file(f"{ENGINE_TLS_DIR}/ca.crt", self.engine_tls.ca_path.read_bytes())
                 node.write_file(f"{ENGINE_TLS_DIR}/server.crt", certificate)
                 node.write_file(f"{ENGINE_TLS_DIR}/server.key.new", key, mode=0o600)
@@ -258,8 +187,12 @@ class Cluster:
     def engine_url(self, node: Node) -> str:
         return f"tcp://{node.address}:{ENGINE_PORT}"
 
-    def add_node(self, index: int | None = None) -> Node:
+    def add_node(self, index: int | None = None, *, engine_tls: bool | None = None) -> Node:
+        """Node ``index`` (the next one unless told); ``engine_tls`` (default: the cluster's) makes its dockerd wait
+        for its certificate and listen on TCP with mutual TLS."""
         index = len(self.nodes) if index is None else index
+        if engine_tls is None:
+            engine_tls = self.engine_tls is not None
         name = f"{self.name}-{index}"
         volume = self.client.volumes.create(f"{name}-docker", labels=dict(self.labels))
         published = {f"{port}/tcp": ("127.0.0.1", None) for port in self.first_node_loopback_ports} if index == 0 else {}
@@ -270,7 +203,7 @@ class Cluster:
             detach=True,
             network=self.network,
             labels=dict(self.labels),
-            environment={"TEACHLAB_NODE_ENGINE_TLS": "1"} if self.engine_tls is not None else {},
+            environment={"TEACHLAB_NODE_ENGINE_TLS": "1"} if engine_tls else {},
             **({"ports": published} if published else {}),
             volumes={
                 volume.name: {"bind": "/var/lib/docker", "mode": "rw"},

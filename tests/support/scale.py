@@ -4,8 +4,8 @@ tests/cluster/test_scale_out.py and bench/cluster_spawn.py.
 The swarm: one manager (drained: it runs no student's server), two CPU workers and a GPU worker with four fake
 GPUs (the stand-in nvidia-container-runtime-hook of tests/fake_gpu_runtime is on each node's PATH, so device
 requests start and the container sees exactly its devices); each node's dockerd also listens on TCP 2376 with
-mutual TLS (certificates of a CA made here, the stand-in for the stack's). The stack's registry (its image from
-``StackImageBuilder.build_registry``) runs on the manager with a certificate of the same CA, which every node trusts
+mutual TLS (certificates of the product's node CA, ``NodeCertificates``, made in a folder of the test's). The
+stack's registry (its image from ``StackImageBuilder.build_registry``) runs on the manager with a certificate of the same CA, which every node trusts
 (``/etc/docker/certs.d/<manager>:5000/ca.crt``); the courses are published with it (``publish_scale_courses``): each
 version is pushed and recorded by digest, and a worker's engine pulls it on its first server of that version. The
 lab: the test lab's provider, proxy and hub run on this machine with ``swarm_placement`` on. Stand-ins, named: the
@@ -29,6 +29,7 @@ import requests
 
 from spawner.catalog import load_catalog
 from spawner.core.contract import Labels
+from spawner.deploy.certificates import NodeCertificates
 from spawner.deploy.images import StackImageBuilder
 from spawner.devlab.lab import Lab
 from spawner.devlab.names import names_on_loopback
@@ -36,7 +37,7 @@ from spawner.images.publish import PublishResult, publish_course
 from spawner.images.settings import BuildSettings
 from support.accounts import CROWD_STUDENTS, GPU_STUDENTS
 from support.catalogs import copy_course
-from support.cluster import Cluster, EngineCertificates, network_gateway, node_image
+from support.cluster import Cluster, network_gateway, node_image
 from support.lab_fixtures import TEST_DOMAIN, start_test_lab, stop_test_lab
 from support.production import CACHE_LABEL
 
@@ -98,16 +99,16 @@ class SwarmRegistry:
 
 class ScaleSwarm(NamedTuple):
     cluster: Cluster
-    certificates: EngineCertificates
+    certificates: NodeCertificates
     registry: SwarmRegistry
 
 
-def start_registry(cluster: Cluster, certificates: EngineCertificates, image: str) -> SwarmRegistry:
+def start_registry(cluster: Cluster, certificates: NodeCertificates, image: str) -> SwarmRegistry:
     """The registry's image run on the manager as the stack would: TLS with a certificate for the manager's address
     (the test's CA), images on a volume; every node trusts the CA for that address. Returns once it answers."""
     manager = cluster.nodes[0]
     address = f"{manager.address}:{REGISTRY_PORT}"
-    certificate, key = certificates.node(manager.address)
+    certificate, key = certificates.server_certificate(manager.address)
     manager.write_file(f"{REGISTRY_TLS_DIR}/registry.crt", certificate)
     manager.write_file(f"{REGISTRY_TLS_DIR}/registry.key", key, mode=0o600)
     for node in cluster.nodes:
@@ -152,7 +153,7 @@ def running_swarm(
 ) -> Iterator[ScaleSwarm]:
     """Manager, two CPU workers and a GPU worker, the hub's and the registry's images loaded into every node, the
     registry running on the manager; removed afterwards."""
-    certificates = EngineCertificates(tls_dir)
+    certificates = NodeCertificates(tls_dir).ensure()
     cluster = Cluster(
         client, name, images["node"], labels, count=4, engine_tls=certificates, first_node_loopback_ports=(REGISTRY_PORT,)
     )

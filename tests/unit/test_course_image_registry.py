@@ -19,6 +19,7 @@ from spawner.catalog import load_catalog
 from spawner.core import naming
 from spawner.core.problems import TeachlabError
 from spawner.deploy.images import REGISTRY, STACK_IMAGE_NAMES, build_context
+from spawner.deploy.stack import REGISTRY_STORAGE
 from spawner.images import publish
 from spawner.images.contents import ImageContents
 from spawner.images.distribution import PushFailed, pull_stream_events, push_version, pushed_digest, stream_error
@@ -305,8 +306,8 @@ def test_the_registry_recipe_serves_tls_only_with_files_given_at_run_time_and_ke
         "certificate": "/run/teachlab-registry/certificate.pem",
         "key": "/run/teachlab-registry/key.pem",
     }
-    assert config["storage"]["filesystem"]["rootdirectory"] == "/var/lib/docker-registry"
-    assert REGISTRY not in STACK_IMAGE_NAMES  # built on demand: the stack does not deploy it yet
+    assert config["storage"]["filesystem"]["rootdirectory"] == REGISTRY_STORAGE  # the stack's volume is mounted there
+    assert REGISTRY not in STACK_IMAGE_NAMES  # a single server's stack has no registry; a swarm's (with_registry) has
     # Without a certificate and key the start script stops before it does anything, saying what to set.
     script = tmp_path / "teachlab-registry.sh"
     script.write_bytes(context["teachlab-registry.sh"])

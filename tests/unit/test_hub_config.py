@@ -290,3 +290,53 @@ def test_every_service_that_opens_the_labs_database_can_sign_in_to_postgresql(tm
     for service in c.JupyterHub.services:
         if service["name"] in opening:
             assert service["environment"].get("PGPASSFILE") == str(lab.pgpass_path), service["name"]
+
+
+SWARM_SETTINGS = dict(
+    swarm_placement=True,
+    swarm_hub_address="10.0.0.2",
+    node_engine_port=2399,
+    node_engine_timeout_seconds=4.0,
+    node_engine_ca_file=Path("/run/secrets/teachlab-engine-ca"),
+    node_engine_certificate_file=Path("/run/secrets/teachlab-engine-client-certificate"),
+    node_engine_key_file=Path("/run/secrets/teachlab-engine-client-key"),
+    node_agent_image="ns/hub:1",
+    course_data_node="worker-1",
+)
+
+
+def test_a_swarms_settings_become_the_spawners_placement_traits(tmp_path):
+    c, _, _ = configured(tmp_path, **SWARM_SETTINGS)
+    spawner = c.CourseSpawner
+    assert spawner.swarm_placement is True and spawner.hub_address == "10.0.0.2"
+    assert spawner.node_engine_url_template == "tcp://{address}:2399"
+    assert spawner.node_engine_tls == {
+        "ca_cert": "/run/secrets/teachlab-engine-ca",
+        "client_cert": ["/run/secrets/teachlab-engine-client-certificate", "/run/secrets/teachlab-engine-client-key"],
+        "verify": True,
+    }
+    assert spawner.node_engine_timeout == 4.0 and spawner.course_data_node == "worker-1"
+    assert spawner.node_agent_image == "ns/hub:1"
+    # Servers on other nodes reach the hub through their node's forward to the manager: it listens on every address
+    # of its node, and every server is told the students' gateway, the same on every node.
+    assert c.JupyterHub.hub_bind_url == "http://0.0.0.0:8081"
+    assert c.JupyterHub.hub_connect_url == "http://172.30.0.1:8081"
+
+
+def test_a_single_server_keeps_its_hub_on_the_students_gateway_and_places_nothing(tmp_path):
+    c, _, _ = configured(tmp_path)
+    assert "swarm_placement" not in c.CourseSpawner and "hub_connect_url" not in c.JupyterHub
+    assert c.JupyterHub.hub_bind_url == "http://172.30.0.1:8081"
+
+
+def test_a_swarm_without_its_certificates_stops_the_hub_before_the_machine_is_asked(tmp_path, capsys):
+    incomplete = {**SWARM_SETTINGS, "node_engine_key_file": None, "swarm_hub_address": ""}
+    host = StandInHost()
+    with pytest.raises(SystemExit):
+        configured(tmp_path, host=host, **incomplete)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:-1] == [
+        "teachlab: TEACHLAB_SWARM_HUB_ADDRESS is not set: TEACHLAB_SWARM_PLACEMENT needs it (docs/admins.md, Adding machines)",
+        "teachlab: TEACHLAB_NODE_ENGINE_KEY_FILE is not set: TEACHLAB_SWARM_PLACEMENT needs it (docs/admins.md, Adding machines)",
+    ]
+    assert host.calls == []

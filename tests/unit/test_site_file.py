@@ -171,3 +171,76 @@ def test_a_site_file_with_mistakes_deploys_nothing(site_file, tmp_path):
 def test_validate_says_ok_for_a_good_file(site_file):
     result = teachlab("deploy", "validate", "--site", str(site_file()), env=dict(os.environ))
     assert result.returncode == 0 and f"https://{HOST}" in result.stdout, result.stderr
+
+
+SWARM = {"manager_address": "10.0.0.2", "course_data_node": "worker-1"}
+
+
+def test_a_single_server_site_has_no_swarm_and_a_swarm_section_gets_its_defaults(site_file):
+    assert load_site(site_file()).swarm is None
+    site = load_site(site_file({"swarm": SWARM}))
+    swarm = site.swarm
+    assert (swarm.manager_address, swarm.course_data_node) == ("10.0.0.2", "worker-1")
+    assert (swarm.engine_port, swarm.registry_port, swarm.engine_timeout_seconds) == (2376, 5000, 10.0)
+    assert swarm.registry_address == "10.0.0.2:5000"
+    assert site.node_certificates_dir == site.secrets_dir / "nodes"
+
+
+@pytest.mark.parametrize(
+    ("swarm", "expected"),
+    [
+        pytest.param({**SWARM, "registry": 5000}, ["site.yaml:swarm.registry: unknown key (did you mean"], id="unknown-key"),
+        pytest.param({"manager_address": "10.0.0.2"}, ["site.yaml:swarm.course_data_node: missing key"], id="no-data-node"),
+        pytest.param(
+            {**SWARM, "manager_address": "manager.example-uni.test"}, ["site.yaml:swarm.manager_address:"], id="not-an-address"
+        ),
+        pytest.param({**SWARM, "engine_port": 70000}, ["site.yaml:swarm.engine_port:"], id="port-too-large"),
+        pytest.param(
+            {**SWARM, "registry_port": "5000", "engine_timeout_seconds": 0},
+            ["site.yaml:swarm.engine_timeout_seconds:", "site.yaml:swarm.registry_port:"],
+            id="two-problems-two-lines",
+        ),
+    ],
+)
+def test_swarm_section_mistakes_are_one_line_each(site_file, swarm, expected):
+    lines = sorted(problem_lines(site_file({"swarm": swarm})))
+    assert len(lines) == len(expected), lines
+    for fragment, line in zip(expected, lines, strict=True):
+        assert fragment in line and line.endswith(")"), (fragment, lines)
+
+
+@pytest.mark.parametrize(
+    ("swarm", "fragment"),
+    [
+        pytest.param({**SWARM, "manager_address": "127.0.0.1"}, "cannot be reached from other machines", id="loopback"),
+        pytest.param({**SWARM, "manager_address": "172.30.0.9"}, "is inside the students' subnet", id="in-students-subnet"),
+        pytest.param({**SWARM, "manager_address": "10.0.0.999"}, "swarm.manager_address: 10.0.0.999 is not an address", id="bad"),
+        pytest.param({**SWARM, "registry_port": 2376}, "swarm.registry_port: 2376 is taken", id="port-of-the-engines"),
+        pytest.param(
+            {**SWARM, "gpus": [{"uuid": "GPU-a", "index": 0, "model": "m", "memory": "1G"}]},
+            "gpus: on a swarm, GPUs are declared per node",
+            id="gpus-in-the-site-file",
+        ),
+    ],
+)
+def test_what_only_the_server_can_check_of_a_swarm(site_file, swarm, fragment):
+    changes = {"swarm": {key: value for key, value in swarm.items() if key != "gpus"}}
+    if "gpus" in swarm:
+        changes["gpus"] = swarm["gpus"]
+    lines = problem_lines(site_file(changes))
+    assert len(lines) == 1 and fragment in lines[0], lines
+
+
+def test_node_certificates_for_each_address_and_one_line_when_there_is_no_swarm(site_file, tmp_path):
+    secrets = tmp_path / "secrets"
+    path = site_file({"swarm": SWARM, "paths": {"secrets": str(secrets)}})
+    result = teachlab("deploy", "node-certificates", "10.0.0.5", "10.0.0.6", "--site", str(path), env=dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    for address in ("10.0.0.5", "10.0.0.6"):
+        assert (secrets / "nodes" / "node" / address / "root" / "etc" / "docker" / "tls" / "server.key").is_file()
+        assert f"{address}: copy " in result.stdout
+    assert (secrets / "nodes" / "registry.crt").is_file() and "DOCKER_CERT_PATH=" in result.stdout
+    wrong = teachlab("deploy", "node-certificates", "worker-1", "--site", str(path), env=dict(os.environ))
+    assert wrong.returncode != 0 and "worker-1 is not an address" in wrong.stderr and "Traceback" not in wrong.stderr
+    single = teachlab("deploy", "node-certificates", "10.0.0.5", "--site", str(site_file()), env=dict(os.environ))
+    assert single.returncode != 0 and "has no swarm section" in single.stderr and "Traceback" not in single.stderr
