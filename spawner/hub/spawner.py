@@ -662,6 +662,7 @@ class CourseSpawner(DockerSpawner):
                     PlacedServer(chosen, username, server_name, request.cpus, request.memory_bytes, allocation.device_uuids)
                 )
         else:
+            await self._follow_moved_work(nodes, addresses)
             try:
                 placement = book.choose(request, nodes, username=username, server_name=server_name, preferred=self.work_node)
             except NoRoom as no_room:
@@ -676,6 +677,32 @@ class CourseSpawner(DockerSpawner):
                 f"starts with an empty work folder, and that work stays on {self.work_node} (ask the lab's admins to "
                 "bring it back)",
             )
+
+    async def _holds_work(self, address: str) -> bool | None:
+        """Whether the engine at ``address`` has this student's work volume; None when it cannot tell."""
+        try:
+            await self._in_docker_pool(self._node_engine(address).api.inspect_volume, self.home_volume)
+            return True
+        except docker.errors.NotFound:
+            return False
+        except (docker.errors.APIError, *ENGINE_UNREACHABLE):
+            return None
+
+    async def _follow_moved_work(self, nodes: list[Node], addresses: dict[str, str]) -> None:
+        """Find work an admin moved (``teachlab work move``): when the recorded work node does not have the work
+        volume any more (or cannot take a server now), the ready node that has it becomes the work node. A work node
+        whose engine does not answer keeps its place (its work may be there)."""
+        if not self.work_node:
+            return
+        ready = {node.name for node in nodes if node.ready}
+        if self.work_node in ready and await self._holds_work(addresses[self.work_node]) is not False:
+            return
+        others = sorted(ready - {self.work_node})
+        found = await asyncio.gather(*(self._holds_work(addresses[name]) for name in others))
+        holders = [name for name, holds in zip(others, found, strict=True) if holds]
+        if holders:
+            self.log.info("the work of %s is on %s now, not on %s", self._log_name, holders[0], self.work_node)
+            self.work_node = holders[0]
 
     async def _reconcile_gpu_nodes_once(self) -> None:
         """Before this hub process's first GPU placement, make the ledger's holdings on every GPU node equal to the GPU
