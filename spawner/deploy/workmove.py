@@ -74,13 +74,16 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines() or [type(exc).__name__])[0][:200]
 
 
-def node_side(node: str, client: Any, volume: str) -> NodeSide:
+def node_side(node: str, client: Any, volume: str, *, like: NodeSide | None = None) -> NodeSide:
     """The node's agent, found by its helper label (the one of the volume's lab when several labs share the node);
-    its volume folder is the one in its command."""
+    its volume folder is the one in its command. A node that never ran a server of the lab has none: with ``like``
+    (the source's side) one is started there as the hub would start it, from the same image, folder and labels."""
     agents = client.api.containers(all=True, filters={"label": f"{Labels.HELPER}={AGENT_HELPER}"})
     lab_agent = LabNames(volume.split("-", 1)[0]).node_agent()
     named = [agent for agent in agents if f"/{lab_agent}" in agent["Names"]]
     chosen = named or agents
+    if not chosen and like is not None:
+        return _started_like(node, client, like)
     if len(chosen) != 1:
         found = ", ".join(agent["Names"][0].lstrip("/") for agent in agents) or "none"
         raise MoveRefused(f"{node} has no single node agent of this lab (found: {found}); start a server there first")
@@ -97,6 +100,17 @@ def node_side(node: str, client: Any, volume: str) -> NodeSide:
         volume_root=Path(command[command.index("--volumes") + 1]),
         labels={key: value for key, value in attrs["Config"]["Labels"].items() if key != Labels.HELPER},
     )
+    return NodeSide(node, client, AgentVolumeStore(agent), agent.image)
+
+
+def _started_like(node: str, client: Any, like: NodeSide) -> NodeSide:
+    template = like.store.agent
+    if not _has_image(client, template.image):
+        raise MoveRefused(f"{node} has no node agent and not its image {template.image}; start a server there first")
+    agent = NodeAgent(
+        client.api, image=template.image, name=template.name, volume_root=template.volume_root, labels=template.labels
+    )
+    agent.ensure()
     return NodeSide(node, client, AgentVolumeStore(agent), agent.image)
 
 
@@ -143,7 +157,7 @@ def move_work(
     name = work.volume
     try:
         from_side = node_side(work.node, engines[work.node], name)
-        to_side = node_side(target, engines[target], name)
+        to_side = node_side(target, engines[target], name, like=from_side)
         image = copy_image(from_side, to_side)
         source_labels = engines[work.node].api.inspect_volume(name).get("Labels") or {}
         if not from_side.store.exists(name):

@@ -17,6 +17,7 @@ its loopback (Docker trusts a registry on 127.0.0.0/8 without a certificate; thi
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -243,3 +244,15 @@ def servers_by_node(cluster: Cluster, nodes=None) -> dict[str, list[str]]:
         )
         placed[node.name] = sorted(result.stdout.split()) if result.returncode == 0 else []
     return placed
+
+
+def admin_cli_environment(cluster: Cluster, certificates: EngineCertificates) -> dict[str, str]:
+    """The environment of ``teachlab`` as an admin runs it on the manager: its engine over TLS with the hub's client
+    certificate (docker's own file names in DOCKER_CERT_PATH), which the workers' engines take too."""
+    cert_path = certificates.folder / "docker-cli"
+    cert_path.mkdir(exist_ok=True)
+    for source, target in (("ca.crt", "ca.pem"), ("hub.crt", "cert.pem"), ("hub.key", "key.pem")):
+        shutil.copy(certificates.folder / source, cert_path / target)
+    env = {key: value for key, value in os.environ.items() if key != "REQUESTS_CA_BUNDLE"}
+    env |= {"DOCKER_HOST": cluster.engine_url(cluster.nodes[0]), "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(cert_path)}
+    return env | {"COLUMNS": "200"}
