@@ -671,6 +671,17 @@ class CourseSpawner(DockerSpawner):
         self.node, self.node_address = chosen, addresses[chosen]
         self.log.info("placed %s on %s", self._log_name, why)
         if self.work_node and self.work_node != chosen:
+            self.log.warning(
+                "the earlier work of %s is on %s, which cannot take it now; it starts on %s with an empty work folder "
+                "(teachlab work move %s %s --to %s brings the work back once %s is up)",
+                self._log_name,
+                self.work_node,
+                chosen,
+                self.user.name,
+                course.slug,
+                chosen,
+                self.work_node,
+            )
             self._report(
                 18,
                 f"Your earlier work for {course.title} is on {self.work_node}, which cannot take it now: this server "

@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -51,18 +52,27 @@ def in_server(node: Node, lab, script: str) -> str:
 
 
 def start_and_follow(student, course: str) -> list[str]:
-    """Start the student's server and read its progress messages until it is ready."""
-    response = student.start(course)
+    """Start the student's server and read its progress messages (all of them, while the start is pending) until it
+    is ready. The start request waits for the server up to the hub's slow-spawn timeout, so it runs beside."""
+    with ThreadPoolExecutor(1) as pool:
+        started = pool.submit(student.start, course)
+        messages: list[str] = []
+        deadline = time.monotonic() + 240
+        while not messages and time.monotonic() < deadline:
+            progress = student.api("GET", f"/users/{STUDENT}/servers/{course}/progress", stream=True)
+            if progress.status_code != 200:
+                time.sleep(0.2)  # the start is not pending yet
+                continue
+            for line in progress.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    event = json.loads(line.removeprefix("data:"))
+                    messages.append(event.get("message", ""))
+                    if event.get("ready") or event.get("failed"):
+                        break
+        response = started.result()
     assert response.status_code in (201, 202), response.text
-    messages = []
-    progress = student.api("GET", f"/users/{STUDENT}/servers/{course}/progress", stream=True)
-    for line in progress.iter_lines(decode_unicode=True):
-        if line and line.startswith("data:"):
-            event = json.loads(line.removeprefix("data:"))
-            messages.append(event.get("message", ""))
-            if event.get("ready") or event.get("failed"):
-                break
     student.wait_until_ready(course, timeout=240)
+    assert len(messages) > 1, f"the progress was read only once the server was ready: {messages}"
     return messages
 
 
@@ -159,7 +169,7 @@ def test_the_admin_moves_a_students_work_and_brings_back_work_left_on_a_lost_nod
     assert servers_by_node(cluster, [other])[other.name] == [STUDENT]
     told = (
         f"Your earlier work for Introduction to Python is on {lost.name}, which cannot take it now: this server starts "
-        f"with an empty work folder, and that work stays on {lost.name} (ask the lab's students to bring it back)"
+        f"with an empty work folder, and that work stays on {lost.name} (ask the lab's admins to bring it back)"
     )
     assert told in messages, messages
     assert in_server(other, scale_lab, f"ls -A {WORK}") == ""
