@@ -185,6 +185,10 @@ def test_the_admin_moves_a_students_work_and_brings_back_work_left_on_a_lost_nod
         assert time.monotonic() - began < NODE_STATE_TIMEOUT, f"the engine of {lost.name} does not answer over TLS"
         time.sleep(1)
     wait_for_swarm_state(cluster, lost, "ready")
+    agent = ("ps", "-q", "--filter", f"label={Labels.HELPER}=node-agent", "--filter", "status=running")
+    while not lost.docker(*agent).stdout.strip():  # dockerd restarts it (restart policy "always"); it mounts the volumes
+        assert time.monotonic() - began < NODE_STATE_TIMEOUT, f"the node agent on {lost.name} did not start again"
+        time.sleep(1)
     print(f"{lost.name} back (engine, swarm) {time.monotonic() - began:.0f} s after docker start")
     assert work_volumes(lost) == [volume]  # the earlier work, kept on the lost node
 
