@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from rich.console import Console
 
 from ..core.problems import ProblemsError, TeachlabError
-from . import classes, course, deploy, gpu, nodes
+from . import classes, course, deploy, gpu, nodes, work
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     course.register(commands)
     gpu.register(commands)
     nodes.register(commands)
+    work.register(commands)
     classes.register(commands)
     deploy.register(commands)
     return parser

@@ -18,6 +18,7 @@ from ..cluster.facts import node_from_swarm, placed_from_container
 from ..cluster.placement import GIB, Node, PlacedServer
 from ..core.contract import Labels
 from ..core.problems import TeachlabError
+from .engines import add_engine_argument, engine_urls, node_engine
 
 
 def render(
@@ -64,27 +65,13 @@ def render(
     return table, notes
 
 
-def _engines(pairs: Sequence[str]) -> dict[str, str]:
-    engines = {}
-    for pair in pairs:
-        node, separator, url = pair.partition("=")
-        if not separator or not node or not url:
-            raise TeachlabError(f"--engine {pair!r}: write NODE=URL, e.g. --engine worker-1=ssh://admin@worker-1")
-        engines[node] = url
-    return engines
-
-
 def show(args: argparse.Namespace, console: Console) -> int:
-    import docker
     import docker.errors
 
-    from ..engine.client import connect, engine_client
+    from ..engine.client import connect
     from .gpu import _ledger
 
-    engines = _engines(args.engine or [])
-    # The nodes' engines take the client certificate the manager's does (DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), as
-    # docker's own CLI would.
-    environment_tls = docker.utils.kwargs_from_env().get("tls")
+    engines = engine_urls(args.engine or [])
     manager = connect()
     try:
         swarm_nodes = manager.nodes.list()
@@ -100,7 +87,7 @@ def show(args: argparse.Namespace, console: Console) -> int:
         node = node_from_swarm(swarm_node.attrs)
         nodes.append(node)
         if node.name in engines:
-            client = engine_client(base_url=engines[node.name], timeout=30, tls=environment_tls)
+            client = node_engine(node.name, engines[node.name])
         elif swarm_node.id == this_node:
             client = manager
         else:
@@ -118,13 +105,7 @@ def show(args: argparse.Namespace, console: Console) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("nodes", help="per swarm node: servers, reserved CPUs and memory, GPUs held and free (admins)")
-    parser.add_argument(
-        "--engine",
-        action="append",
-        metavar="NODE=URL",
-        help="the Docker API of a node whose containers to count (repeatable; tcp:// URLs use the client certificate "
-        "of DOCKER_CERT_PATH when DOCKER_TLS_VERIFY is set); the node this runs on is read locally",
-    )
+    add_engine_argument(parser, "whose containers to count; the node this runs on is read locally")
     parser.add_argument("--state-dir", help="lab state folder (default: $TEACHLAB_STATE_DIR or .teachlab)")
     parser.add_argument(
         "--ledger-url", help="SQLAlchemy URL of the ledger (default: $TEACHLAB_GPU_LEDGER_URL or the lab's SQLite file)"

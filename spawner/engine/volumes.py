@@ -15,12 +15,14 @@ import time
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import IO, Any
 
 import docker
 import docker.errors
 
 from ..core.contract import Labels
+from ..core.hardening import HELPER_HARDENING
 
 MOUNT = "/teachlab-volume"
 
@@ -77,6 +79,42 @@ def restore_tar(
             raise OSError(f"docker did not accept the files of {volume}")
 
 
+def has_path(client: docker.DockerClient, image: str, volume: str, path: str, labels: Mapping[str, str]) -> bool:
+    """Whether ``path`` (relative to the volume's top) exists in the volume; asks the engine for its stat only."""
+    with helper(client, image, volume, writable=False, labels=labels) as container:
+        api = client.api
+        response = api.head(api._url("/containers/{0}/archive", container.id), params={"path": f"{MOUNT}/{path.strip('/')}"})
+        if response.status_code == 404:
+            return False
+        api._raise_for_status(response)
+        return True
+
+
+def remove_path(client: docker.DockerClient, image: str, volume: str, path: str, labels: Mapping[str, str], *, user: str) -> None:
+    """Remove ``path`` (a folder a copy made, relative to the volume's top) as ``user``, the files' owner; no network."""
+    target = f"{MOUNT}/{path.strip('/')}"
+    if not path.strip("/") or ".." in path.split("/"):
+        raise ValueError(f"not a path inside the volume: {path!r}")
+    container = client.containers.create(
+        image,
+        command=["rm", "-rf", "--", target],
+        entrypoint=[],
+        user=user,
+        network_disabled=True,
+        volumes={volume: {"bind": MOUNT, "mode": "rw"}},
+        labels={**labels, Labels.HELPER: "volume-copy"},
+        **replace(HELPER_HARDENING, capabilities_kept=()).docker_py_kwargs(),
+    )
+    try:
+        container.start()
+        status = container.wait(timeout=300).get("StatusCode")
+        if status != 0:
+            logs = container.logs().decode("utf-8", "replace").strip().splitlines()
+            raise OSError(f"removing {path} from {volume} failed: {logs[-1] if logs else f'exit status {status}'}")
+    finally:
+        container.remove(force=True)
+
+
 # Names at a volume's top level that belong to the platform, not to the files copied (a copy's marker, its staging).
 PLATFORM_PREFIX = ".teachlab-"
 
@@ -102,6 +140,7 @@ class FilesDigest:
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
+        self.files_bytes = 0  # the files' bytes seen, for people (a filesystem's "used" counts its journal too)
 
     def member(self, member: tarfile.TarInfo) -> None:
         mtime = int(member.mtime) if member.isfile() else 0  # a folder's time changes as files land in it
@@ -110,6 +149,7 @@ class FilesDigest:
 
     def data(self, block: bytes) -> None:
         self._hash.update(block)
+        self.files_bytes += len(block)
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
@@ -176,11 +216,13 @@ def copy_files(
     labels: Mapping[str, str],
     into: str = "",
     owner: tuple[int, int],
+    digest: FilesDigest | None = None,
 ) -> str:
     """Copy a volume's files into another volume, on another engine or the same one, streamed from engine to engine
     (nothing is kept here); under the folder ``into`` of the target when given, else at its top. Owners, modes and
-    times are kept. Returns the ``FilesDigest`` of what was sent, for ``files_digest`` of the target to confirm."""
-    digest = FilesDigest()
+    times are kept. Returns the ``FilesDigest`` of what was sent, for ``files_digest`` of the target to confirm;
+    pass ``digest`` to read what else it counted (``files_bytes``)."""
+    digest = digest if digest is not None else FilesDigest()
     stream = _placed_under(tar_chunks(source, image, source_volume, labels), into.strip("/"), owner, digest)
     restore_tar(target, image, target_volume, stream, labels)  # an iterator: sent chunked, as it comes
     return digest.hexdigest()

@@ -156,5 +156,8 @@ class AgentVolumeStore(VolumeStore):
         used, size = self.agent.run("volume-usage", name, error=DiskError)
         return used, size
 
+    def size_bytes(self, name: str) -> int:
+        return int(self.agent.run("volume-size", name, error=DiskError))
+
     def remove(self, name: str) -> None:
         self.agent.run("volume-remove", name, error=DiskError)

@@ -679,6 +679,7 @@ class CourseSpawner(DockerSpawner):
                     PlacedServer(chosen, username, server_name, request.cpus, request.memory_bytes, allocation.device_uuids)
                 )
         else:
+            await self._follow_moved_work(nodes, addresses)
             try:
                 placement = book.choose(request, nodes, username=username, server_name=server_name, preferred=self.work_node)
             except NoRoom as no_room:
@@ -687,6 +688,17 @@ class CourseSpawner(DockerSpawner):
         self.node, self.node_address = chosen, addresses[chosen]
         self.log.info("placed %s on %s", self._log_name, why)
         if self.work_node and self.work_node != chosen:
+            self.log.warning(
+                "the earlier work of %s is on %s, which cannot take it now; it starts on %s with an empty work folder "
+                "(teachlab work move %s %s --to %s brings the work back once %s is up)",
+                self._log_name,
+                self.work_node,
+                chosen,
+                self.user.name,
+                course.slug,
+                chosen,
+                self.work_node,
+            )
             self._report(
                 18,
                 f"Your earlier work for {course.title} is on {self.work_node}, which cannot take it now: this server "
@@ -794,6 +806,32 @@ class CourseSpawner(DockerSpawner):
         """One docker-py APIClient call on the engine of the node at ``address`` (any node, not only this server's)."""
         api = self._node_engine(address).api
         return await self._in_docker_pool(lambda: getattr(api, method)(*args, **kwargs))
+
+    async def _holds_work(self, address: str) -> bool | None:
+        """Whether the engine at ``address`` has this student's work volume; None when it cannot tell."""
+        try:
+            await self._in_docker_pool(self._node_engine(address).api.inspect_volume, self.home_volume)
+            return True
+        except docker.errors.NotFound:
+            return False
+        except (docker.errors.APIError, *ENGINE_UNREACHABLE):
+            return None
+
+    async def _follow_moved_work(self, nodes: list[Node], addresses: dict[str, str]) -> None:
+        """Find work an admin moved (``teachlab work move``): when the recorded work node does not have the work
+        volume any more (or cannot take a server now), the ready node that has it becomes the work node. A work node
+        whose engine does not answer keeps its place (its work may be there)."""
+        if not self.work_node:
+            return
+        ready = {node.name for node in nodes if node.ready}
+        if self.work_node in ready and await self._holds_work(addresses[self.work_node]) is not False:
+            return
+        others = sorted(ready - {self.work_node})
+        found = await asyncio.gather(*(self._holds_work(addresses[name]) for name in others))
+        holders = [name for name, holds in zip(others, found, strict=True) if holds]
+        if holders:
+            self.log.info("the work of %s is on %s now, not on %s", self._log_name, holders[0], self.work_node)
+            self.work_node = holders[0]
 
     async def _reconcile_gpu_nodes_once(self) -> None:
         """Before this hub process's first GPU placement, make the ledger's holdings on every GPU node equal to the GPU

@@ -77,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="mount every volume, then wait (the agent container's main process)")
     for name in ("firewall-install", "firewall-remove"):
         sub.add_parser(name).add_argument("network", help="the students' network as JSON")
-    for name in ("volume-exists", "volume-mount", "volume-remove", "volume-usage"):
+    for name in ("volume-exists", "volume-mount", "volume-remove", "volume-usage", "volume-size"):
         sub.add_parser(name).add_argument("name")
     create = sub.add_parser("volume-create")
     create.add_argument("name")
@@ -114,6 +114,8 @@ def run(arguments: Sequence[str]) -> Any:
         return "removed"
     if command == "volume-usage":
         return list(store.used_and_size(args.name))
+    if command == "volume-size":
+        return store.size_bytes(args.name)
     return store.names()
 
 

@@ -121,6 +121,12 @@ class VolumeStore:
         stats = shutil.disk_usage(self.mount_point(name))
         return stats.used, stats.total
 
+    def size_bytes(self, name: str) -> int:
+        """The size the volume was made with (its file's; what ``create`` takes to make another like it)."""
+        if not self.exists(name):
+            raise DiskError(f"volume {name} has no filesystem at {self.image(name)}")
+        return self.image(name).stat().st_size
+
     def remove(self, name: str) -> None:
         """Unmount (detaching the loop device) and delete the volume's file and mount point."""
         mount_point = self.mount_point(name)

@@ -51,6 +51,7 @@ from support.production import (
     publish_on_server,
     release_tarball,
 )
+from support.scale import build_scale_images, make_scale_catalog, publish_scale_courses, running_swarm, swarm_lab
 
 
 @pytest.fixture(scope="session")
@@ -326,3 +327,49 @@ def server_logs_on_failure(request):
         "docker logs --tail 30 $agent; done"
     )
     print("\n" + node.sh(script, check=False, timeout=120).stdout[-12000:])
+
+
+# The swarm of tests/support/scale.py, one per test module that uses it (module scope).
+@pytest.fixture(scope="module")
+def scale_catalog(tmp_path_factory, repo_root):
+    return make_scale_catalog(tmp_path_factory.mktemp("scale-catalog"), repo_root)
+
+
+@pytest.fixture(scope="module")
+def scale_images(docker_client, build_settings):
+    return build_scale_images(docker_client, build_settings)
+
+
+@pytest.fixture(scope="module")
+def swarm(docker_client, session_id, session_labels, scale_images, tmp_path_factory):
+    with running_swarm(
+        docker_client, f"tl-scale-{session_id}", scale_images, session_labels, tmp_path_factory.mktemp("engine-tls")
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def scale_courses(docker_client, build_settings, base_image, scale_catalog, swarm):
+    """The courses published with the swarm's registry (the base image is the session's cache)."""
+    began = time.monotonic()
+    published = publish_scale_courses(docker_client, build_settings, scale_catalog, swarm.registry)
+    print(f"\ncourses published and pushed to the registry in {time.monotonic() - began:.0f} s")
+    return published
+
+
+@pytest.fixture(scope="module")
+def scale_lab(
+    docker_client, build_settings, scale_images, scale_catalog, scale_courses, swarm, session_id, session_labels, tmp_path_factory
+):
+    with swarm_lab(
+        docker_client,
+        state_dir=build_settings.state_dir,
+        image_namespace=build_settings.image_namespace,
+        catalog=scale_catalog,
+        images=scale_images,
+        swarm=swarm,
+        session_id=session_id,
+        labels=session_labels,
+        site_dir=tmp_path_factory.mktemp("scale-site"),
+    ) as lab:
+        yield lab

@@ -11,7 +11,6 @@ proxy reaches them on the port published on their node's address. The tests run 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -38,12 +37,8 @@ from support.scale import (
     ENGINE_TIMEOUT_SECONDS,
     GPU_COURSE,
     REGISTRY_PORT,
-    build_scale_images,
-    make_scale_catalog,
-    publish_scale_courses,
-    running_swarm,
+    admin_cli_environment,
     servers_by_node,
-    swarm_lab,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.hub]
@@ -51,51 +46,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.hub]
 STUDENTS = ("alice", "bob", "carol", "dave", "erin")
 POLL_SECONDS = 5
 STAND_IN_PORTS = {"the hub's database": 5432, "the proxy's API": 8001}  # the registry itself runs on the manager
-
-
-@pytest.fixture(scope="module")
-def scale_catalog(tmp_path_factory, repo_root):
-    return make_scale_catalog(tmp_path_factory.mktemp("scale-catalog"), repo_root)
-
-
-@pytest.fixture(scope="module")
-def scale_images(docker_client, build_settings):
-    return build_scale_images(docker_client, build_settings)
-
-
-@pytest.fixture(scope="module")
-def swarm(docker_client, session_id, session_labels, scale_images, tmp_path_factory):
-    with running_swarm(
-        docker_client, f"tl-scale-{session_id}", scale_images, session_labels, tmp_path_factory.mktemp("engine-tls")
-    ) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def scale_courses(docker_client, build_settings, base_image, scale_catalog, swarm):
-    """The courses published with the swarm's registry (the base image is the session's cache)."""
-    began = time.monotonic()
-    published = publish_scale_courses(docker_client, build_settings, scale_catalog, swarm.registry)
-    print(f"\ncourses published and pushed to the registry in {time.monotonic() - began:.0f} s")
-    return published
-
-
-@pytest.fixture(scope="module")
-def scale_lab(
-    docker_client, build_settings, scale_images, scale_catalog, scale_courses, swarm, session_id, session_labels, tmp_path_factory
-):
-    with swarm_lab(
-        docker_client,
-        state_dir=build_settings.state_dir,
-        image_namespace=build_settings.image_namespace,
-        catalog=scale_catalog,
-        images=scale_images,
-        swarm=swarm,
-        session_id=session_id,
-        labels=session_labels,
-        site_dir=tmp_path_factory.mktemp("scale-site"),
-    ) as lab:
-        yield lab
 
 
 TEACHER = "prof-lee"  # an instructor of intro-python, and of its copies
@@ -111,14 +61,9 @@ def start_at_once(admin, course: str, names) -> dict:
 
 
 def teachlab_nodes(lab, cluster: Cluster, certificates) -> str:
-    """``teachlab nodes`` as an admin runs it on the manager: its engine over TLS with the hub's client certificate
-    (docker's own file names in DOCKER_CERT_PATH), every worker's engine given with --engine."""
-    cert_path = certificates.docker_cli_folder
-    manager, *workers = cluster.nodes
-    env = {key: value for key, value in os.environ.items() if key != "REQUESTS_CA_BUNDLE"}
-    env |= {"DOCKER_HOST": cluster.engine_url(manager), "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(cert_path)}
-    env |= {"COLUMNS": "200", "TEACHLAB_GPU_LEDGER_URL": lab.hub_settings().ledger_url}
-    engines = [argument for node in workers for argument in ("--engine", f"{node.name}={cluster.engine_url(node)}")]
+    """``teachlab nodes`` as an admin runs it on the manager, every worker's engine given with --engine."""
+    env = admin_cli_environment(cluster, certificates) | {"TEACHLAB_GPU_LEDGER_URL": lab.hub_settings().ledger_url}
+    engines = [argument for node in cluster.nodes[1:] for argument in ("--engine", f"{node.name}={cluster.engine_url(node)}")]
     result = subprocess.run(
         [sys.executable, "-m", "spawner.cli", "nodes", *engines], env=env, capture_output=True, text=True, timeout=120
     )

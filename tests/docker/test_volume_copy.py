@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from spawner.core.contract import IMAGE
-from spawner.engine.volumes import copy_files, files_digest
+from spawner.engine.volumes import FilesDigest, copy_files, files_digest, has_path, remove_path
 
 pytestmark = [pytest.mark.docker]
 
@@ -101,3 +101,33 @@ def test_one_changed_byte_changes_the_digest(docker_client, base_image, volumes,
     _run(docker_client, base_image, target, f"printf X | dd of={MOUNT}/lab/data/big.bin bs=1 seek=1000 conv=notrunc 2>/dev/null")
 
     assert files_digest(docker_client, base_image, target, session_labels) != sent
+
+
+def test_a_folder_is_found_by_its_stat_and_removed_as_its_owner(docker_client, base_image, volumes, session_labels):
+    """What ``teachlab work move`` uses on the target: is a merge folder's name taken, and undo a copy into one."""
+    source, target = volumes(), volumes()
+    _run(docker_client, base_image, source, FILES)
+    _run(docker_client, base_image, target, f"echo newer > {MOUNT}/notebook.py && chown -R {IMAGE.uid} {MOUNT}")
+    counted = FilesDigest()
+    copy_files(
+        docker_client,
+        source,
+        docker_client,
+        target,
+        image=base_image,
+        labels=session_labels,
+        into="earlier",
+        owner=STUDENT,
+        digest=counted,
+    )
+    assert counted.files_bytes == 2_000_000 + len("print(1)\n")  # the hard link's bytes travel once
+    assert has_path(docker_client, base_image, target, "earlier", session_labels)
+    assert has_path(docker_client, base_image, target, "earlier/lab/data/big.bin", session_labels)
+    assert not has_path(docker_client, base_image, target, "earlier-2", session_labels)
+
+    remove_path(docker_client, base_image, target, "earlier", session_labels, user=IMAGE.user)
+
+    assert not has_path(docker_client, base_image, target, "earlier", session_labels)
+    assert _run(docker_client, base_image, target, f"ls -A {MOUNT}; cat {MOUNT}/notebook.py") == "notebook.py\nnewer\n"
+    with pytest.raises(ValueError):
+        remove_path(docker_client, base_image, target, "../x", session_labels, user=IMAGE.user)

@@ -245,3 +245,12 @@ def servers_by_node(cluster: Cluster, nodes=None) -> dict[str, list[str]]:
         )
         placed[node.name] = sorted(result.stdout.split()) if result.returncode == 0 else []
     return placed
+
+
+def admin_cli_environment(cluster: Cluster, certificates: NodeCertificates) -> dict[str, str]:
+    """The environment of ``teachlab`` as an admin runs it on the manager: its engine over TLS with the hub's client
+    certificate (docker's own file names in DOCKER_CERT_PATH), which the workers' engines take too."""
+    cert_path = certificates.docker_cli_folder
+    env = {key: value for key, value in os.environ.items() if key != "REQUESTS_CA_BUNDLE"}
+    env |= {"DOCKER_HOST": cluster.engine_url(cluster.nodes[0]), "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(cert_path)}
+    return env | {"COLUMNS": "200"}

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
+from spawner.cli.engines import engine_urls
 from spawner.cli.main import build_parser, run_handler
-from spawner.cli.nodes import _engines, render
+from spawner.cli.nodes import render
 from spawner.cluster import Node, PlacedServer, capacity_table
 from spawner.cluster.facts import node_from_swarm, placed_from_container
 from spawner.core.contract import Labels
@@ -122,12 +123,12 @@ def test_the_table_shows_each_node_and_what_to_look_at():
 
 
 def test_engines_are_node_equals_url():
-    assert _engines(["worker-1=ssh://admin@worker-1", "gpu-1=tcp://10.0.0.3:2376"]) == {
+    assert engine_urls(["worker-1=ssh://admin@worker-1", "gpu-1=tcp://10.0.0.3:2376"]) == {
         "worker-1": "ssh://admin@worker-1",
         "gpu-1": "tcp://10.0.0.3:2376",
     }
     with pytest.raises(TeachlabError, match="write NODE=URL"):
-        _engines(["worker-1"])
+        engine_urls(["worker-1"])
 
 
 def test_a_bad_engine_option_is_one_error_line(capsys):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from datetime import date
 from types import SimpleNamespace
 
@@ -24,7 +25,7 @@ from tornado import web
 from traitlets.config import Config
 
 from spawner.cluster.book import PlacementBook
-from spawner.cluster.facts import node_address
+from spawner.cluster.facts import node_address, node_from_swarm
 from spawner.cluster.placement import GIB, Node, NoRoom, ServerRequest
 from spawner.core.contract import Labels
 from spawner.gpu import GpuDevice
@@ -63,6 +64,19 @@ class StandInManager(docker.APIClient):
         return self.swarm
 
 
+class StandInEngineApi:
+    """A node engine's API client (built, never connected) whose volume lookups ``NodeEngines`` answers."""
+
+    def __init__(self, api, engines, address):
+        self._api, self._engines, self._address = api, engines, address
+
+    def __getattr__(self, name):
+        return getattr(self._api, name)
+
+    def inspect_volume(self, name):
+        return self._engines.inspect_volume(self._address, name)
+
+
 class NodeEngines:
     """``spawner.docker(method, ...)`` answered per node (the spawner's ``node_address`` says which), and each node's
     running containers listed through ``_node_engine(address).containers`` (the engine's own API client is built,
@@ -71,6 +85,8 @@ class NodeEngines:
     def __init__(self):
         self.off: set[str] = set()
         self.containers: dict[tuple[str, str], dict] = {}  # (address, name) -> created arguments
+        self.volumes: set[tuple[str, str]] = set()  # (address, name) of work volumes on the nodes
+        self.apis: dict[str, StandInEngineApi] = {}
         self.calls: list[tuple[str, str]] = []
         self.listing_seconds = 0.0  # how long an engine takes to list its containers
 
@@ -90,8 +106,23 @@ class NodeEngines:
         spawner.docker = call
         spawner._node_docker = call_on
         spawner._node_engine = lambda address: SimpleNamespace(
-            api=built(address).api, containers=SimpleNamespace(list=lambda filters: self.running(address, filters))
+            api=self.api(built(address).api, address),
+            containers=SimpleNamespace(list=lambda filters: self.running(address, filters)),
         )
+
+    def api(self, built, address):
+        """One stand-in API client per engine, as the spawner keeps one client per engine."""
+        if address not in self.apis:
+            self.apis[address] = StandInEngineApi(built, self, address)
+        return self.apis[address]
+
+    def inspect_volume(self, address, name):
+        """A node's engine asked for a volume by name (the hub looking for work an admin moved)."""
+        self.calls.append((address, "inspect_volume"))
+        self.check_answers(address)
+        if (address, name) not in self.volumes:
+            raise docker.errors.NotFound("no such volume (stand-in)", response=SimpleNamespace(status_code=404))
+        return {"Name": name}
 
     def check_answers(self, address):
         if address in self.off:
@@ -319,6 +350,60 @@ def test_a_cpu_server_whose_node_is_gone_starts_again_on_another_node(lab_state)
         == f"Your earlier work for Introduction to Python is on {first}, which cannot take it now: this server starts "
         f"with an empty work folder, and that work stays on {first} (ask the lab's admins to bring it back)"
     )
+
+
+def test_the_next_start_follows_work_an_admin_moved_to_another_node(lab_state):
+    engines = NodeEngines()
+    spawner = make_spawner(lab_state, "alice", "intro-python", engines)
+    asyncio.run(spawner.start())
+    first, volume = spawner.node, spawner.home_volume
+    other = {"worker-1": "worker-2", "worker-2": "worker-1"}[first]
+    asyncio.run(spawner.stop())
+    # `teachlab work move alice intro-python --to <other>`: the volume is on the other worker now, not on the first.
+    engines.volumes.add(({"worker-1": "10.0.0.11", "worker-2": "10.0.0.12"}[other], volume))
+    asyncio.run(spawner.start())
+    assert (spawner.node, spawner.work_node) == (other, other)
+    assert not any("earlier work" in event["message"] for event in spawner._progress_events)
+
+
+def _nodes_and_addresses():
+    nodes = [node_from_swarm(attrs) for attrs in SWARM]
+    return nodes, {node.name: attrs["Status"]["Addr"] for node, attrs in zip(nodes, SWARM, strict=True)}
+
+
+@pytest.mark.parametrize(
+    ("work_on", "off", "expected"),
+    [
+        pytest.param({"worker-1"}, set(), "worker-1", id="still-there"),
+        pytest.param({"worker-2"}, set(), "worker-2", id="moved"),
+        pytest.param(set(), set(), "worker-1", id="nowhere-keeps-the-record"),
+        pytest.param({"worker-2"}, {"10.0.0.11"}, "worker-1", id="work-node-silent-keeps-its-place"),
+        pytest.param({"worker-1", "worker-2"}, set(), "worker-1", id="a-copy-elsewhere-does-not-pull"),
+    ],
+)
+def test_the_work_node_changes_only_when_its_engine_says_the_work_is_gone_and_another_node_has_it(
+    lab_state, work_on, off, expected
+):
+    engines = NodeEngines()
+    spawner = make_spawner(lab_state, "alice", "intro-python", engines)
+    spawner.home_volume, spawner.work_node = "teachlab-home-alice---intro-python", "worker-1"
+    addresses = {"worker-1": "10.0.0.11", "worker-2": "10.0.0.12"}
+    engines.volumes = {(addresses[node], spawner.home_volume) for node in work_on}
+    engines.off = off
+    asyncio.run(spawner._follow_moved_work(*_nodes_and_addresses()))
+    assert spawner.work_node == expected
+
+
+def test_a_work_node_that_is_down_gives_way_to_the_ready_node_that_has_the_moved_work(lab_state):
+    engines = NodeEngines()
+    spawner = make_spawner(lab_state, "alice", "intro-python", engines)
+    spawner.home_volume, spawner.work_node = "teachlab-home-alice---intro-python", "worker-1"
+    engines.volumes = {("10.0.0.12", spawner.home_volume)}
+    nodes, addresses = _nodes_and_addresses()
+    nodes = [replace(node, ready=False) if node.name == "worker-1" else node for node in nodes]
+    asyncio.run(spawner._follow_moved_work(nodes, addresses))
+    assert spawner.work_node == "worker-2"
+    assert ("10.0.0.11", "inspect_volume") not in engines.calls  # a node that is down is not asked
 
 
 def test_the_state_keeps_the_node_and_a_restarted_hub_counts_its_reservation(lab_state):
