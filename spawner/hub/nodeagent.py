@@ -102,6 +102,10 @@ class NodeAgent:
         logs = self.api.logs(created["Id"], tail=5).decode("utf-8", "replace").strip().splitlines()
         raise NodeAgentError(f"the node agent {self.name} did not start: {logs[-1] if logs else 'no output'}")
 
+    def started_at(self) -> str:
+        """When the agent's container last started: a later time means the node rebooted or its engine restarted."""
+        return self.api.inspect_container(self.name)["State"]["StartedAt"]
+
     def run(self, *arguments: str, error: type[TeachlabError] = NodeAgentError) -> Any:
         """Run one agent command; its JSON answer, or ``error`` with the agent's one-line reason."""
         try:

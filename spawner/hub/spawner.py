@@ -89,7 +89,7 @@ class CourseSpawner(DockerSpawner):
     # One hub process: its placements, its clients of the nodes' engines, the nodes whose network it prepared.
     placement_book = PlacementBook()
     _node_clients: dict[str, docker.DockerClient] = {}
-    _prepared_nodes: dict[str, str] = {}  # node -> the network id prepared there
+    _prepared_nodes: dict[str, str | None] = {}  # node -> when its node agent had started as it was prepared
     _unreachable_nodes: dict[str, float] = {}  # node -> when its engine last did not answer (monotonic)
     _gpu_nodes_reconciled = False  # the GPU nodes' holdings were checked against their containers
     _data_refreshes: dict[tuple[str, str], asyncio.Future] = {}  # (node, data volume) -> the refresh under way
@@ -871,14 +871,26 @@ class CourseSpawner(DockerSpawner):
             self.log.warning(line)
 
     async def _prepare_node(self) -> None:
-        """The node's students' network (same name and subnet as the hub's) and its egress policy, made once per
-        node and hub process through the node's engine and its node agent."""
+        """The node's students' network (same name and subnet as the hub's) and its egress policy, made through the
+        node's engine and its node agent once per node and hub process, and again whenever the node agent has started
+        since: the node rebooted or its engine restarted, and the rules of its egress policy may be gone with it."""
         node = self.node
-        if not node or type(self)._prepared_nodes.get(node):
+        if not node:
+            return
+        prepared = type(self)._prepared_nodes
+        if node in prepared and await self._node_agent_started() == prepared[node]:
             return
         async with _node_preparation_lock(node):  # a crowd's first starts on a node prepare it once
-            if not type(self)._prepared_nodes.get(node):
+            if node not in prepared or await self._node_agent_started() != prepared[node]:
                 await self._prepare_node_now()
+
+    async def _node_agent_started(self) -> str | None:
+        """When this node's agent last started; None when it is not there or its engine cannot say."""
+        try:
+            found = await self.docker("inspect_container", self.names.node_agent())
+        except (docker.errors.APIError, *ENGINE_UNREACHABLE):
+            return None
+        return found["State"].get("StartedAt")
 
     async def _prepare_node_now(self) -> None:
         node, address = self.node, self.node_address
@@ -904,7 +916,7 @@ class CourseSpawner(DockerSpawner):
             )
             agent.ensure()
             agent.install_firewall(net)
-            return net.network_id
+            return agent.started_at()
 
         try:
             type(self)._prepared_nodes[node] = await self._in_docker_pool(prepare)

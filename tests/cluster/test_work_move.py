@@ -22,8 +22,9 @@ import pytest
 import requests
 
 from spawner.core.contract import IMAGE, Labels
-from support.cluster import Cluster, Node
+from support.cluster import ENGINE_PORT, Cluster, Node
 from support.hub import signed_in_users
+from support.probes import probe_arguments
 from support.scale import COURSE, admin_cli_environment, servers_by_node
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.hub]
@@ -213,3 +214,18 @@ def test_the_admin_moves_a_students_work_and_brings_back_work_left_on_a_lost_nod
     again = work_move(cluster, certificates, "--to", other.name)
     assert again.returncode == 1
     assert again.stderr.strip() == f"error: {STUDENT}'s work for {COURSE} is on {other.name} already; nothing to move"
+
+    # The node that came back lost its iptables rules with its network namespace (as a rebooted machine does): the
+    # hub installs its egress policy again before it places a server there, since its node agent started again.
+    back = work_move(cluster, certificates, "--to", lost.name)
+    assert back.returncode == 0, back.stderr
+    start_and_follow(student, COURSE)
+    assert servers_by_node(cluster, [lost])[lost.name] == [STUDENT]
+    manager = cluster.nodes[0]
+    targets = {
+        "the hub's API (control)": (scale_lab.gateway, scale_lab.ports.hub),
+        "the manager's Docker API": (manager.address, ENGINE_PORT),
+    }
+    reached = json.loads(lost.docker(*probe_arguments(scale_lab.names.container(STUDENT, COURSE), targets)).stdout)
+    assert reached["the hub's API (control)"] == "open" and reached["the manager's Docker API"] != "open", reached
+    stop(student)

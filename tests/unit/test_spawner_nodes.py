@@ -608,9 +608,12 @@ def test_a_node_without_an_address_is_one_line_for_the_admin():
         node_address({"Description": {"Hostname": "n"}, "Status": {}})
 
 
-def test_a_node_is_prepared_once_for_a_crowd_with_the_hub_forward_where_the_hub_is_elsewhere(lab_state, monkeypatch):
+def test_a_node_is_prepared_once_for_a_crowd_with_the_hub_forward_where_the_hub_is_elsewhere_and_again_after_a_reboot(
+    lab_state, monkeypatch
+):
     """The node's students' network and rules are made once, however many first starts arrive together; the
-    forward to the hub is installed on every node but the hub's own."""
+    forward to the hub is installed on every node but the hub's own; a node whose agent started again since (a reboot)
+    is prepared again."""
     import time as clock
 
     from spawner.hub import nodeagent
@@ -633,22 +636,43 @@ def test_a_node_is_prepared_once_for_a_crowd_with_the_hub_forward_where_the_hub_
         def install_firewall(self, net):
             installed.append(net.network_id)
 
+        def started_at(self):
+            return agents_started[self.api.base_url.removeprefix("https://").removesuffix(":2376")]
+
+    class AgentEngines(NodeEngines):
+        """Each node's engine also answers for its node agent: when it last started."""
+
+        def answer(self, address, method, *args, **kwargs):
+            if method == "inspect_container" and args[0].endswith("agent"):
+                return {"State": {"Running": True, "StartedAt": agents_started[address]}}
+            return super().answer(address, method, *args, **kwargs)
+
+    agents_started = {"10.0.0.11": "2026-11-29T08:00:00Z", "10.0.0.1": "2026-11-29T07:00:00Z"}
     monkeypatch.setattr("spawner.hub.spawner.ensure_student_network", network)
     monkeypatch.setattr(nodeagent, "NodeAgent", Agent)
     monkeypatch.setattr(CourseSpawner, "_prepared_nodes", {})
-    engines = NodeEngines()
-    crowd = [make_spawner(lab_state, f"student{n}", "intro-python", engines) for n in range(3)]
-    for spawner, (node, address) in zip(
-        crowd, [("worker-1", "10.0.0.11"), ("worker-1", "10.0.0.11"), ("manager", "10.0.0.1")], strict=True
-    ):
-        spawner.node, spawner.node_address, spawner.node_agent_image = node, address, "teachlab/hub:1"
+    engines = AgentEngines()
+
+    def crowd():
+        spawners = [make_spawner(lab_state, f"student{n}", "intro-python", engines) for n in range(3)]
+        for spawner, (node, address) in zip(
+            spawners, [("worker-1", "10.0.0.11"), ("worker-1", "10.0.0.11"), ("manager", "10.0.0.1")], strict=True
+        ):
+            spawner.node, spawner.node_address, spawner.node_agent_image = node, address, "teachlab/hub:1"
+        return spawners
 
     async def prepare_all():
-        await asyncio.gather(*(REAL_PREPARE_NODE(spawner) for spawner in crowd))
+        await asyncio.gather(*(REAL_PREPARE_NODE(spawner) for spawner in crowd()))
 
     asyncio.run(prepare_all())
     assert sorted(made) == sorted([("https://10.0.0.1:2376", ""), ("https://10.0.0.11:2376", "10.0.0.1")])
     assert len(installed) == 2 and CourseSpawner._prepared_nodes.keys() == {"worker-1", "manager"}
+    asyncio.run(prepare_all())  # the next starts find both nodes as they were prepared
+    assert len(installed) == 2
+    # worker-1 rebooted: its agent started again (restart policy), and the iptables rules may be gone with the boot.
+    agents_started["10.0.0.11"] = "2026-11-29T12:00:00Z"
+    asyncio.run(prepare_all())
+    assert len(installed) == 3 and made[-1] == ("https://10.0.0.11:2376", "10.0.0.1")
 
 
 # -- GPU reconciliation per node (the first GPU placement of a hub process) ---------------------------------------
