@@ -210,22 +210,7 @@ class NodeCertificates:
         return address is None or address in names_of(certificate)
 
     def _make_ca(self) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
-        now = self.now()
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_key_usage(ca=True), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
+        key, certificate = self_signed_ca(CA_NAME, days=CA_DAYS, now=self.now())
         # A new CA invalidates every certificate it did not sign: they are made again when next ensured.
         self._write_pair(self.ca_path, self.ca_key_path, _pem(certificate), _pem_key(key))
 
@@ -268,6 +253,26 @@ def _public_folder(path: Path) -> None:
 def _public_file(path: Path, data: bytes) -> None:
     path.write_bytes(data)
     path.chmod(0o644)
+
+
+def self_signed_ca(common_name: str, *, days: int, now: datetime.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A new CA key and its self-signed certificate, which may sign end certificates only (path length 0)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(ca=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, certificate
 
 
 def _key_usage(*, ca: bool) -> x509.KeyUsage:

@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..deploy.certificates import self_signed_ca
+
 VALID_DAYS = 825
 
 
@@ -73,33 +75,8 @@ class LabCertificates:
         if ca_key_path.exists() and self.ca_certificate.exists():
             key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
             return key, x509.load_pem_x509_certificate(self.ca_certificate.read_bytes())
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Teachlab demo lab CA")])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(key, hashes.SHA256())
+        key, certificate = self_signed_ca(
+            "Teachlab demo lab CA", days=VALID_DAYS, now=datetime.datetime.now(datetime.timezone.utc)
         )
         _write_private(ca_key_path, key)
         self.ca_certificate.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
