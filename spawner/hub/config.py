@@ -252,7 +252,6 @@ def apply(settings: HubSettings, c: Any, host: HubHost | None = None) -> None:
     c.CourseSpawner.state_dir = str(settings.state_dir)
     c.CourseSpawner.lab_id = settings.lab_id
     c.CourseSpawner.name_prefix = settings.name_prefix
-    c.CourseSpawner.name_prefix = settings.name_prefix
     c.CourseSpawner.extra_labels = dict(settings.extra_labels)
     c.CourseSpawner.today = today
     c.CourseSpawner.network_name = settings.network

@@ -111,14 +111,6 @@ class HubSettings:
         "students have work: their volumes are found by name.",
         example="teachlab",
     )
-    name_prefix: str = setting(
-        "TEACHLAB_NAME_PREFIX",
-        "teachlab",
-        "Prefix of the lab's container and volume names (a letter, then up to 19 "
-        "lowercase letters and digits); two labs on one Docker engine need different ones. Never change it while "
-        "students have work: their volumes are found by name.",
-        example="teachlab",
-    )
     network: str = setting(
         "TEACHLAB_NETWORK",
         "teachlab-students",
