@@ -1,6 +1,7 @@
 """``teachlab work move``'s decisions (``spawner.cluster.workmove``): which copy moves, what is refused and how it
 reads, the folder that takes earlier work, the summary line; and the command's own refusals before any engine is
-asked. The moving itself (engines, node agents, the digest) runs in tests/cluster/test_work_move.py."""
+asked. The moving itself (engines, node agents, the digest) runs in
+tests/cluster/test_scale_out.py (its work-move test)."""
 
 from __future__ import annotations
 
