@@ -90,29 +90,50 @@ def has_path(client: docker.DockerClient, image: str, volume: str, path: str, la
         return True
 
 
-def remove_path(client: docker.DockerClient, image: str, volume: str, path: str, labels: Mapping[str, str], *, user: str) -> None:
-    """Remove ``path`` (a folder a copy made, relative to the volume's top) as ``user``, the files' owner; no network."""
-    target = f"{MOUNT}/{path.strip('/')}"
-    if not path.strip("/") or ".." in path.split("/"):
-        raise ValueError(f"not a path inside the volume: {path!r}")
+# Helpers that run a command in a volume: as the files' owner, so no capability at all, and without network.
+VOLUME_HELPER_HARDENING = replace(HELPER_HARDENING, capabilities_kept=())
+
+
+def run_in_volume(
+    client: docker.DockerClient,
+    image: str,
+    volume: str,
+    command: list[str],
+    *,
+    writable: bool,
+    user: str,
+    labels: Mapping[str, str],
+    purpose: str,
+) -> str:
+    """Run ``command`` in a helper container with the volume at ``MOUNT``; its output, or OSError with its last line."""
     container = client.containers.create(
         image,
-        command=["rm", "-rf", "--", target],
+        command=command,
         entrypoint=[],
         user=user,
         network_disabled=True,
-        volumes={volume: {"bind": MOUNT, "mode": "rw"}},
-        labels={**labels, Labels.HELPER: "volume-copy"},
-        **replace(HELPER_HARDENING, capabilities_kept=()).docker_py_kwargs(),
+        volumes={volume: {"bind": MOUNT, "mode": "rw" if writable else "ro"}},
+        labels={**labels, Labels.HELPER: purpose},
+        **VOLUME_HELPER_HARDENING.docker_py_kwargs(),
     )
     try:
         container.start()
         status = container.wait(timeout=300).get("StatusCode")
+        output = container.logs().decode("utf-8", "replace").strip()
         if status != 0:
-            logs = container.logs().decode("utf-8", "replace").strip().splitlines()
-            raise OSError(f"removing {path} from {volume} failed: {logs[-1] if logs else f'exit status {status}'}")
+            lines = output.splitlines()
+            raise OSError(f"{purpose} in {volume} failed: {lines[-1] if lines else f'exit status {status}'}")
+        return output
     finally:
         container.remove(force=True)
+
+
+def remove_path(client: docker.DockerClient, image: str, volume: str, path: str, labels: Mapping[str, str], *, user: str) -> None:
+    """Remove ``path`` (a folder a copy made, relative to the volume's top) as ``user``, the files' owner; no network."""
+    if not path.strip("/") or ".." in path.split("/"):
+        raise ValueError(f"not a path inside the volume: {path!r}")
+    command = ["rm", "-rf", "--", f"{MOUNT}/{path.strip('/')}"]
+    run_in_volume(client, image, volume, command, writable=True, user=user, labels=labels, purpose="volume-copy")
 
 
 # Names at a volume's top level that belong to the platform, not to the files copied (a copy's marker, its staging).

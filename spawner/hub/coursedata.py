@@ -17,14 +17,11 @@ from collections.abc import Mapping
 import docker
 import docker.errors
 
-from ..core.contract import IMAGE, Labels
-from ..core.hardening import Hardening
-from ..engine.volumes import MOUNT, PLATFORM_PREFIX, copy_files, read_top_level_file
+from ..core.contract import IMAGE
+from ..engine.volumes import MOUNT, PLATFORM_PREFIX, copy_files, read_top_level_file, run_in_volume
 
 MARKER = f"{PLATFORM_PREFIX}copy"
 STAGING = f"{PLATFORM_PREFIX}incoming"
-# The helpers run as the student uid that owns the data: no capability at all.
-DATA_HELPER_HARDENING = Hardening(pids_limit=64)
 
 _LISTING = (
     f"cd {MOUNT} && find . -mindepth 1 ! -path './{PLATFORM_PREFIX}*' "
@@ -35,18 +32,9 @@ _LISTING = (
 def _helper_run(
     engine: docker.DockerClient, image: str, volume: str, script: str, *, writable: bool, labels: Mapping[str, str]
 ) -> str:
-    output = engine.containers.run(
-        image,
-        ["sh", "-c", script],
-        entrypoint=[],
-        user=IMAGE.user,
-        network_disabled=True,
-        volumes={volume: {"bind": MOUNT, "mode": "rw" if writable else "ro"}},
-        labels={**labels, Labels.HELPER: "course-data"},
-        remove=True,
-        **DATA_HELPER_HARDENING.docker_py_kwargs(),
+    return run_in_volume(
+        engine, image, volume, ["sh", "-c", script], writable=writable, user=IMAGE.user, labels=labels, purpose="course-data"
     )
-    return output.decode("utf-8", "replace").strip()
 
 
 def listing_fingerprint(engine: docker.DockerClient, image: str, volume: str, labels: Mapping[str, str]) -> str:

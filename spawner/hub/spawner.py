@@ -758,7 +758,7 @@ class CourseSpawner(DockerSpawner):
             copied = await self._in_docker_pool(
                 lambda: refresh_copy(source, target, volume, image=self.node_agent_image, labels=labels)
             )
-        except (docker.errors.DockerException, *ENGINE_UNREACHABLE) as exc:
+        except (docker.errors.DockerException, OSError, *ENGINE_UNREACHABLE) as exc:  # OSError: a helper failed
             if isinstance(exc, ENGINE_UNREACHABLE):
                 type(self)._unreachable_nodes[data_node] = time.monotonic()
             self.log.warning("course data %s on %s was not refreshed from %s: %s", volume, self.node, data_node, exc)
