@@ -160,9 +160,7 @@ def move_work(
         to_side = node_side(target, engines[target], name, like=from_side)
         image = copy_image(from_side, to_side)
         source_labels = engines[work.node].api.inspect_volume(name).get("Labels") or {}
-        if not from_side.store.exists(name):
-            raise MoveRefused(f"{name} on {work.node} is not a size-limited volume (an earlier release's); copy it by hand")
-        from_side.store.ensure_mounted(name)
+        _mount_sized(from_side, name)
         used_bytes, _ = from_side.store.used_and_size(name)
         size_bytes = from_side.store.size_bytes(name)
         helper_labels = {key: value for key, value in source_labels.items() if key not in (Labels.USER, Labels.COURSE)}
@@ -208,12 +206,17 @@ def move_work(
 def _prepare_merge(
     side: NodeSide, name: str, image: str, labels: Mapping[str, str], source_node: str, used_bytes: int, today: date
 ) -> str:
-    if not side.store.exists(name):
-        raise MoveRefused(f"{name} on {side.node} is not a size-limited volume (an earlier release's); copy it by hand")
-    side.store.ensure_mounted(name)
+    _mount_sized(side, name)
     target_used, target_total = side.store.used_and_size(name)
     refuse_unless_fits(used_bytes, target_total - target_used, source=source_node, target=side.node)
     return merge_folder(source_node, lambda folder: has_path(side.client, image, name, folder, labels), today)
+
+
+def _mount_sized(side: NodeSide, name: str) -> None:
+    """Make sure the node's sized filesystem of ``name`` is mounted; one line when it has none."""
+    if not side.store.exists(name):
+        raise MoveRefused(f"{name} on {side.node} is not a size-limited volume (an earlier release's); copy it by hand")
+    side.store.ensure_mounted(name)
 
 
 def _make_volume(side: NodeSide, name: str, size_bytes: int, labels: Mapping[str, str]) -> None:
