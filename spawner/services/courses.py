@@ -32,7 +32,7 @@ from urllib.parse import quote, urlparse
 import docker
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, check_scopes
 from jupyterhub.utils import subdomain_hook_idna, url_path_join
-from tornado import httpclient, ioloop, web
+from tornado import httpclient, web
 from tornado.iostream import StreamClosedError
 
 from ..catalog import ENVIRONMENT_FILE, Catalog, Course
@@ -45,6 +45,7 @@ from ..gpu import GpuLedger, term_window
 from ..gpu.cache import ledger_for
 from ..images.registry import VersionRegistry
 from ..images.settings import BuildSettings
+from . import run_until_stopped
 from .classlist import class_rows
 from .hubpage import STATIC_DIR, HubLinks, ServiceHandling, page_templates
 from .publishing import CoursePublisher, PublishBusy, PublishJobs, check_candidate, history_rows, version_rows
@@ -520,7 +521,7 @@ def main(environ: Mapping[str, str] | None = None) -> None:
     url = urlparse(_required(env, "JUPYTERHUB_SERVICE_URL"))
     app.listen(url.port, url.hostname)
     log.info("teachlab-courses listening at %s", env["JUPYTERHUB_SERVICE_PREFIX"])
-    ioloop.IOLoop.current().start()
+    run_until_stopped()
 
 
 if __name__ == "__main__":

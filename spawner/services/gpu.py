@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, check_scopes
 from jupyterhub.utils import url_path_join
-from tornado import ioloop, web
+from tornado import web
 
 from ..catalog import Catalog
 from ..catalog.cache import CatalogCache
@@ -32,6 +32,7 @@ from ..core.contract import Scopes
 from ..gpu import LOCAL_NODE, GpuDevice, GpuLedger, QuotaError, term_window
 from ..gpu.cache import inventory_for, ledger_for, parse_inventory_setting
 from ..gpu.charts import Span, held_over_time, term_usage
+from . import run_until_stopped
 from .hubpage import STATIC_DIR, HubLinks, ServiceHandling, page_templates
 
 ADMIN_SCOPE = Scopes.GPU_ADMIN
@@ -415,7 +416,7 @@ def main(environ: dict | None = None) -> None:
     )
     url = urlparse(env["JUPYTERHUB_SERVICE_URL"])
     app.listen(url.port, url.hostname)
-    ioloop.IOLoop.current().start()
+    run_until_stopped()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from ..core.contract import Scopes
 from ..hubclient import HubApi, HubRefused
 from ..prewarm.planner import plan_warm
 from ..prewarm.records import WarmRecords
+from . import run_until_stopped
 from .hubpage import ServiceHandling
 
 log = logging.getLogger("teachlab.warmer")
@@ -254,10 +255,7 @@ def main(environ: Mapping[str, str] | None = None) -> None:
             await asyncio.sleep(TICK_SECONDS)
 
     ioloop.IOLoop.current().add_callback(forever)
-    try:
-        ioloop.IOLoop.current().start()
-    except KeyboardInterrupt:
-        pass  # the hub stops its services with SIGINT
+    run_until_stopped()
 
 
 if __name__ == "__main__":
