@@ -17,11 +17,13 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import shutil
 import subprocess
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -263,8 +265,20 @@ def next_release(docker_client, build_settings, stack_images, server, repo_root,
     return Release(buffer.getvalue(), [*(r for r in references if r not in old), *images.references()])
 
 
+@dataclass(frozen=True)
+class Restored:
+    """The lab restored from a backup onto a fresh node (``cluster``'s only node), with what it was checked
+    against: the records summary the backup was taken with, the backup's line, the restore's seconds."""
+
+    lab: ProdLab
+    cluster: Cluster
+    before: dict
+    backup_line: str
+    seconds: float
+
+
 @pytest.fixture(scope="session")
-def restore_server(
+def restored_lab(
     docker_client,
     session_id,
     session_labels,
@@ -275,21 +289,25 @@ def restore_server(
     prod_tls,
     repo_root,
     server,
+    prod_lab,
+    users,
     next_release,
-):
-    """``restore(prod_lab, backup_folder)``: copy the backup off the server, destroy the server (stack, volumes,
-    engine), then on a fresh node run Install's steps 1 to 4 and the Restore section of docs/admins.md as
-    written. Returns the restored lab and the seconds the restore steps took."""
-    made: list[Cluster] = []
-
-    def restore(prod_lab: ProdLab, backup: str) -> tuple[ProdLab, float]:
-        copy = Path(tempfile.mkdtemp(prefix="teachlab-backup-", dir=os.environ.get("TMPDIR")))
-        subprocess.run(["docker", "cp", f"{prod_lab.node.name}:{backup}", str(copy)], check=True, timeout=900)
-        prod_lab.teachlab("deploy", "down")
-        prod_lab.node.sh("docker rm -f $(docker ps -aq) >/dev/null 2>&1; docker volume rm $(docker volume ls -q) >/dev/null")
-        server.cluster.remove()
-        cluster = Cluster(docker_client, f"tl-prod-{session_id}-b", dind_image, session_labels, network=servers_network)
-        made.append(cluster.start())
+) -> Iterator[Restored]:
+    """The production lab backed up, its server destroyed (stack, volumes, engine), and on a fresh node Install's
+    steps 1 to 4 and the Restore section of docs/admins.md run as written. The last test of
+    test_production_stack.py checks it; test_production_swarm.py then grows it onto a second node."""
+    users("alice").ensure_stopped("intro-python")  # her file is on her volume; stopped, her server ends cleanly
+    before = prod_lab.records_summary()
+    result = prod_lab.teachlab("deploy", "backup", "--to", "/srv/teachlab/backups")
+    backup = re.search(r"backup written: (\S+)", result.stdout).group(1)
+    copy = Path(tempfile.mkdtemp(prefix="teachlab-backup-", dir=os.environ.get("TMPDIR")))
+    subprocess.run(["docker", "cp", f"{prod_lab.node.name}:{backup}", str(copy)], check=True, timeout=900)
+    prod_lab.teachlab("deploy", "down")
+    prod_lab.node.sh("docker rm -f $(docker ps -aq) >/dev/null 2>&1; docker volume rm $(docker volume ls -q) >/dev/null")
+    server.cluster.remove()
+    cluster = Cluster(docker_client, f"tl-prod-{session_id}-b", dind_image, session_labels, network=servers_network)
+    try:
+        cluster.start()
         node = cluster.nodes[0]
         cluster.load_images(next_release.images)
         node.write_file("/root/teachlab.tar.gz", next_release.tarball)
@@ -302,13 +320,12 @@ def restore_server(
             document, {"BACKUP": f"/root/{Path(backup).name}"}, "Restore onto a new server"
         )
         started = time.monotonic()
-        result = node.sh(script, timeout=1800, check=False, env={"TEACHLAB_IMAGE_NAMESPACE": build_settings.image_namespace})
+        restored = node.sh(script, timeout=1800, check=False, env={"TEACHLAB_IMAGE_NAMESPACE": build_settings.image_namespace})
         seconds = time.monotonic() - started
-        assert result.returncode == 0, f"the Restore steps failed:\n{result.stdout[-4000:]}"
-        return ProdLab(node, university.issuer, prod_tls.ca_certificate, build_settings.image_namespace), seconds
-
-    yield restore
-    for cluster in made:
+        assert restored.returncode == 0, f"the Restore steps failed:\n{restored.stdout[-4000:]}"
+        lab = ProdLab(node, university.issuer, prod_tls.ca_certificate, build_settings.image_namespace)
+        yield Restored(lab, cluster, before, result.stdout.strip(), seconds)
+    finally:
         cluster.remove()
 
 

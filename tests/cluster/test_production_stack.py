@@ -218,16 +218,14 @@ def test_end_of_term_archives_and_deletes_a_course_and_erasing_a_person_leaves_n
     assert prod_lab.node.sh("ls /srv/teachlab/archives").stdout.split() == []
 
 
-def test_a_backup_restored_onto_a_fresh_swarm_brings_everything_back(prod_lab, users, restore_server):
-    users("alice").ensure_stopped(COURSE)  # her file is on her volume; stopped, her GPU-free server ends cleanly
-    before = prod_lab.records_summary()
+def test_a_backup_restored_onto_a_fresh_swarm_brings_everything_back(restored_lab):
+    """The backup is taken after the tests above (``restored_lab`` in tests/cluster/conftest.py)."""
+    before = restored_lab.before
     assert [quota["course"] for quota in before["quotas"]] == [GPU_COURSE], before
     assert any(row[:2] == [GPU_COURSE, "gail"] and row[2] > 0 for row in before["usage"]), before
     assert all(course["current"] and course["versions"] for course in before["courses"].values()), before
-    result = prod_lab.teachlab("deploy", "backup", "--to", "/srv/teachlab/backups")
-    folder = re.search(r"backup written: (\S+)", result.stdout).group(1)
-    restored, seconds = restore_server(prod_lab, folder)
-    print(f"\nbackup: {result.stdout.strip()}\nrestore onto a fresh swarm: {seconds:.0f} s")
+    print(f"\nbackup: {restored_lab.backup_line}\nrestore onto a fresh swarm: {restored_lab.seconds:.0f} s")
+    restored = restored_lab.lab
     assert restored.records_summary() == before
     with names_on_loopback(DOMAIN, restored.node.address):
         alice = HubUser(restored, "alice")

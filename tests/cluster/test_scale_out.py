@@ -81,8 +81,10 @@ def wait_all_ready(admin, course: str, names, timeout: float) -> float:
 
 
 def stop_all(admin, course: str, names) -> None:
-    for name in names:
-        admin.stop(course, user=name)
+    """Stop the servers at once (a class leaving): each stop request waits for its container."""
+    names = list(names)
+    with ThreadPoolExecutor(min(len(names), 10)) as pool:
+        list(pool.map(lambda name: admin.stop(course, user=name), names))
     for name in names:
         admin.wait_until_stopped(course, user=name, timeout=120)
 
