@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import pytest
@@ -117,7 +118,12 @@ def hub_courses(docker_client, build_settings, base_image, published_examples, h
     from spawner.images.publish import publish_course
 
     catalog = load_catalog(hub_catalog)
-    return {slug: publish_course(catalog.courses[slug], settings=build_settings, client=docker_client) for slug in HUB_COURSES}
+    # Four at once, as instructors of different courses publish: most of a publish waits on its smoke test.
+    with ThreadPoolExecutor(4) as pool:
+        published = pool.map(
+            lambda slug: publish_course(catalog.courses[slug], settings=build_settings, client=docker_client), HUB_COURSES
+        )
+        return dict(zip(HUB_COURSES, published, strict=True))
 
 
 # "Today" for every hub and browser test: inside the example courses' term (2026-09-01 to 2027-08-31), so

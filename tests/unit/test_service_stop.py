@@ -4,11 +4,14 @@ services share ``spawner.services.run_until_stopped``; the GPU service is the on
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
+
+import pytest
 
 
 def free_port() -> int:
@@ -29,7 +32,10 @@ def wait_for_listener(port: int, process: subprocess.Popen, timeout: float = 30)
     raise AssertionError(f"the service did not listen on {port} within {timeout} s")
 
 
-def test_the_gpu_service_stopped_by_the_hub_exits_0_without_a_traceback(tmp_path, repo_root):
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_the_gpu_service_stopped_by_the_hub_exits_0_without_a_traceback(inherited, tmp_path, repo_root):
+    """``ignored``: started as a background shell starts a process, SIGINT ignored on entry (this suite run in the
+    background hands that on to everything it starts)."""
     port = free_port()
     (tmp_path / "catalog").mkdir()
     env = {
@@ -41,8 +47,10 @@ def test_the_gpu_service_stopped_by_the_hub_exits_0_without_a_traceback(tmp_path
         "TEACHLAB_CATALOG": str(tmp_path / "catalog"),
         "PYTHONPATH": str(repo_root),
     }
+    command = shlex.join([sys.executable, "-m", "spawner.services.gpu"])
+    trap = "trap '' INT; " if inherited == "ignored" else ""
     process = subprocess.Popen(
-        [sys.executable, "-m", "spawner.services.gpu"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ["sh", "-c", f"{trap}exec {command}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         wait_for_listener(port, process)
