@@ -16,6 +16,7 @@ import urllib.request
 import pytest
 
 from spawner.core.contract import StateLayout
+from spawner.devlab.lab import free_port
 from spawner.gpu.cache import ledger_for
 from support.ssh import KeysPage, OpenSsh, make_key, refusal_lines
 
@@ -52,12 +53,6 @@ def erin_key(users, keys_folder):
     key = make_key(keys_folder, "erin_key")
     KeysPage(users(OTHER)).register(key)
     return key
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for(condition, timeout: float, what: str):

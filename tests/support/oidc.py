@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,18 +18,13 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from spawner.devlab.lab import free_port
+
 READY_PREFIX = "oidc-provider ready at "
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
 MAX_REDIRECTS = 20
 LOGIN_FORM_ACTION = re.compile(r'<form[^>]*\bmethod="post"[^>]*\baction="([^"]+)"', re.IGNORECASE)
-
-
-def free_port() -> int:
-    """Asks the kernel for a free port on 127.0.0.1, so parallel test runs don't collide on a fixed one."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class OidcProvider:

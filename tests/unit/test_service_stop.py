@@ -13,11 +13,7 @@ import time
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        return listener.getsockname()[1]
+from spawner.devlab.lab import free_port
 
 
 def wait_for_listener(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
